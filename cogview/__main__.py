@@ -1,0 +1,3 @@
+from cogview.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The unified vocabulary: special and task tokens, text BPE, image codes."""

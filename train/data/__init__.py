@@ -1,0 +1,1 @@
+"""Built-in data sets written as webdataset shards, and loaders that stream them."""

@@ -1,0 +1,1 @@
+"""The image tokenizer: a convolutional VQVAE that turns images into grids of discrete codes."""
