@@ -171,7 +171,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
         return path
     steps = step_dirs(path)
     if not steps:
-        raise CheckpointError(f"{path}: not a checkpoint (no {CONFIG_FILE}) and no step-N checkpoints")
+        raise CheckpointError(
+            f"{path}: not a checkpoint (no {CONFIG_FILE}) and no step-N checkpoints"
+        )
     return steps[-1][1]
 
 
@@ -216,13 +218,18 @@ def load_training_state(path: str | Path) -> dict[str, Any]:
     try:
         return torch.load(f, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a bad pickle; none may execute code
-        raise CheckpointError(f"{f}: corrupt or unsafe training state ({e.__class__.__name__})") from e
+        raise CheckpointError(
+            f"{f}: corrupt or unsafe training state ({e.__class__.__name__})"
+        ) from e
 
 
-def load_state_strict(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+def load_state_strict(
+    module: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str
+) -> None:
     """`load_state_dict(strict=True)` with a one-line error naming the checkpoint."""
     try:
         module.load_state_dict(state_dict, strict=True)
     except RuntimeError as e:
-        first = str(e).strip().splitlines()
-        raise CheckpointError(f"{source}: weights do not fit the model ({first[1].strip() if len(first) > 1 else first[0]})") from e
+        lines = str(e).strip().splitlines()
+        why = lines[1].strip() if len(lines) > 1 else lines[0]
+        raise CheckpointError(f"{source}: weights do not fit the model ({why})") from e

@@ -1,0 +1,358 @@
+"""Task sequences for CogLM and the masking scheduler that picks a task for every sample.
+
+A training sample is `prefix | targets`: the prefix is visible to every position, targets are
+predicted left to right and see the whole prefix, and the loss covers targets only.
+
+- text-to-image: `<t2i> text <boi> | image codes (raster order)`
+- captioning:    `<cap> <boi> image codes <eoi> <bot> | text <eot>`
+- inpainting:    `<inp> text <boi> codes with masked cells as <mask> <eoi> | masked cells' codes`
+
+Builders are pure functions from tokens to a `TaskSequence`; `collate` pads sequences into a
+`TaskBatch` that the model consumes. Ids come from the tokenizer, never from literals here.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+
+import torch
+from torch import Tensor
+
+IGNORE = -100  # label of positions without loss (F.cross_entropy's ignore_index)
+TASKS = ("t2i", "cap", "inp")
+MASK_KINDS = ("rectangle", "patches", "half", "strokes")
+
+
+@dataclass
+class TaskSequence:
+    """One sample, ready for the model. T = sequence length minus one (inputs predict the next)."""
+
+    ids: Tensor  # (T,) input ids
+    pos: Tensor  # (T,) 1-D positions
+    cell: Tensor  # (T, 2) 1-based (row, col) of image input tokens, 0 elsewhere
+    next_cell: Tensor  # (T, 2) (row, col) of the image code each position predicts, 0 elsewhere
+    labels: Tensor  # (T,) next-token targets, IGNORE outside the targets
+    prefix_len: int
+    task: str
+
+
+@dataclass
+class TaskBatch:
+    ids: Tensor  # (B, T)
+    pos: Tensor  # (B, T)
+    cell: Tensor  # (B, T, 2)
+    next_cell: Tensor  # (B, T, 2)
+    labels: Tensor  # (B, T)
+    prefix_len: Tensor  # (B,)
+    task: Tensor  # (B,) index into TASKS
+
+    def to(self, device: torch.device | str) -> TaskBatch:
+        return TaskBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+    def model_inputs(self) -> dict[str, Tensor]:
+        return dict(
+            ids=self.ids,
+            pos=self.pos,
+            cell=self.cell,
+            next_cell=self.next_cell,
+            prefix_len=self.prefix_len,
+        )
+
+
+def grid_cells(h: int, w: int) -> Tensor:
+    """(h*w, 2) 1-based (row, col) of every cell in raster order."""
+    rows, cols = torch.meshgrid(torch.arange(1, h + 1), torch.arange(1, w + 1), indexing="ij")
+    return torch.stack([rows.flatten(), cols.flatten()], dim=-1)
+
+
+def _sequence(
+    tokens: list[Tensor], cells: list[Tensor], prefix_len: int, n_targets: int, task: str
+) -> TaskSequence:
+    """Join the parts of a full sequence S; inputs are S[:-1], labels S[1:] on the targets."""
+    full = torch.cat(tokens)
+    full_cell = torch.cat(cells)
+    n = full.numel()
+    labels = full[1:].clone()
+    labels[: n - 1 - n_targets] = IGNORE
+    is_image_target = torch.zeros(n - 1, dtype=torch.bool)
+    is_image_target[n - 1 - n_targets :] = full_cell[n - n_targets :, 0] > 0
+    next_cell = torch.where(is_image_target[:, None], full_cell[1:], 0)
+    return TaskSequence(
+        ids=full[:-1],
+        pos=torch.arange(n - 1),
+        cell=full_cell[:-1],
+        next_cell=next_cell,
+        labels=labels,
+        prefix_len=prefix_len,
+        task=task,
+    )
+
+
+def _ids(values: Sequence[int] | Tensor) -> Tensor:
+    return torch.as_tensor(values, dtype=torch.long).flatten()
+
+
+def _no_cells(n: int) -> Tensor:
+    return torch.zeros(n, 2, dtype=torch.long)
+
+
+def text_to_image(tok, text_ids: Sequence[int], codes: Tensor) -> TaskSequence:
+    """`<t2i> text <boi> | codes`; `codes` (h, w) are codebook indices."""
+    h, w = codes.shape
+    text = _ids(text_ids)
+    prefix = torch.cat([_ids([tok.task_id("t2i")]), text, _ids([tok.boi_id])])
+    image = tok.codes_to_ids(codes.flatten().long())
+    return _sequence(
+        [prefix, image], [_no_cells(prefix.numel()), grid_cells(h, w)], prefix.numel(), h * w, "t2i"
+    )
+
+
+def captioning(tok, text_ids: Sequence[int], codes: Tensor) -> TaskSequence:
+    """`<cap> <boi> codes <eoi> <bot> | text <eot>`."""
+    h, w = codes.shape
+    start = _ids([tok.task_id("cap"), tok.boi_id])
+    image = tok.codes_to_ids(codes.flatten().long())
+    middle = _ids([tok.eoi_id, tok.bot_id])
+    text = torch.cat([_ids(text_ids), _ids([tok.eot_id])])
+    prefix_len = start.numel() + image.numel() + middle.numel()
+    return _sequence(
+        [start, image, middle, text],
+        [_no_cells(2), grid_cells(h, w), _no_cells(2), _no_cells(text.numel())],
+        prefix_len,
+        text.numel(),
+        "cap",
+    )
+
+
+def inpainting(tok, text_ids: Sequence[int], codes: Tensor, mask: Tensor) -> TaskSequence:
+    """`<inp> text <boi> codes, masked cells as <mask> <eoi> | masked codes in raster order`.
+
+    `mask` (h, w) is True where a cell is regenerated; each target carries its own cell.
+    """
+    h, w = codes.shape
+    flat_mask = mask.flatten().bool()
+    cells = grid_cells(h, w)
+    image = tok.codes_to_ids(codes.flatten().long())
+    visible = torch.where(flat_mask, tok.mask_id, image)
+    head = torch.cat([_ids([tok.task_id("inp")]), _ids(text_ids), _ids([tok.boi_id])])
+    targets = image[flat_mask]
+    parts = [head, visible, _ids([tok.eoi_id]), targets]
+    part_cells = [_no_cells(head.numel()), cells, _no_cells(1), cells[flat_mask]]
+    prefix_len = head.numel() + visible.numel() + 1
+    return _sequence(parts, part_cells, prefix_len, targets.numel(), "inp")
+
+
+def collate(samples: Sequence[TaskSequence], pad_id: int) -> TaskBatch:
+    """Right-pad sequences to the longest; padding is never a target and never in a prefix."""
+    t = max(s.ids.numel() for s in samples)
+    b = len(samples)
+    batch = TaskBatch(
+        ids=torch.full((b, t), pad_id, dtype=torch.long),
+        pos=torch.zeros(b, t, dtype=torch.long),
+        cell=torch.zeros(b, t, 2, dtype=torch.long),
+        next_cell=torch.zeros(b, t, 2, dtype=torch.long),
+        labels=torch.full((b, t), IGNORE, dtype=torch.long),
+        prefix_len=torch.tensor([s.prefix_len for s in samples]),
+        task=torch.tensor([TASKS.index(s.task) for s in samples]),
+    )
+    for i, s in enumerate(samples):
+        n = s.ids.numel()
+        batch.ids[i, :n] = s.ids
+        batch.pos[i, :n] = s.pos
+        batch.cell[i, :n] = s.cell
+        batch.next_cell[i, :n] = s.next_cell
+        batch.labels[i, :n] = s.labels
+    return batch
+
+
+# ---------------------------------------------------------------------------------------------
+# inpainting masks: (h, w) bool, True = regenerate
+
+
+def _randint(lo: int, hi: int, g: torch.Generator) -> int:
+    """Uniform integer in [lo, hi]."""
+    return int(torch.randint(lo, hi + 1, (1,), generator=g))
+
+
+def rectangle_mask(h: int, w: int, g: torch.Generator) -> Tensor:
+    mh, mw = (
+        _randint(max(1, h // 4), max(1, 3 * h // 4), g),
+        _randint(max(1, w // 4), max(1, 3 * w // 4), g),
+    )
+    top, left = _randint(0, h - mh, g), _randint(0, w - mw, g)
+    mask = torch.zeros(h, w, dtype=torch.bool)
+    mask[top : top + mh, left : left + mw] = True
+    return mask
+
+
+def patches_mask(h: int, w: int, g: torch.Generator) -> Tensor:
+    """CogView2-style: the grid cut into p x p patches, most of them masked (50-90%)."""
+    p = max(1, min(h, w) // 4)
+    ph, pw = -(-h // p), -(-w // p)
+    rate = 0.5 + 0.4 * float(torch.rand(1, generator=g))
+    coarse = torch.rand(ph, pw, generator=g) < rate
+    if not coarse.any():
+        coarse.view(-1)[_randint(0, ph * pw - 1, g)] = True
+    return coarse.repeat_interleave(p, 0).repeat_interleave(p, 1)[:h, :w]
+
+
+def half_mask(h: int, w: int, g: torch.Generator) -> Tensor:
+    """Outpainting: the left, right, top or bottom half is regenerated."""
+    mask = torch.zeros(h, w, dtype=torch.bool)
+    side = _randint(0, 3, g)
+    if side == 0:
+        mask[:, : w // 2] = True
+    elif side == 1:
+        mask[:, w // 2 :] = True
+    elif side == 2:
+        mask[: h // 2] = True
+    else:
+        mask[h // 2 :] = True
+    return mask
+
+
+def strokes_mask(h: int, w: int, g: torch.Generator) -> Tensor:
+    """Free-form: a few random walks of a one-cell brush, as a user paints."""
+    mask = torch.zeros(h, w, dtype=torch.bool)
+    steps = torch.tensor([[0, 1], [0, -1], [1, 0], [-1, 0], [1, 1], [-1, -1], [1, -1], [-1, 1]])
+    for _ in range(_randint(1, 3, g)):
+        r, c = _randint(0, h - 1, g), _randint(0, w - 1, g)
+        for _ in range(_randint(h // 2, 2 * h, g)):
+            mask[r, c] = True
+            dr, dc = steps[_randint(0, 7, g)].tolist()
+            r, c = min(max(r + dr, 0), h - 1), min(max(c + dc, 0), w - 1)
+    return mask
+
+
+MASK_MAKERS = {
+    "rectangle": rectangle_mask,
+    "patches": patches_mask,
+    "half": half_mask,
+    "strokes": strokes_mask,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# task weights over training steps
+
+
+@dataclass(frozen=True)
+class TaskSchedule:
+    """Task weights at breakpoint steps, linear in between and constant after the last.
+
+    Written on the command line as `STEP:task=w,task=w;STEP:...`, for example
+    `0:t2i=1;2000:t2i=0.6,cap=0.2,inp=0.2` (text-to-image only at first, then a mix).
+    """
+
+    points: tuple[tuple[int, tuple[float, ...]], ...]  # (step, weights in TASKS order)
+
+    def __post_init__(self) -> None:
+        if not self.points:
+            raise ValueError("a task schedule needs at least one point")
+        steps = [s for s, _ in self.points]
+        if steps != sorted(steps) or len(set(steps)) != len(steps):
+            raise ValueError("task schedule steps must increase")
+        for _, w in self.points:
+            if len(w) != len(TASKS) or min(w) < 0 or sum(w) <= 0:
+                raise ValueError(
+                    f"task weights must be {len(TASKS)} non-negative numbers, not all 0"
+                )
+
+    @classmethod
+    def constant(cls, **weights: float) -> TaskSchedule:
+        return cls(((0, tuple(float(weights.get(t, 0.0)) for t in TASKS)),))
+
+    @classmethod
+    def parse(cls, text: str) -> TaskSchedule:
+        points = []
+        for part in filter(None, (p.strip() for p in text.split(";"))):
+            m = re.fullmatch(r"(?:(\d+)\s*:)?\s*(.+)", part)
+            step = int(m.group(1) or 0)
+            weights = dict.fromkeys(TASKS, 0.0)
+            for item in m.group(2).split(","):
+                name, _, value = item.partition("=")
+                name = name.strip()
+                if name not in weights:
+                    raise ValueError(
+                        f"unknown task {name!r} in schedule; tasks: {', '.join(TASKS)}"
+                    )
+                try:
+                    weights[name] = float(value)
+                except ValueError:
+                    raise ValueError(f"bad weight {value!r} for task {name}") from None
+            points.append((step, tuple(weights[t] for t in TASKS)))
+        return cls(tuple(points))
+
+    def weights(self, step: int) -> dict[str, float]:
+        """Normalised task weights at `step`."""
+        points = self.points
+        w = points[-1][1]
+        for (s0, w0), (s1, w1) in zip(points, points[1:], strict=False):
+            if step < s0:
+                w = w0
+                break
+            if step < s1:
+                a = (step - s0) / (s1 - s0)
+                w = tuple((1 - a) * x + a * y for x, y in zip(w0, w1, strict=True))
+                break
+        if step < points[0][0]:
+            w = points[0][1]
+        total = sum(w)
+        return {t: x / total for t, x in zip(TASKS, w, strict=True)}
+
+    def __str__(self) -> str:
+        return ";".join(
+            f"{s}:" + ",".join(f"{t}={x:g}" for t, x in zip(TASKS, w, strict=True) if x)
+            for s, w in self.points
+        )
+
+
+@dataclass
+class MaskingScheduler:
+    """Turns (text ids, codes) samples into task sequences, choosing each sample's task.
+
+    The task is drawn from `schedule.weights(step)`; inpainting masks from `mask_weights`; with
+    probability `text_dropout` the text of a text-to-image or inpainting sample is dropped so
+    that the model also learns the unconditional distribution (classifier-free guidance).
+    """
+
+    tokenizer: object
+    schedule: TaskSchedule = field(default_factory=lambda: TaskSchedule.constant(t2i=1.0))
+    text_dropout: float = 0.1
+    mask_weights: dict[str, float] = field(default_factory=lambda: dict.fromkeys(MASK_KINDS, 1.0))
+
+    def pick_task(self, step: int, g: torch.Generator) -> str:
+        weights = self.schedule.weights(step)
+        probs = torch.tensor([weights[t] for t in TASKS])
+        return TASKS[int(torch.multinomial(probs, 1, generator=g))]
+
+    def make_mask(self, h: int, w: int, g: torch.Generator) -> Tensor:
+        kinds = list(self.mask_weights)
+        probs = torch.tensor([self.mask_weights[k] for k in kinds], dtype=torch.float)
+        kind = kinds[int(torch.multinomial(probs, 1, generator=g))]
+        return MASK_MAKERS[kind](h, w, g)
+
+    def build(
+        self, text_ids: Sequence[int], codes: Tensor, step: int, g: torch.Generator
+    ) -> TaskSequence:
+        task = self.pick_task(step, g)
+        if task != "cap" and float(torch.rand(1, generator=g)) < self.text_dropout:
+            text_ids = []
+        if task == "t2i":
+            return text_to_image(self.tokenizer, text_ids, codes)
+        if task == "cap":
+            return captioning(self.tokenizer, text_ids, codes)
+        return inpainting(self.tokenizer, text_ids, codes, self.make_mask(*codes.shape, g))
+
+    def batch(
+        self,
+        texts: Sequence[Sequence[int]],
+        codes: Tensor,
+        step: int,
+        g: torch.Generator,
+    ) -> TaskBatch:
+        """`texts` B lists of text ids, `codes` (B, h, w) -> a padded batch."""
+        samples = [self.build(t, c, step, g) for t, c in zip(texts, codes, strict=True)]
+        return collate(samples, self.tokenizer.pad_id)
