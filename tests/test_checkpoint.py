@@ -88,7 +88,7 @@ def test_pickle_payload_in_training_state_is_not_executed(tmp_path):
     payload = _Payload()
     payload.marker = marker
     with open(tmp_path / "ck" / "training_state.pt", "wb") as fh:
-        pickle.dump({"optimizer": payload}, fh)
+        pickle.dump({"optimizer": payload}, fh, protocol=2)
     with pytest.raises(CheckpointError, match="training_state.pt"):
         load_training_state(tmp_path / "ck")
     assert not marker.exists()

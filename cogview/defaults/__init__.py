@@ -1,0 +1,44 @@
+"""Tiny default models trained by the project's own recipe (`make default-models`).
+
+They ship inside the package so that `cogview generate "a red circle at the top left"` works
+right after install. Layout:
+
+    cogview/defaults/shapes/      CogLM checkpoint folder (config.json, model.safetensors,
+                                  tokenizer.json, vqvae/)
+    cogview/defaults/shapes-sr/   super-resolution checkpoint folder
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cogview.errors import UserError
+
+ROOT = Path(__file__).resolve().parent
+DEFAULTS = {
+    "coglm": ROOT / "shapes",
+    "sr": ROOT / "shapes-sr",
+    "vqvae": ROOT / "shapes" / "vqvae",
+    "tokenizer": ROOT / "shapes" / "tokenizer.json",
+}
+FLAGS = {"coglm": "--model", "sr": "--sr", "vqvae": "--vqvae", "tokenizer": "--tokenizer"}
+
+
+def default_model_path(kind: str = "coglm") -> Path | None:
+    """The shipped default of `kind`, or None when this install has none."""
+    path = DEFAULTS[kind]
+    ok = path.is_file() if kind == "tokenizer" else (path / "config.json").is_file()
+    return path if ok else None
+
+
+def model_path_or_default(path: str | Path | None, kind: str = "coglm") -> Path:
+    """`path` when given, else the shipped default; a clear error when there is neither."""
+    if path is not None:
+        return Path(path)
+    found = default_model_path(kind)
+    if found is None:
+        raise UserError(
+            f"no {FLAGS[kind]} given and no shipped default {kind} in this install "
+            "(build them with `make default-models`)"
+        )
+    return found
