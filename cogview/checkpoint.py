@@ -131,7 +131,14 @@ def save_checkpoint(
             "extra": extra or {},
         }
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+        tensors, storages = {}, set()
+        for k, v in state_dict.items():
+            t = v.detach().contiguous().cpu()
+            ptr = t.untyped_storage().data_ptr()
+            # safetensors refuses tensors that share memory (a tied output head and embedding
+            # give two names to one tensor): store the second name as its own copy
+            tensors[k] = t.clone() if ptr in storages else t
+            storages.add(ptr)
         save_file(tensors, str(tmp / WEIGHTS_FILE))
         if training_state is not None:
             torch.save(training_state, tmp / TRAINING_STATE_FILE)
