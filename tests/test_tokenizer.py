@@ -132,6 +132,8 @@ def test_truncation_warns_once_and_keeps_the_head(tok: UnifiedTokenizer) -> None
 def test_pieces_are_readable(tok: UnifiedTokenizer) -> None:
     ids = tok.encode_text("a red star 🙂")
     assert "".join(tok.piece(i) for i in ids[:-4]) == "a red star "
+    # the emoji is 4 UTF-8 bytes the captions never merged: one piece per byte
+    assert [tok.piece(i) for i in ids[-4:]] == ["<0xF0>", "<0x9F>", "<0x99>", "<0x82>"]
     assert tok.piece(tok.boi_id) == "<boi>"
     assert tok.piece(tok.image_range.start + 5) == "<img:5>"
     with pytest.raises(TokenizerError):

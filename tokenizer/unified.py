@@ -324,7 +324,7 @@ class UnifiedTokenizer:
 
     def piece(self, id: int) -> str:
         """A readable name for one id: the special token, the text the BPE token stands for
-        (bytes that are not whole UTF-8 characters shown as `\\xNN`), or `<img:N>`."""
+        (bytes that are not whole UTF-8 characters shown as `<0xNN>`), or `<img:N>`."""
         if not _is_int(id) or not 0 <= id < self.vocab_size:
             raise TokenizerError(f"id {id!r} outside the vocabulary 0..{self.vocab_size - 1}")
         id = int(id)
@@ -333,8 +333,7 @@ class UnifiedTokenizer:
         if id >= self._image_range.start:
             return f"<img:{id - self._image_range.start}>"
         symbols = self._bpe.id_to_token(id - self._text_range.start)
-        data = bytes(_BYTE_OF_SYMBOL[s] for s in symbols)
-        return data.decode("utf-8", errors="backslashreplace")
+        return _readable(bytes(_BYTE_OF_SYMBOL[s] for s in symbols))
 
     # ---------------------------------------------------------------- image codes
 
@@ -487,6 +486,20 @@ class UnifiedTokenizer:
             f"text={len(self._text_range)}, image_codes={self._num_image_codes}, "
             f"max_text_len={self._max_text_len}, fingerprint={self._fingerprint!r})"
         )
+
+
+def _readable(data: bytes) -> str:
+    """UTF-8 text, with bytes that are only part of a character written as `<0xNN>`."""
+    out = []
+    while data:
+        try:
+            out.append(data.decode("utf-8"))
+            break
+        except UnicodeDecodeError as e:
+            out.append(data[: e.start].decode("utf-8"))
+            out.extend(f"<0x{b:02X}>" for b in data[e.start : e.end])
+            data = data[e.end :]
+    return "".join(out)
 
 
 def _as_int_list(ids: Iterable[int]) -> list[int]:
