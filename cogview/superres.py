@@ -1,0 +1,399 @@
+"""Super-resolution of code grids: low-resolution codes (8x8) -> high-resolution codes (16x16).
+
+The SR model is a CogLM (same class, its own config and presets) over one fixed-layout sequence
+
+    <sr> text[:text_len] (padded) <boi> low-res codes (lr x lr) <eoi> high-res cells (hr x hr)
+
+Every image token carries its `cell` (1-based row, col in its own grid); a high-resolution
+position holds the current code of its cell or `<mask>`, and predicts its own cell's code (so
+`next_cell == cell` there). The model is not causal; one boolean mask says who sees whom:
+- the prefix (`<sr>`, text, `<boi>`, low-res codes, `<eoi>`) attends among itself only, so its
+  keys and values are the same in every pass and are computed once at sampling time;
+- a high-resolution cell attends to the text and specials, to the low-res cells in a
+  `lr_kernel` square around the low-res cell under it, and to the high-res cells in a
+  `hr_kernel` square around itself.
+
+Direct SR predicts every high-resolution code in one pass with all inputs `<mask>`. Iterative
+SR (LoPAR, CogView2) tiles the grid into `window` x `window` windows and gives each cell the
+order `i + j` (its anti-diagonal inside its window, 2w-1 orders); pass r re-predicts, in all
+windows at once, every cell of order >= r with those cells as `<mask>`, and keeps the cells of
+order < r. Training draws r uniformly and masks the cells of order >= r, so r = 0 is direct SR
+and one model does both. The number of passes depends on the window, not on the image size.
+
+Ids come from the tokenizer; this file reads and writes no files except in the loader at the
+end, which only goes through `cogview.checkpoint`, `cogview.pretrained` and the tokenizer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from functools import lru_cache
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from cogview.errors import UserError
+from cogview.masks import IGNORE, grid_cells
+from cogview.model import CogLM, CogLMConfig, KVCache
+
+SR_KIND = "sr"
+
+
+@dataclass(frozen=True)
+class SRConfig:
+    vocab_size: int
+    dim: int = 256
+    n_layers: int = 6
+    n_heads: int = 8
+    mlp_ratio: float = 4.0
+    sandwich_ln: bool = False
+    dropout: float = 0.0
+    bias: bool = False
+    text_len: int = 8  # the first text tokens that condition SR (the rest is cut)
+    lr_size: int = 8  # low-resolution grid side (32 px / f=4)
+    hr_size: int = 16  # high-resolution grid side (64 px / f=4)
+    window: int = 4  # LoPAR window side: 2 * window - 1 passes
+    hr_kernel: int = 7  # side of the square of high-res cells a high-res cell attends to
+    lr_kernel: int = 5  # side of the square of low-res cells a high-res cell attends to
+
+    def __post_init__(self) -> None:
+        if self.hr_size < self.lr_size or self.lr_size < 1:
+            raise ValueError(f"need 1 <= lr_size <= hr_size, got {self.lr_size}, {self.hr_size}")
+        if not 1 <= self.window <= self.hr_size:
+            raise ValueError(f"window must be in 1..hr_size={self.hr_size}, got {self.window}")
+        for name in ("hr_kernel", "lr_kernel"):
+            k = getattr(self, name)
+            if k < 1 or k % 2 == 0:
+                raise ValueError(f"{name} must be a positive odd number, got {k}")
+        if self.text_len < 0:
+            raise ValueError(f"text_len must be >= 0, got {self.text_len}")
+        self.lm_config()  # dim / heads / vocab checks
+
+    # sequence layout: [<sr>] [text x text_len] [<boi>] [lr codes] [<eoi>] [hr cells]
+    @property
+    def lr_start(self) -> int:
+        return self.text_len + 2
+
+    @property
+    def hr_start(self) -> int:
+        return self.lr_start + self.lr_size**2 + 1
+
+    @property
+    def seq_len(self) -> int:
+        return self.hr_start + self.hr_size**2
+
+    @property
+    def num_orders(self) -> int:
+        """LoPAR passes at most: anti-diagonals of one window."""
+        return 2 * self.window - 1
+
+    def lm_config(self) -> CogLMConfig:
+        return CogLMConfig(
+            vocab_size=self.vocab_size,
+            dim=self.dim,
+            n_layers=self.n_layers,
+            n_heads=self.n_heads,
+            mlp_ratio=self.mlp_ratio,
+            max_seq_len=self.seq_len,
+            max_grid=self.hr_size,
+            sandwich_ln=self.sandwich_ln,
+            dropout=self.dropout,
+            bias=self.bias,
+        )
+
+
+# named sizes; vocab_size comes from the tokenizer when a model is built
+SR_PRESETS: dict[str, dict] = {
+    "tiny": dict(dim=64, n_layers=2, n_heads=4),
+    "small": dict(dim=256, n_layers=6, n_heads=8),
+}
+
+
+def sr_config(preset: str, vocab_size: int, **overrides: Any) -> SRConfig:
+    if preset not in SR_PRESETS:
+        raise UserError(f"unknown SR preset {preset!r}; choose from {', '.join(SR_PRESETS)}")
+    return SRConfig(vocab_size=vocab_size, **{**SR_PRESETS[preset], **overrides})
+
+
+class SRModel(CogLM):
+    """A CogLM with the SR geometry attached; weights and state dict are exactly CogLM's."""
+
+    def __init__(self, config: SRConfig) -> None:
+        super().__init__(config.lm_config())
+        self.sr_config = config
+
+
+# ---------------------------------------------------------------------------------------------
+# geometry: LoPAR windows and orders, the attention mask
+
+
+def lopar_windows(size: int, window: int) -> Tensor:
+    """(size, size) index of the window each cell falls in (windows in raster order)."""
+    idx = torch.arange(size) // window
+    per_row = -(-size // window)
+    return idx[:, None] * per_row + idx[None, :]
+
+
+def lopar_orders(size: int, window: int) -> Tensor:
+    """(size, size) LoPAR order of each cell: i + j inside its window, 0 .. 2*window - 2."""
+    idx = torch.arange(size) % window
+    return idx[:, None] + idx[None, :]
+
+
+def lopar_schedule(num_orders: int, steps: int) -> list[int]:
+    """The first order re-predicted by each of `steps` passes: pass k predicts every cell of
+    order >= starts[k] and fixes those below starts[k + 1]. steps = num_orders gives one order
+    per pass; steps = 1 is direct SR."""
+    if not 1 <= steps <= num_orders:
+        raise UserError(f"--steps must be in 1..{num_orders} (2 * window - 1), got {steps}")
+    return [k * num_orders // steps for k in range(steps)]
+
+
+@lru_cache(maxsize=8)
+def _sr_attention_mask(config: SRConfig) -> Tensor:
+    t, p, l0 = config.seq_len, config.hr_start, config.lr_start
+    n_lr = config.lr_size**2
+    mask = torch.zeros(t, t, dtype=torch.bool)
+    mask[:p, :p] = True  # prefix among itself
+    mask[p:, :l0] = True  # high-res -> <sr>, text, <boi>
+    mask[p:, l0 + n_lr] = True  # high-res -> <eoi>
+    hr = grid_cells(config.hr_size, config.hr_size) - 1  # (N_hr, 2) 0-based
+    lr = grid_cells(config.lr_size, config.lr_size) - 1  # (N_lr, 2)
+    under = hr * config.lr_size // config.hr_size  # the low-res cell under each high-res cell
+    near_lr = (under[:, None] - lr[None]).abs().amax(-1) <= config.lr_kernel // 2
+    near_hr = (hr[:, None] - hr[None]).abs().amax(-1) <= config.hr_kernel // 2
+    mask[p:, l0 : l0 + n_lr] = near_lr
+    mask[p:, p:] = near_hr
+    return mask
+
+
+def sr_attention_mask(config: SRConfig) -> Tensor:
+    """(T, T) boolean, True = query (row) may attend key (column); T = config.seq_len."""
+    return _sr_attention_mask(config).clone()
+
+
+# ---------------------------------------------------------------------------------------------
+# sequences
+
+
+@dataclass
+class SRBatch:
+    ids: Tensor  # (B, T)
+    pos: Tensor  # (B, T)
+    cell: Tensor  # (B, T, 2)
+    next_cell: Tensor  # (B, T, 2)
+    attn_mask: Tensor  # (B, 1, T, T) bool
+    labels: Tensor  # (B, T) the code id each high-res position must predict, IGNORE elsewhere
+
+    def to(self, device: torch.device | str) -> SRBatch:
+        return SRBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+    def model_inputs(self) -> dict[str, Tensor]:
+        return dict(
+            ids=self.ids,
+            pos=self.pos,
+            cell=self.cell,
+            next_cell=self.next_cell,
+            attn_mask=self.attn_mask,
+        )
+
+
+def sr_sequence(
+    tok: Any,
+    config: SRConfig,
+    texts: Sequence[Sequence[int]] | None,
+    lr_codes: Tensor,
+    hr_ids: Tensor,
+    labels: Tensor | None = None,
+) -> SRBatch:
+    """Build a batch of SR sequences.
+
+    `texts` B lists of text ids (None or empty lists: no text), `lr_codes` (B, lr, lr)
+    codebook indices, `hr_ids` (B, hr*hr) vocabulary ids of the high-res inputs (codes or
+    `tok.mask_id`), `labels` (B, hr*hr) vocabulary ids to predict or IGNORE.
+    """
+    b, device = lr_codes.shape[0], lr_codes.device
+    if tuple(lr_codes.shape[1:]) != (config.lr_size, config.lr_size):
+        raise UserError(
+            f"low-res codes are {tuple(lr_codes.shape[1:])}, the SR model expects "
+            f"{config.lr_size}x{config.lr_size}"
+        )
+    t, p, l0, n_lr = config.seq_len, config.hr_start, config.lr_start, config.lr_size**2
+    ids = torch.full((b, t), tok.pad_id, dtype=torch.long, device=device)
+    ids[:, 0] = tok.task_id("sr")
+    ids[:, l0 - 1] = tok.boi_id
+    ids[:, l0 : l0 + n_lr] = tok.codes_to_ids(lr_codes.reshape(b, -1))
+    ids[:, l0 + n_lr] = tok.eoi_id
+    ids[:, p:] = hr_ids
+    key_valid = torch.ones(b, t, dtype=torch.bool, device=device)
+    key_valid[:, 1 : l0 - 1] = False  # text slots; the used ones are switched back on
+    for i, text in enumerate(texts or [[]] * b):
+        text = list(text)[: config.text_len]
+        if text:
+            ids[i, 1 : 1 + len(text)] = torch.tensor(text, dtype=torch.long, device=device)
+            key_valid[i, 1 : 1 + len(text)] = True
+
+    cell = torch.zeros(t, 2, dtype=torch.long)
+    cell[l0 : l0 + n_lr] = grid_cells(config.lr_size, config.lr_size)
+    cell[p:] = grid_cells(config.hr_size, config.hr_size)
+    next_cell = torch.zeros(t, 2, dtype=torch.long)
+    next_cell[p:] = cell[p:]  # a high-res position predicts its own cell
+
+    full_labels = torch.full((b, t), IGNORE, dtype=torch.long, device=device)
+    if labels is not None:
+        full_labels[:, p:] = labels
+    mask = sr_attention_mask(config).to(device)[None] & key_valid[:, None, :]  # (B, T, T)
+    return SRBatch(
+        ids=ids,
+        pos=torch.arange(t, device=device).expand(b, t).contiguous(),
+        cell=cell.to(device).expand(b, t, 2).contiguous(),
+        next_cell=next_cell.to(device).expand(b, t, 2).contiguous(),
+        attn_mask=mask[:, None],
+        labels=full_labels,
+    )
+
+
+def sr_training_batch(
+    tok: Any,
+    config: SRConfig,
+    texts: Sequence[Sequence[int]],
+    lr_codes: Tensor,
+    hr_codes: Tensor,
+    g: torch.Generator,
+    text_dropout: float = 0.1,
+) -> SRBatch:
+    """LoPAR training: per sample draw r in 0 .. 2w-2, replace the cells of order >= r by
+    `<mask>` and predict them (loss on those cells only). `hr_codes` (B, hr, hr). With
+    probability `text_dropout` a sample's text is dropped, so SR also works without a prompt."""
+    b = hr_codes.shape[0]
+    order = lopar_orders(config.hr_size, config.window).flatten().to(hr_codes.device)  # (N,)
+    r = torch.randint(0, config.num_orders, (b, 1), generator=g).to(hr_codes.device)
+    masked = order[None] >= r  # (B, N)
+    true_ids = tok.codes_to_ids(hr_codes.reshape(b, -1))
+    hr_ids = torch.where(masked, tok.mask_id, true_ids)
+    labels = torch.where(masked, true_ids, IGNORE)
+    drop = torch.rand(b, generator=g) < text_dropout
+    texts = [[] if d else t for t, d in zip(texts, drop.tolist(), strict=True)]
+    return sr_sequence(tok, config, texts, lr_codes, hr_ids, labels)
+
+
+# ---------------------------------------------------------------------------------------------
+# sampling
+
+
+@dataclass(frozen=True)
+class SRSampling:
+    temperature: float = 1.0  # 0 = argmax
+    top_k: int | None = None
+
+
+def _pick(logits: Tensor, sampling: SRSampling, g: torch.Generator | None) -> Tensor:
+    """(B, N, K) code logits -> (B, N) codes."""
+    if sampling.temperature <= 0:
+        return logits.argmax(-1)
+    logits = logits.float() / sampling.temperature
+    if sampling.top_k is not None and sampling.top_k < logits.shape[-1]:
+        kth = logits.topk(sampling.top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = logits.softmax(-1).flatten(0, 1)
+    if g is not None and g.device != probs.device:
+        probs = probs.to(g.device)
+    return torch.multinomial(probs, 1, generator=g).view(logits.shape[:2]).to(logits.device)
+
+
+class SRState:
+    """One batch being super-resolved: the sequence and the prefix keys/values, computed once
+    (the prefix never attends to the high-res cells, so it is the same in every pass)."""
+
+    def __init__(
+        self,
+        model: SRModel,
+        tok: Any,
+        lr_codes: Tensor,
+        texts: Sequence[Sequence[int]] | None = None,
+    ) -> None:
+        config = model.sr_config
+        self.model, self.tok, self.config = model, tok, config
+        b, n = lr_codes.shape[0], config.hr_size**2
+        hr_ids = torch.full((b, n), tok.mask_id, dtype=torch.long, device=lr_codes.device)
+        self.batch = sr_sequence(tok, config, texts, lr_codes, hr_ids)
+        self.order = lopar_orders(config.hr_size, config.window).flatten().to(lr_codes.device)
+        p = config.hr_start
+        self.cache: KVCache = model.new_cache(b, config.seq_len)
+        bt = self.batch
+        model.hidden(
+            bt.ids[:, :p],
+            bt.pos[:, :p],
+            bt.cell[:, :p],
+            bt.next_cell[:, :p],
+            attn_mask=bt.attn_mask[:, :, :p, :p],
+            cache=self.cache,
+        )
+
+    def logits(self, hr_codes: Tensor, start: int) -> Tensor:
+        """One pass: cells of order < start hold `hr_codes` (B, N), the rest `<mask>`.
+        Returns (B, N, K) logits over the image codes only."""
+        p, bt, tok = self.config.hr_start, self.batch, self.tok
+        keep = self.order[None] < start
+        hr_ids = torch.where(keep, tok.codes_to_ids(hr_codes), tok.mask_id)
+        self.cache.length = p  # drop the previous pass's high-res keys
+        h = self.model.hidden(
+            hr_ids,
+            bt.pos[:, p:],
+            bt.cell[:, p:],
+            bt.next_cell[:, p:],
+            attn_mask=bt.attn_mask[:, :, p:, :],
+            cache=self.cache,
+        )
+        r = self.tok.image_range
+        # the head restricted to image codes: (B, N, dim) @ (dim, K)
+        return h @ self.model.head.weight[r.start : r.stop].T
+
+
+@torch.no_grad()
+def lopar_step(
+    state: SRState,
+    hr_codes: Tensor,
+    start: int,
+    sampling: SRSampling = SRSampling(),
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Re-predict every cell of order >= `start` (in all windows at once); cells of order
+    < start keep their codes. `hr_codes` (B, N) -> new (B, N) codes."""
+    new = _pick(state.logits(hr_codes, start), sampling, generator)
+    return torch.where(state.order[None] < start, hr_codes, new)
+
+
+@dataclass
+class SRResult:
+    codes: Tensor  # (B, hr, hr) codebook indices
+    passes: int  # forward passes over the high-res grid
+
+
+@torch.no_grad()
+def super_resolve(
+    model: SRModel,
+    tok: Any,
+    lr_codes: Tensor,
+    texts: Sequence[Sequence[int]] | None = None,
+    *,
+    steps: int | None = None,
+    sampling: SRSampling = SRSampling(),
+    generator: torch.Generator | None = None,
+) -> SRResult:
+    """Low-res codes (B, lr, lr) -> high-res codes (B, hr, hr).
+
+    `steps` LoPAR passes (default 2w-1, one per order; 1 = direct SR, every code in one
+    parallel pass). `texts` B lists of text ids or None.
+    """
+    config = model.sr_config
+    steps = config.num_orders if steps is None else steps
+    starts = lopar_schedule(config.num_orders, steps)
+    state = SRState(model, tok, lr_codes, texts)
+    b, n = lr_codes.shape[0], config.hr_size**2
+    codes = torch.zeros(b, n, dtype=torch.long, device=lr_codes.device)
+    for start in starts:
+        codes = lopar_step(state, codes, start, sampling, generator)
+    return SRResult(codes=codes.view(b, config.hr_size, config.hr_size), passes=len(starts))
