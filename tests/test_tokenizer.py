@@ -224,6 +224,12 @@ def _corrupt(tok: UnifiedTokenizer, change) -> str:
         (lambda d: d.update(bpe={"model": 3}), "bpe"),
         (lambda d: d["bpe"].update(normalizer={"type": "Lowercase"}), "normalizer"),
         (lambda d: d["bpe"]["model"]["vocab"].pop("Ġ"), "vocab"),
+        (lambda d: d["bpe"]["model"]["vocab"].update({"中": 10**4}), "holes"),
+        (
+            lambda d: d["bpe"]["model"]["vocab"].update({"中": len(d["bpe"]["model"]["vocab"])}),
+            "byte-level",
+        ),
+        (lambda d: d["bpe"]["pre_tokenizer"].update(add_prefix_space=True), "add_prefix_space"),
     ],
 )
 def test_bad_files_name_the_file(tok: UnifiedTokenizer, tmp_path, content, match) -> None:

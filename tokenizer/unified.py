@@ -104,8 +104,9 @@ def _check_bpe(bpe: Tokenizer) -> None:
         raise TokenizerError("bpe model has dropout: encodings would not be deterministic")
     if spec.get("normalizer") is not None:
         raise TokenizerError("bpe must have no normalizer (it would change the text)")
-    if (spec.get("pre_tokenizer") or {}).get("type") != "ByteLevel":
-        raise TokenizerError("bpe pre_tokenizer must be ByteLevel")
+    pre = spec.get("pre_tokenizer") or {}
+    if pre.get("type") != "ByteLevel" or pre.get("add_prefix_space"):
+        raise TokenizerError("bpe pre_tokenizer must be ByteLevel without add_prefix_space")
     if (spec.get("decoder") or {}).get("type") != "ByteLevel":
         raise TokenizerError("bpe decoder must be ByteLevel")
     if spec.get("added_tokens"):
@@ -116,6 +117,9 @@ def _check_bpe(bpe: Tokenizer) -> None:
     missing = [s for s in _BYTE_OF_SYMBOL if s not in vocab]
     if missing:
         raise TokenizerError(f"bpe vocab lacks {len(missing)} of the 256 byte symbols")
+    foreign = [t for t in vocab if not all(c in _BYTE_OF_SYMBOL for c in t)]
+    if foreign:
+        raise TokenizerError(f"bpe vocab has tokens that are not byte-level, e.g. {foreign[0]!r}")
 
 
 class UnifiedTokenizer:
