@@ -1,0 +1,620 @@
+"""Sampling from a CogLM: text-to-image, inpainting, captioning and self-reranking.
+
+Pure functions of a model, a tokenizer, prompts, a `SamplingConfig` and a `torch.Generator`;
+no I/O. Every sequence fed to the model is built by the same builders as training
+(`cogview.masks`), so positions, cells and the prefix mask are exactly those the model saw:
+
+- text-to-image: prefix `<t2i> text <boi>`, then the codes in raster order
+- inpainting:    prefix `<inp> text <boi> codes with <mask> <eoi>`, then the masked cells' codes
+- captioning:    prefix `<cap> <boi> codes <eoi> <bot>`, then text and `<eot>`
+
+Decoding prefills the prefix once with the prefix-LM mask and then feeds one token per step
+through the KV cache. Prompts of different lengths are left-padded: padding keys are masked
+and positions still start at 0 at the task token of every row. Identical prefixes (n samples
+of one prompt, the shared unconditional prefix of classifier-free guidance) are prefilled
+once and the cache rows are copied. Logits are computed for the last position only and only
+over the ids the target can take (image codes, or text ids and `<eot>`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from cogview import masks
+from cogview.errors import UserError
+from cogview.model import CogLM, prefix_lm_mask
+
+
+class SamplingError(UserError, ValueError):
+    """Settings or prompts that cannot be sampled (bad values, sequences that do not fit)."""
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How tokens are drawn. Field names match the CLI flags (`top_k` is `--top-k`)."""
+
+    temperature: float = 1.0  # 0 = greedy (argmax)
+    top_k: int = 0  # keep the k most likely ids; 0 = off
+    top_p: float = 1.0  # keep the smallest set of ids with this much mass; 1 = off
+    cfg_scale: float = 1.0  # classifier-free guidance: uncond + s * (cond - uncond); 1 = off
+    # CogView2 cluster sampling: draw a cluster of codebook vectors by its mass among the
+    # `top_clusters` heaviest clusters, then a code inside it
+    cluster: bool = False
+    n_clusters: int = 32
+    top_clusters: int = 4
+    # CogView2: added to the attention scores of image targets towards text keys; 0 = off
+    text_attention_bias: float = 0.0
+    batch_size: int = 32  # images (or captions) per forward pass, before guidance doubles it
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.temperature >= 0 and math.isfinite(self.temperature), "temperature", ">= 0"),
+            (self.top_k >= 0, "top-k", ">= 0"),
+            (0 < self.top_p <= 1, "top-p", "in (0, 1]"),
+            (math.isfinite(self.cfg_scale), "cfg", "a finite number"),
+            (self.n_clusters >= 1, "n-clusters", ">= 1"),
+            (self.top_clusters >= 1, "top-clusters", ">= 1"),
+            (math.isfinite(self.text_attention_bias), "text-attention-bias", "finite"),
+            (self.batch_size >= 1, "batch-size", ">= 1"),
+        ]
+        for ok, name, want in checks:
+            if not ok:
+                value = getattr(self, name.replace("-", "_").replace("cfg", "cfg_scale"))
+                raise SamplingError(f"--{name} must be {want}, got {value}")
+
+    @property
+    def guided(self) -> bool:
+        return self.cfg_scale != 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# filters: (B, V) logits -> (B, V) logits with removed ids at -inf
+
+
+def top_k_filter(logits: Tensor, k: int) -> Tensor:
+    """Keep the k largest logits of each row (ties with the k-th are kept); k <= 0 = off."""
+    if k <= 0 or k >= logits.shape[-1]:
+        return logits
+    kth = logits.topk(k, dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def top_p_filter(logits: Tensor, p: float) -> Tensor:
+    """Nucleus: keep the most likely ids until their mass reaches p (at least one id)."""
+    if p >= 1.0:
+        return logits
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    probs = sorted_logits.softmax(dim=-1)
+    # an id is dropped when the ids before it already hold p of the mass
+    drop = probs.cumsum(dim=-1) - probs >= p
+    drop[..., 0] = False
+    drop = drop.scatter(-1, order, drop)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def restrict_to(logits: Tensor, allowed: range | Tensor) -> Tensor:
+    """-inf outside `allowed`: a range of ids, or a (V,) boolean mask, or a tensor of ids."""
+    keep = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+    if isinstance(allowed, range):
+        keep[allowed.start : allowed.stop] = True
+    elif allowed.dtype == torch.bool:
+        keep = allowed.to(logits.device)
+    else:
+        keep[allowed.to(logits.device)] = True
+    return logits.masked_fill(~keep, float("-inf"))
+
+
+def guide(cond: Tensor, uncond: Tensor, scale: float) -> Tensor:
+    """Classifier-free guidance on logits (log-probabilities up to a constant)."""
+    return uncond + scale * (cond - uncond)
+
+
+def sample_logits(
+    logits: Tensor,
+    config: SamplingConfig,
+    generator: torch.Generator | None,
+    clusters: Tensor | None = None,
+) -> Tensor:
+    """(B, V) logits -> (B,) sampled indices; `clusters` (V,) assigns each index a cluster."""
+    logits = logits.float()
+    if config.temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = top_p_filter(top_k_filter(logits / config.temperature, config.top_k), config.top_p)
+    probs = logits.softmax(dim=-1)
+    if clusters is not None:
+        n = int(clusters.max()) + 1
+        mass = probs.new_zeros(probs.shape[0], n).index_add_(1, clusters, probs)  # (B, C)
+        top = mass.topk(min(config.top_clusters, n), dim=-1)
+        pick = torch.multinomial(top.values, 1, generator=generator)  # (B, 1) among top
+        chosen = top.indices.gather(1, pick)  # (B, 1) cluster id
+        probs = probs * (clusters[None, :] == chosen)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+# ---------------------------------------------------------------------------------------------
+# k-means of the codebook for cluster sampling
+
+
+def codebook_clusters(codebook: Tensor, n_clusters: int, seed: int = 0, iters: int = 50) -> Tensor:
+    """k-means (k-means++ start, Lloyd steps) of codebook vectors (K, d) -> cluster of each (K,).
+
+    Computed once per model; deterministic for a seed. With as many clusters as codes, every
+    code is its own cluster (cluster sampling is then plain sampling).
+    """
+    x = codebook.detach().float().cpu()
+    k = x.shape[0]
+    if n_clusters >= k:
+        return torch.arange(k)
+    g = torch.Generator().manual_seed(seed)
+    centers = x[torch.randint(k, (1,), generator=g)]
+    for _ in range(1, n_clusters):
+        d2 = torch.cdist(x, centers).min(dim=1).values.pow(2)
+        weights = d2 if float(d2.sum()) > 0 else torch.ones(k)
+        centers = torch.cat([centers, x[torch.multinomial(weights, 1, generator=g)]])
+    assign = torch.cdist(x, centers).argmin(dim=1)
+    for _ in range(iters):
+        sums = torch.zeros_like(centers).index_add_(0, assign, x)
+        counts = torch.bincount(assign, minlength=n_clusters)
+        dist = torch.cdist(x, centers).min(dim=1).values
+        for c in (counts == 0).nonzero().flatten().tolist():
+            # an empty cluster takes the point farthest from its centre
+            far = int(dist.argmax())
+            sums[c], counts[c], dist[far] = x[far], 1, -1.0
+        centers = sums / counts[:, None]
+        new = torch.cdist(x, centers).argmin(dim=1)
+        if torch.equal(new, assign):
+            break
+        assign = new
+    # number clusters by their first code so the result does not depend on centre order
+    _, first = torch.unique(assign, return_inverse=True)
+    order = {}
+    for c in first.tolist():
+        order.setdefault(c, len(order))
+    return torch.tensor([order[c] for c in first.tolist()])
+
+
+# ---------------------------------------------------------------------------------------------
+# the decoder shared by every task
+
+
+@dataclass
+class _Prefix:
+    ids: Tensor  # (L,)
+    cell: Tensor  # (L, 2)
+
+
+def _t2i_prefix(tok, text_ids: Sequence[int], grid: tuple[int, int]) -> _Prefix:
+    seq = masks.text_to_image(tok, text_ids, torch.zeros(grid, dtype=torch.long))
+    return _Prefix(seq.ids[: seq.prefix_len], seq.cell[: seq.prefix_len])
+
+
+def _inp_prefix(tok, text_ids: Sequence[int], codes: Tensor, cell_mask: Tensor) -> _Prefix:
+    seq = masks.inpainting(tok, text_ids, codes, cell_mask)
+    return _Prefix(seq.ids[: seq.prefix_len], seq.cell[: seq.prefix_len])
+
+
+def _cap_prefix(tok, codes: Tensor) -> _Prefix:
+    seq = masks.captioning(tok, [], codes)
+    return _Prefix(seq.ids[: seq.prefix_len], seq.cell[: seq.prefix_len])
+
+
+class _Decoder:
+    """Rows of prefixes (left-padded) followed by targets fed one at a time.
+
+    `target_cells` (N, 2) are the cells of the N targets, the same for every row ((0, 0) for
+    text targets): target k is input with cell `target_cells[k]` and predicts the target at
+    `target_cells[k + 1]`, and the last prefix token predicts `target_cells[0]`, as in
+    `masks._sequence`.
+    """
+
+    def __init__(
+        self,
+        model: CogLM,
+        tok,
+        prefixes: Sequence[_Prefix],
+        target_cells: Tensor,
+        text_bias: float = 0.0,
+        use_cache: bool = True,
+    ) -> None:
+        self.model = model
+        self.use_cache = use_cache
+        device = next(model.parameters()).device
+        n_targets = target_cells.shape[0]
+
+        # unique prefixes are prefilled once; `index` (B,) maps each row to its prefix
+        unique: dict[tuple[int, ...], int] = {}
+        index = [unique.setdefault(tuple(p.ids.tolist()), len(unique)) for p in prefixes]
+        firsts = {}
+        for row, u in enumerate(index):
+            firsts.setdefault(u, prefixes[row])
+        uniq = [firsts[u] for u in range(len(unique))]
+        self.index = torch.tensor(index, device=device)
+
+        lens = torch.tensor([p.ids.numel() for p in uniq])
+        lp = int(lens.max())  # padded prefix length
+        total = lp + n_targets - 1  # the last target is never an input
+        if n_targets < 1:
+            raise SamplingError("nothing to sample")
+        if int(lens.max()) + n_targets - 1 > model.config.max_seq_len:
+            raise SamplingError(
+                f"sequence of {int(lens.max()) + n_targets - 1} tokens exceeds the model's "
+                f"max_seq_len {model.config.max_seq_len}"
+            )
+        if target_cells.numel() and int(target_cells.max()) > model.config.max_grid:
+            raise SamplingError(f"image grid exceeds the model's max_grid {model.config.max_grid}")
+
+        u_rows = len(uniq)
+        ids = torch.full((u_rows, total), tok.pad_id, dtype=torch.long)
+        pos = torch.zeros(u_rows, total, dtype=torch.long)
+        cell = torch.zeros(u_rows, total, 2, dtype=torch.long)
+        next_cell = torch.zeros(u_rows, total, 2, dtype=torch.long)
+        valid = torch.ones(u_rows, total, dtype=torch.bool)
+        for r, p in enumerate(uniq):
+            n, pad = p.ids.numel(), lp - p.ids.numel()
+            ids[r, pad:lp] = p.ids
+            pos[r, pad:lp] = torch.arange(n)
+            pos[r, lp:] = torch.arange(n, n + n_targets - 1)
+            cell[r, pad:lp] = p.cell
+            valid[r, :pad] = False
+        cell[:, lp:] = target_cells[:-1]
+        next_cell[:, lp - 1 :] = target_cells
+
+        # prefix keys are seen by every query, target keys causally; padding keys by nobody
+        # but themselves (a query row with no key at all would make NaNs that leak via values)
+        allowed = prefix_lm_mask(torch.full((u_rows,), lp), total, valid)
+        allowed |= torch.eye(total, dtype=torch.bool)
+        if text_bias:
+            text = torch.zeros(tok.vocab_size, dtype=torch.bool)
+            text[tok.text_range.start : tok.text_range.stop] = True
+            is_text = text[ids] & valid  # (U, S)
+            # queries that predict an image target: the last prefix token and every target
+            is_target = torch.arange(total) >= lp - 1  # (T,)
+            bias = (is_target[:, None] & is_text[:, None, :]) * text_bias  # (U, T, S)
+            mask = torch.zeros(u_rows, 1, total, total).masked_fill(~allowed, float("-inf"))
+            mask = mask + bias[:, None]
+        else:
+            mask = allowed
+        self.lp, self.total = lp, total
+        dev = dict(device=device)
+        self.u_ids, self.u_pos = ids.to(**dev), pos.to(**dev)
+        self.u_cell, self.u_next_cell, self.u_mask = (
+            cell.to(**dev),
+            next_cell.to(**dev),
+            mask.to(**dev),
+        )
+        # per-row copies (B rows) for the decode steps
+        self.ids = self.u_ids[self.index]
+        self.pos, self.cell = self.u_pos[self.index], self.u_cell[self.index]
+        self.next_cell, self.mask = self.u_next_cell[self.index], self.u_mask[self.index]
+        self.t = lp  # index of the next input
+        self.cache = None
+
+    def start(self) -> Tensor:
+        """Run the prefix; hidden state (B, dim) of the last prefix token."""
+        lp = self.lp
+        if self.use_cache:
+            self.cache = self.model.new_cache(self.u_ids.shape[0], self.total)
+            h = self.model.hidden(
+                self.u_ids[:, :lp],
+                self.u_pos[:, :lp],
+                self.u_cell[:, :lp],
+                self.u_next_cell[:, :lp],
+                attn_mask=self.u_mask[:, :, :lp, :lp],
+                cache=self.cache,
+            )[:, -1]
+            if self.index.numel() != self.u_ids.shape[0] or bool(
+                (self.index != torch.arange(self.index.numel(), device=self.index.device)).any()
+            ):
+                self.cache.reorder(self.index)
+            return h[self.index]
+        return self._full(lp)
+
+    def _full(self, t: int) -> Tensor:
+        """Forward over the first t inputs without a cache; hidden state of the last."""
+        return self.model.hidden(
+            self.ids[:, :t],
+            self.pos[:, :t],
+            self.cell[:, :t],
+            self.next_cell[:, :t],
+            attn_mask=self.mask[:, :, :t, :t],
+        )[:, -1]
+
+    def step(self, ids: Tensor) -> Tensor:
+        """Feed (B,) ids as the next target; hidden state (B, dim) at it."""
+        t = self.t
+        self.ids[:, t] = ids
+        self.t = t + 1
+        if not self.use_cache:
+            return self._full(t + 1)
+        return self.model.hidden(
+            self.ids[:, t : t + 1],
+            self.pos[:, t : t + 1],
+            self.cell[:, t : t + 1],
+            self.next_cell[:, t : t + 1],
+            attn_mask=self.mask[:, :, t : t + 1, : t + 1],
+            cache=self.cache,
+        )[:, -1]
+
+
+def _image_head(model: CogLM, tok) -> Tensor:
+    """Output embedding rows of the image codes (K, dim): logits over codes only."""
+    r = tok.image_range
+    return model.head.weight[r.start : r.stop]
+
+
+def _text_head(model: CogLM, tok) -> tuple[Tensor, Tensor]:
+    """Output rows of the text ids and `<eot>`, and the vocabulary id of each row."""
+    r = tok.text_range
+    ids = torch.cat([torch.arange(r.start, r.stop), torch.tensor([tok.eot_id])])
+    ids = ids.to(model.head.weight.device)
+    return model.head.weight[ids], ids
+
+
+def _check_clusters(config: SamplingConfig, clusters: Tensor | None, tok) -> Tensor | None:
+    if not config.cluster:
+        return None
+    if clusters is None or clusters.numel() != tok.num_image_codes:
+        raise SamplingError(
+            "cluster sampling needs a cluster for each image code (see codebook_clusters)"
+        )
+    return clusters
+
+
+def _sample_targets(
+    model: CogLM,
+    tok,
+    cond: Sequence[_Prefix],
+    uncond: Sequence[_Prefix] | None,
+    target_cells: Tensor,
+    config: SamplingConfig,
+    generator: torch.Generator | None,
+    clusters: Tensor | None,
+    use_cache: bool,
+) -> Tensor:
+    """Image codes (B, N) for B prefixes; guided by the unconditional rows when given."""
+    rows = list(cond) + list(uncond or [])
+    b, n = len(cond), target_cells.shape[0]
+    dec = _Decoder(model, tok, rows, target_cells, config.text_attention_bias, use_cache)
+    weight = _image_head(model, tok)
+    if clusters is not None:
+        clusters = clusters.to(weight.device)
+    out = torch.empty(b, n, dtype=torch.long, device=weight.device)
+    h = dec.start()
+    for k in range(n):
+        logits = F.linear(h, weight).float()  # (rows, K)
+        if uncond is not None:
+            logits = guide(logits[:b], logits[b:], config.cfg_scale)
+        code = sample_logits(logits, config, generator, clusters)
+        out[:, k] = code
+        if k + 1 < n:
+            ids = tok.codes_to_ids(code)
+            h = dec.step(ids if uncond is None else ids.repeat(2))
+    return out
+
+
+def _chunks(n: int, size: int) -> list[range]:
+    return [range(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+# ---------------------------------------------------------------------------------------------
+# public tasks
+
+
+@torch.inference_mode()
+def generate_images(
+    model: CogLM,
+    tokenizer,
+    text_ids_list: Sequence[Sequence[int]],
+    grid: tuple[int, int],
+    config: SamplingConfig,
+    generator: torch.Generator | None = None,
+    *,
+    clusters: Tensor | None = None,
+    use_cache: bool = True,
+    progress: Callable[[int], None] | None = None,
+) -> Tensor:
+    """Codes (B, h, w) of one image per prompt in `text_ids_list` (B lists of text ids).
+
+    An empty prompt samples unconditionally (the text-dropout case of training). `clusters`
+    (K,) from `codebook_clusters` is needed when `config.cluster`. `progress(k)` is called
+    after each batch with the number of images it finished.
+    """
+    h, w = grid
+    clusters = _check_clusters(config, clusters, tokenizer)
+    cells = masks.grid_cells(h, w)
+    outs = []
+    for chunk in _chunks(len(text_ids_list), config.batch_size):
+        cond = [_t2i_prefix(tokenizer, text_ids_list[i], grid) for i in chunk]
+        uncond = [_t2i_prefix(tokenizer, [], grid)] * len(chunk) if config.guided else None
+        codes = _sample_targets(
+            model, tokenizer, cond, uncond, cells, config, generator, clusters, use_cache
+        )
+        outs.append(codes.view(len(chunk), h, w))
+        if progress is not None:
+            progress(len(chunk))
+    return torch.cat(outs) if outs else torch.empty(0, h, w, dtype=torch.long)
+
+
+@torch.inference_mode()
+def inpaint(
+    model: CogLM,
+    tokenizer,
+    text_ids: Sequence[int],
+    codes: Tensor,
+    cell_mask: Tensor,
+    config: SamplingConfig,
+    generator: torch.Generator | None = None,
+    n: int = 1,
+    *,
+    clusters: Tensor | None = None,
+    use_cache: bool = True,
+    progress: Callable[[int], None] | None = None,
+) -> Tensor:
+    """n versions (n, h, w) of `codes` (h, w) with the cells where `cell_mask` (h, w) is True
+    sampled again, in raster order, each target carrying its cell (the `inpainting` layout).
+    Unmasked cells keep their codes."""
+    cell_mask = cell_mask.bool().cpu()
+    codes = codes.long().cpu()
+    if codes.shape != cell_mask.shape:
+        raise SamplingError(
+            f"mask {tuple(cell_mask.shape)} differs from codes {tuple(codes.shape)}"
+        )
+    clusters = _check_clusters(config, clusters, tokenizer)
+    device = next(model.parameters()).device
+    out = codes.to(device).repeat(n, 1, 1)
+    if not cell_mask.any():
+        return out
+    cells = masks.grid_cells(*codes.shape)[cell_mask.flatten()]  # (N, 2) masked, raster order
+    cond_p = _inp_prefix(tokenizer, text_ids, codes, cell_mask)
+    uncond_p = _inp_prefix(tokenizer, [], codes, cell_mask) if config.guided else None
+    flat = out.view(n, -1)
+    where = cell_mask.flatten().nonzero().flatten().to(device)
+    for chunk in _chunks(n, config.batch_size):
+        uncond = [uncond_p] * len(chunk) if uncond_p is not None else None
+        new = _sample_targets(
+            model,
+            tokenizer,
+            [cond_p] * len(chunk),
+            uncond,
+            cells,
+            config,
+            generator,
+            clusters,
+            use_cache,
+        )
+        flat[chunk.start : chunk.stop, where] = new
+        if progress is not None:
+            progress(len(chunk))
+    return out
+
+
+@torch.inference_mode()
+def generate_captions(
+    model: CogLM,
+    tokenizer,
+    codes: Tensor,
+    config: SamplingConfig,
+    generator: torch.Generator | None = None,
+    n: int = 1,
+    max_len: int | None = None,
+    *,
+    use_cache: bool = True,
+) -> list[list[int]]:
+    """n captions (text ids, without `<eot>`) of the image `codes` (h, w), in captioning mode.
+
+    A caption ends at `<eot>` or after `max_len` text tokens (default: the tokenizer's
+    `max_text_len`). Guidance, clusters and the text attention bias are for images only.
+    """
+    max_len = tokenizer.max_text_len if max_len is None else max_len
+    if max_len < 1:
+        raise SamplingError(f"max_len must be >= 1, got {max_len}")
+    weight, row_ids = _text_head(model, tokenizer)
+    prefix = _cap_prefix(tokenizer, codes.long().cpu())
+    captions: list[list[int]] = []
+    for chunk in _chunks(n, config.batch_size):
+        b = len(chunk)
+        # max_len text tokens, then room for <eot>; text targets have no cell
+        dec = _Decoder(
+            model,
+            tokenizer,
+            [prefix] * b,
+            torch.zeros(max_len + 1, 2, dtype=torch.long),
+            use_cache=use_cache,
+        )
+        rows: list[list[int]] = [[] for _ in range(b)]
+        done = torch.zeros(b, dtype=torch.bool)
+        h = dec.start()
+        for k in range(max_len + 1):
+            ids = row_ids[sample_logits(F.linear(h, weight), config, generator)]
+            for r, i in enumerate(ids.tolist()):
+                if done[r]:
+                    continue
+                if i == tokenizer.eot_id or k == max_len:
+                    done[r] = True
+                else:
+                    rows[r].append(i)
+            if bool(done.all()):
+                break
+            h = dec.step(ids)
+        captions.extend(rows)
+    return captions
+
+
+@torch.inference_mode()
+def caption_logprob(
+    model: CogLM,
+    tokenizer,
+    codes: Tensor,
+    text_ids: Sequence[int] | Sequence[Sequence[int]],
+    batch_size: int = 64,
+) -> Tensor:
+    """Mean log p(text, `<eot>` | image) per sample (B,), teacher-forced in captioning mode.
+
+    `codes` is (B, h, w) or one image (h, w); `text_ids` is one list of ids for every image or
+    B lists. One batched forward per `batch_size` samples over the training sequences
+    (`masks.captioning`); probabilities are over the whole vocabulary, as in training.
+    """
+    if codes.dim() == 2:
+        codes = codes[None]
+    b = codes.shape[0]
+    texts = list(text_ids)
+    if not texts or isinstance(texts[0], int) or hasattr(texts[0], "__index__"):
+        texts = [[int(i) for i in texts]] * b
+    if len(texts) != b:
+        raise SamplingError(f"{len(texts)} texts for {b} images")
+    device = next(model.parameters()).device
+    out = []
+    for chunk in _chunks(b, batch_size):
+        seqs = [masks.captioning(tokenizer, texts[i], codes[i].cpu()) for i in chunk]
+        batch = masks.collate(seqs, tokenizer.pad_id).to(device)
+        logits = model(**batch.model_inputs()).float()  # (B, T, V)
+        keep = batch.labels != masks.IGNORE
+        logp = logits.log_softmax(-1).gather(-1, batch.labels.clamp(min=0)[..., None])[..., 0]
+        out.append((logp * keep).sum(1) / keep.sum(1))
+    return torch.cat(out)
+
+
+@dataclass
+class Reranked:
+    codes: Tensor  # (keep, h, w), best first
+    scores: Tensor  # (keep,) mean log p(prompt | image)
+    all_scores: Tensor  # (n_candidates,) in generation order
+
+
+@torch.inference_mode()
+def rerank(
+    model: CogLM,
+    tokenizer,
+    text_ids: Sequence[int],
+    grid: tuple[int, int],
+    config: SamplingConfig,
+    generator: torch.Generator | None = None,
+    n_candidates: int = 16,
+    keep: int = 1,
+    *,
+    clusters: Tensor | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Reranked:
+    """CogView self-reranking: sample `n_candidates` images of the prompt, score each by the
+    model's own log p(prompt | image) in captioning mode, keep the best `keep`."""
+    if not 1 <= keep <= n_candidates:
+        raise SamplingError(f"keep must be in 1..{n_candidates}, got {keep}")
+    codes = generate_images(
+        model,
+        tokenizer,
+        [list(text_ids)] * n_candidates,
+        grid,
+        config,
+        generator,
+        clusters=clusters,
+        progress=progress,
+    )
+    scores = caption_logprob(model, tokenizer, codes, list(text_ids), config.batch_size)
+    best = scores.argsort(descending=True, stable=True)[:keep]
+    return Reranked(codes=codes[best], scores=scores[best], all_scores=scores)
