@@ -1,0 +1,61 @@
+"""Loading trained models from checkpoint folders, and the hooks for the models that ship.
+
+Each loader rebuilds the model from the folder alone (its config.json) and loads the weights
+strictly; the model comes back in eval mode.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cogview.checkpoint import (
+    CONFIG_FILE,
+    config_from_dict,
+    load_checkpoint,
+    load_state_strict,
+    save_checkpoint,
+)
+from cogview.defaults import DEFAULTS, model_path_or_default
+from vqvae.model import VQVAE, VQVAEConfig, fingerprint
+
+VQVAE_KIND = "vqvae"
+
+# Where the VQVAE that ships inside the package lives; used when a command gets no --vqvae.
+DEFAULT_VQVAE: Path = DEFAULTS[VQVAE_KIND]
+
+
+def resolve_vqvae_path(path: str | Path | None) -> Path:
+    """The folder given with --vqvae, or the shipped default; a UserError when neither exists."""
+    return model_path_or_default(path, VQVAE_KIND)
+
+
+def load_vqvae(path: str | Path, device: str | torch.device = "cpu") -> VQVAE:
+    """A VQVAE in eval mode from a checkpoint folder (or a training run: its newest step)."""
+    ckpt = load_checkpoint(path, kind=VQVAE_KIND)
+    config = config_from_dict(VQVAEConfig, ckpt.config, source=str(ckpt.path / CONFIG_FILE))
+    model = VQVAE(config)
+    load_state_strict(model, ckpt.state_dict, source=str(ckpt.path))
+    return model.to(device).eval()
+
+
+def save_vqvae(
+    path: str | Path,
+    model: VQVAE,
+    step: int = 0,
+    extra: dict[str, Any] | None = None,
+    training_state: dict[str, Any] | None = None,
+) -> Path:
+    """Write `model` as a checkpoint folder; its fingerprint travels in the extra JSON."""
+    extra = {**(extra or {}), "fingerprint": fingerprint(model)}
+    return save_checkpoint(
+        path,
+        kind=VQVAE_KIND,
+        config=model.config,
+        state_dict=model.state_dict(),
+        step=step,
+        extra=extra,
+        training_state=training_state,
+    )
