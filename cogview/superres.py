@@ -37,6 +37,7 @@ from torch import Tensor
 from cogview.errors import UserError
 from cogview.masks import IGNORE, grid_cells
 from cogview.model import CogLM, CogLMConfig, KVCache
+from cogview.sampling import SamplingConfig, SamplingError, sample_logits
 
 SR_KIND = "sr"
 
@@ -283,24 +284,24 @@ def sr_training_batch(
 # sampling
 
 
-@dataclass(frozen=True)
-class SRSampling:
-    temperature: float = 1.0  # 0 = argmax
-    top_k: int | None = None
+def _check_sampling(sampling: SamplingConfig) -> None:
+    if sampling.guided or sampling.text_attention_bias:
+        raise SamplingError("super-resolution takes no --cfg or --text-attention-bias")
 
 
-def _pick(logits: Tensor, sampling: SRSampling, g: torch.Generator | None) -> Tensor:
-    """(B, N, K) code logits -> (B, N) codes."""
-    if sampling.temperature <= 0:
-        return logits.argmax(-1)
-    logits = logits.float() / sampling.temperature
-    if sampling.top_k is not None and sampling.top_k < logits.shape[-1]:
-        kth = logits.topk(sampling.top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = logits.softmax(-1).flatten(0, 1)
-    if g is not None and g.device != probs.device:
-        probs = probs.to(g.device)
-    return torch.multinomial(probs, 1, generator=g).view(logits.shape[:2]).to(logits.device)
+def _pick(
+    logits: Tensor,
+    sampling: SamplingConfig,
+    g: torch.Generator | None,
+    clusters: Tensor | None = None,
+) -> Tensor:
+    """(B, N, K) code logits -> (B, N) codes (temperature, top-k/top-p, cluster sampling)."""
+    b, n, k = logits.shape
+    flat = logits.reshape(b * n, k)
+    if g is not None and g.device != flat.device:
+        flat = flat.to(g.device)
+        clusters = None if clusters is None else clusters.to(g.device)
+    return sample_logits(flat, sampling, g, clusters).view(b, n).to(logits.device)
 
 
 class SRState:
@@ -357,12 +358,15 @@ def lopar_step(
     state: SRState,
     hr_codes: Tensor,
     start: int,
-    sampling: SRSampling = SRSampling(),
+    sampling: SamplingConfig | None = None,
     generator: torch.Generator | None = None,
+    clusters: Tensor | None = None,
 ) -> Tensor:
     """Re-predict every cell of order >= `start` (in all windows at once); cells of order
-    < start keep their codes. `hr_codes` (B, N) -> new (B, N) codes."""
-    new = _pick(state.logits(hr_codes, start), sampling, generator)
+    < start keep their codes. `hr_codes` (B, N) -> new (B, N) codes; `clusters` (K,) the
+    cluster of each code for cluster sampling."""
+    sampling = sampling or SamplingConfig()
+    new = _pick(state.logits(hr_codes, start), sampling, generator, clusters)
     return torch.where(state.order[None] < start, hr_codes, new)
 
 
@@ -380,20 +384,31 @@ def super_resolve(
     texts: Sequence[Sequence[int]] | None = None,
     *,
     steps: int | None = None,
-    sampling: SRSampling = SRSampling(),
+    sampling: SamplingConfig | None = None,
     generator: torch.Generator | None = None,
+    clusters: Tensor | None = None,
 ) -> SRResult:
-    """Low-res codes (B, lr, lr) -> high-res codes (B, hr, hr).
+    """Low-res codes (B, lr, lr) -> high-res codes (B, hr, hr), `sampling.batch_size` at a time.
 
     `steps` LoPAR passes (default 2w-1, one per order; 1 = direct SR, every code in one
-    parallel pass). `texts` B lists of text ids or None.
+    parallel pass). `texts` B lists of text ids, or None for no text.
     """
+    sampling = sampling or SamplingConfig()
+    _check_sampling(sampling)
     config = model.sr_config
     steps = config.num_orders if steps is None else steps
     starts = lopar_schedule(config.num_orders, steps)
-    state = SRState(model, tok, lr_codes, texts)
     b, n = lr_codes.shape[0], config.hr_size**2
-    codes = torch.zeros(b, n, dtype=torch.long, device=lr_codes.device)
-    for start in starts:
-        codes = lopar_step(state, codes, start, sampling, generator)
-    return SRResult(codes=codes.view(b, config.hr_size, config.hr_size), passes=len(starts))
+    texts = list(texts) if texts is not None else [[] for _ in range(b)]
+    if len(texts) != b:
+        raise UserError(f"{len(texts)} texts for {b} low-res code grids")
+    out = []
+    for i in range(0, b, sampling.batch_size):
+        chunk = lr_codes[i : i + sampling.batch_size]
+        state = SRState(model, tok, chunk, texts[i : i + sampling.batch_size])
+        codes = torch.zeros(chunk.shape[0], n, dtype=torch.long, device=lr_codes.device)
+        for start in starts:
+            codes = lopar_step(state, codes, start, sampling, generator, clusters)
+        out.append(codes)
+    codes = torch.cat(out).view(b, config.hr_size, config.hr_size)
+    return SRResult(codes=codes, passes=len(starts))

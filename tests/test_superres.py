@@ -7,9 +7,9 @@ import torch
 
 from cogview.errors import UserError
 from cogview.masks import IGNORE
+from cogview.sampling import SamplingConfig
 from cogview.superres import (
     SRModel,
-    SRSampling,
     SRState,
     lopar_orders,
     lopar_schedule,
@@ -24,7 +24,7 @@ from cogview.superres import (
 from tokenizer import UnifiedTokenizer
 
 CAPTIONS = ["a red circle at the top left", "a blue square at the bottom right", "a green star"]
-GREEDY = SRSampling(temperature=0.0)
+GREEDY = SamplingConfig(temperature=0.0)
 
 
 @pytest.fixture(scope="module")
