@@ -310,3 +310,67 @@ def test_train_rejects_bad_corpora() -> None:
         UnifiedTokenizer.train("a red star", vocab_size=300, image_codes=8)
     with pytest.raises(TokenizerError, match="caption 1 is a int"):
         UnifiedTokenizer.train(["a", 3], vocab_size=300, image_codes=8)
+
+
+# ---------------------------------------------------------------- command line
+
+
+def _write_shards(folder, captions: list[str], per_shard: int = 40) -> None:
+    import io
+
+    import webdataset as wds
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (4, 4), (200, 10, 10)).save(buf, format="PNG")
+    folder.mkdir(parents=True, exist_ok=True)
+    for start in range(0, len(captions), per_shard):
+        with wds.TarWriter(str(folder / f"train-{start // per_shard:06d}.tar")) as w:
+            for i, caption in enumerate(captions[start : start + per_shard], start):
+                w.write({"__key__": f"k{i:05d}", "png": buf.getvalue(), "txt": caption.encode()})
+
+
+def test_cli_train_tokenizer_then_tokenize(tmp_path, capsys) -> None:
+    from cogview.cli import main
+
+    captions = make_captions(100, seed=5)
+    _write_shards(tmp_path / "data", captions)
+    out = tmp_path / "tok" / "tokenizer.json"
+    argv = ["train-tokenizer", str(tmp_path / "data"), "--vocab-size", "300"]
+    argv += ["--image-codes", "16", "--max-text-len", "8", "--out", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {out}" in printed and "captions: 100 from 3 shard(s)" in printed
+
+    tok = UnifiedTokenizer.load(out)
+    want = UnifiedTokenizer.train(captions, vocab_size=300, image_codes=16, max_text_len=8)
+    assert tok.fingerprint == want.fingerprint
+    assert f"vocab_size {tok.vocab_size}" in printed
+
+    assert main(["tokenize", "a red star", "--tokenizer", str(out)]) == 0
+    printed = capsys.readouterr().out
+    ids = tok.encode_text("a red star")
+    assert f"ids ({len(ids)}): {ids}" in printed
+    assert f"pieces: {[tok.piece(i) for i in ids]}" in printed
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["train-tokenizer", "{tmp}/absent", "--vocab-size", "300"], "absent"),
+        (["train-tokenizer", "{tmp}/data", "--vocab-size", "30"], "--vocab-size"),
+        (["train-tokenizer", "{tmp}/data", "--vocab-size", "300", "--max-text-len", "0"], "--max"),
+        (["tokenize", "x", "--tokenizer", "{tmp}/data/train-000000.tar"], "train-000000.tar"),
+    ],
+)
+def test_cli_user_errors(tmp_path, capsys, argv: list[str], match: str) -> None:
+    from cogview.cli import main
+
+    _write_shards(tmp_path / "data", make_captions(10))
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    if argv[0] == "train-tokenizer":
+        argv += ["--image-codes", "16", "--out", str(tmp_path / "t.json")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and match in err
+    assert not (tmp_path / "t.json").exists()

@@ -69,8 +69,19 @@ def run_train_tokenizer(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from tokenizer import TextTruncatedWarning, TokenizerError, UnifiedTokenizer
+    from tokenizer.unified import MIN_TEXT_VOCAB
     from train.data.loader import iter_samples, list_shards
 
+    # check the flags before reading any data, naming the flag
+    for flag, value, least in (
+        ("--vocab-size", args.vocab_size, MIN_TEXT_VOCAB),
+        ("--image-codes", args.image_codes, 1),
+        ("--max-text-len", args.max_text_len, 1),
+        ("--min-frequency", args.min_frequency, 1),
+    ):
+        if value < least:
+            why = " (256 byte symbols plus some merges)" if flag == "--vocab-size" else ""
+            raise UserError(f"{flag} must be at least {least}{why}, got {value}")
     if args.out.is_dir():
         raise UserError(f"--out {args.out} is a folder; give a file name like tokenizer.json")
     shards = list_shards(args.shards, split="train")
