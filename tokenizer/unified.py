@@ -526,11 +526,10 @@ def _shift(values: Any, low: int, high: int, offset: int, what: str) -> Any:
         if values.dtype == torch.bool or values.is_floating_point() or values.is_complex():
             raise TokenizerError(f"{what}s must have an integer dtype, got {values.dtype}")
         values = values.to(torch.int64)  # before the offset, so int8/uint8 cannot overflow
-        if values.numel():
-            lo, hi = int(values.min()), int(values.max())
-            if lo < low or hi >= high:
-                bad = lo if lo < low else hi
-                raise TokenizerError(f"{what} {bad} outside {low}..{high - 1}")
+        outside = (values < low) | (values >= high)
+        if outside.any():  # one host sync for a GPU tensor, the value only on the error path
+            bad = int(values[outside].flatten()[0])
+            raise TokenizerError(f"{what} {bad} outside {low}..{high - 1}")
         return values + offset
 
     if isinstance(values, np.ndarray):
