@@ -1,0 +1,463 @@
+"""The compositional shapes domain: seeded scenes, a deterministic renderer, captions and a parser.
+
+A scene holds one object, or two objects in different cells of a 3x3 grid. Every object has a
+flat colour from `COLOURS`, a shape, a size and a grid cell; it sits exactly at its cell centre,
+so every attribute can be read back from the pixels (see `cogview.detect`). Sizes are fractions
+of the image side, chosen so that shape and size stay readable at the 32 px base resolution:
+a small object is about 6 px wide there and a large one about 9 px, and two large objects in
+neighbouring cells keep a gap of about 1.7 px (3.4 px at 64 px).
+
+Attribute dicts (what `scene_to_json`, `parse_caption`, `eval_prompts` and `detect` produce) have
+one form: `{"objects": [{"colour", "shape", "size", "position", ...}], "relation": str | None}`.
+An object may lack keys (a caption may omit the size); `relation`, when set, relates
+`objects[0]` to `objects[1]` ("left of" means objects[0] is left of objects[1]).
+
+Pure: no I/O. Randomness comes only from the `numpy.random.Generator` that callers pass in.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+# Flat colours on a black background, far apart in RGB and in hue so that a dimmed (anti-aliased)
+# or slightly noisy pixel still has one nearest colour.
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (230, 40, 40),
+    "green": (40, 200, 60),
+    "blue": (50, 90, 250),
+    "yellow": (245, 220, 40),
+    "purple": (170, 60, 230),
+    "white": (245, 245, 245),
+}
+COLOURS_LIST = tuple(COLOURS)
+BACKGROUND = (0, 0, 0)
+SHAPES = ("circle", "square", "triangle")
+# side of the object's bounding box as a fraction of the image side (one grid cell is 1/3)
+SIZE_FRACTIONS: dict[str, float] = {"small": 0.18, "large": 0.28}
+SIZES = tuple(SIZE_FRACTIONS)
+GRID = 3
+POSITIONS = (
+    "top left", "top", "top right",
+    "left", "center", "right",
+    "bottom left", "bottom", "bottom right",
+)  # fmt: skip
+RELATIONS = ("left of", "right of", "above", "below")
+INVERSE_RELATION = {
+    "left of": "right of",
+    "right of": "left of",
+    "above": "below",
+    "below": "above",
+}
+ATTRIBUTES = ("colour", "shape", "size", "position")
+
+# supersampling factor of the renderer: edges are anti-aliased by averaging SS x SS subpixels
+_SUPERSAMPLE = 4
+
+# words a caption may use for an attribute value (the first one is canonical)
+_SIZE_WORDS = {"small": ("small", "little"), "large": ("large", "big")}
+_RELATION_WORDS = {
+    "left of": ("to the left of", "left of"),
+    "right of": ("to the right of", "right of"),
+    "above": ("above",),
+    "below": ("below", "under"),
+}
+
+
+@dataclass(frozen=True)
+class ShapeObject:
+    colour: str
+    shape: str
+    size: str
+    row: int  # 0 = top
+    col: int  # 0 = left
+
+    @property
+    def position(self) -> str:
+        return POSITIONS[self.row * GRID + self.col]
+
+
+@dataclass(frozen=True)
+class Scene:
+    objects: tuple[ShapeObject, ...]
+
+
+def position_cell(position: str) -> tuple[int, int]:
+    """(row, col) of a position name such as "top left"."""
+    return divmod(POSITIONS.index(position), GRID)
+
+
+def relation_holds(relation: str, a: tuple[int, int], b: tuple[int, int]) -> bool:
+    """Whether `a relation b` holds for grid cells a, b = (row, col).
+
+    "A left of B" iff col_A < col_B, "A above B" iff row_A < row_B (rows count from the top);
+    the other two are the inverses. Cells in one column are neither left nor right of each other.
+    """
+    (ra, ca), (rb, cb) = a, b
+    return {
+        "left of": ca < cb,
+        "right of": ca > cb,
+        "above": ra < rb,
+        "below": ra > rb,
+    }[relation]
+
+
+def relations_between(a: ShapeObject, b: ShapeObject) -> list[str]:
+    """Every relation in RELATIONS that holds for `a relation b`."""
+    return [r for r in RELATIONS if relation_holds(r, (a.row, a.col), (b.row, b.col))]
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def sample_scene(rng: np.random.Generator, n_objects: int) -> Scene:
+    """A uniformly random scene of 1 or 2 objects.
+
+    Two objects take different cells and differ in colour or shape, so that a caption naming
+    "the red circle" and "the blue square" picks out each object unambiguously.
+    """
+    if n_objects not in (1, 2):
+        raise ValueError(f"n_objects must be 1 or 2, got {n_objects}")
+    cells = rng.permutation(GRID * GRID)[:n_objects]
+    objects: list[ShapeObject] = []
+    for cell in cells:
+        while True:
+            colour = COLOURS_LIST[int(rng.integers(len(COLOURS_LIST)))]
+            shape = SHAPES[int(rng.integers(len(SHAPES)))]
+            if all((o.colour, o.shape) != (colour, shape) for o in objects):
+                break
+        size = SIZES[int(rng.integers(len(SIZES)))]
+        row, col = divmod(int(cell), GRID)
+        objects.append(ShapeObject(colour, shape, size, row, col))
+    return Scene(tuple(objects))
+
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+def _coverage(obj: ShapeObject, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Boolean mask of subpixel centres (u, v in image fractions, x right, y down) in `obj`."""
+    cx, cy = (obj.col + 0.5) / GRID, (obj.row + 0.5) / GRID
+    half = SIZE_FRACTIONS[obj.size] / 2
+    du, dv = u - cx, v - cy
+    if obj.shape == "circle":
+        return du * du + dv * dv <= half * half
+    if obj.shape == "square":
+        return (np.abs(du) <= half) & (np.abs(dv) <= half)
+    if obj.shape == "triangle":
+        # apex up at (cx, cy - half), base along y = cy + half, base width = height = 2 * half
+        return (dv <= half) & (np.abs(du) <= (dv + half) / 2)
+    raise ValueError(f"unknown shape {obj.shape!r}")
+
+
+def render(scene: Scene, size: int) -> np.ndarray:
+    """The scene as a uint8 image (size, size, 3): flat colours on black, anti-aliased edges.
+
+    Deterministic: a pixel's coverage is the fraction of its SS x SS subpixel centres inside the
+    exact shape (an area filter), and the pixel is `coverage * colour`; objects never overlap.
+    Only the pixels around each object are supersampled.
+    """
+    if size < 1:
+        raise ValueError(f"image size must be positive, got {size}")
+    image = np.zeros((size, size, 3), dtype=np.float64)
+    image[:] = BACKGROUND
+    ss = _SUPERSAMPLE
+    for obj in scene.objects:
+        # pixel window [lo, hi) that holds the object's bounding box, on both axes
+        half = SIZE_FRACTIONS[obj.size] / 2
+        lo_x = max(int(np.floor(((obj.col + 0.5) / GRID - half) * size)) - 1, 0)
+        lo_y = max(int(np.floor(((obj.row + 0.5) / GRID - half) * size)) - 1, 0)
+        hi_x = min(int(np.ceil(((obj.col + 0.5) / GRID + half) * size)) + 1, size)
+        hi_y = min(int(np.ceil(((obj.row + 0.5) / GRID + half) * size)) + 1, size)
+        sub_x = (np.arange(lo_x * ss, hi_x * ss, dtype=np.float64) + 0.5) / (size * ss)
+        sub_y = (np.arange(lo_y * ss, hi_y * ss, dtype=np.float64) + 0.5) / (size * ss)
+        v, u = np.meshgrid(sub_y, sub_x, indexing="ij")  # (h*ss, w*ss): v = y (down), u = x
+        inside = _coverage(obj, u, v).astype(np.float64)
+        h, w = hi_y - lo_y, hi_x - lo_x
+        cover = inside.reshape(h, ss, w, ss).mean(axis=(1, 3))[..., None]  # (h, w, 1)
+        window = image[lo_y:hi_y, lo_x:hi_x]
+        window[:] = window * (1 - cover) + cover * np.asarray(COLOURS[obj.colour], np.float64)
+    return np.rint(image).clip(0, 255).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------- captions
+
+
+def _describe(obj: ShapeObject, rng: np.random.Generator, with_size: bool) -> str:
+    words = [obj.colour, obj.shape]
+    if with_size:
+        options = _SIZE_WORDS[obj.size]
+        words.insert(0, options[int(rng.integers(len(options)))])
+    return "a " + " ".join(words)
+
+
+def _position_phrases(position: str) -> tuple[list[str], list[str]]:
+    """(phrases with a preposition, bare phrases) for a position name."""
+    if position == "center":
+        return ["in the center", "in the middle", "at the center"], ["center", "middle"]
+    upper = position.replace("top", "upper").replace("bottom", "lower")
+    if " " in position:  # a corner
+        return [f"at the {position}", f"in the {position} corner", f"in the {upper} corner"], [
+            position
+        ]
+    if position in ("left", "right"):
+        return [f"on the {position}", f"at the {position}", f"on the {position} side"], [position]
+    return [f"at the {position}", f"along the {position} edge"], [position]
+
+
+def _pick(rng: np.random.Generator, options: list[str] | tuple[str, ...]) -> str:
+    return options[int(rng.integers(len(options)))]
+
+
+def caption(scene: Scene, rng: np.random.Generator) -> str:
+    """A caption in one of several phrasings, true of the scene.
+
+    One object: colour, shape and position, with the size in about 70% of captions (so that a
+    prompt like "a red circle at the top left" is in distribution). Two objects: both
+    descriptions and one relation that holds between them, either object named first; sizes in
+    about 75% of captions (both or neither).
+    """
+    objs = scene.objects
+    if len(objs) == 1:
+        obj = objs[0]
+        desc = _describe(obj, rng, with_size=rng.random() < 0.7)
+        with_prep, bare = _position_phrases(obj.position)
+        pos = _pick(rng, with_prep)
+        template = int(rng.integers(5))
+        if template == 0:
+            return f"{desc} {pos}"
+        if template == 1:
+            return f"there is {desc} {pos}"
+        if template == 2:
+            return f"{pos}, {desc}"
+        if template == 3:
+            return f"{desc}, {_pick(rng, bare)}"
+        return f"a picture of {desc} {pos}"
+    if len(objs) == 2:
+        first, second = (objs[0], objs[1]) if rng.random() < 0.5 else (objs[1], objs[0])
+        relation = _pick(rng, relations_between(first, second))
+        with_size = bool(rng.random() < 0.75)
+        d1, d2 = _describe(first, rng, with_size), _describe(second, rng, with_size)
+        rel = _pick(rng, _RELATION_WORDS[relation])
+        template = int(rng.integers(3))
+        if template == 0:
+            return f"{d1} {rel} {d2}"
+        if template == 1:
+            return f"{d1} is {rel} {d2}"
+        return f"there is {d1} {rel} {d2}"
+    raise ValueError(f"a scene has 1 or 2 objects, got {len(objs)}")
+
+
+_WORD = re.compile(r"[a-z]+")
+_RELATION_PATTERN = re.compile(
+    r"\b("
+    + "|".join(sorted((w for ws in _RELATION_WORDS.values() for w in ws), key=len, reverse=True))
+    + r")\b"
+)
+_RELATION_OF_WORD = {w: r for r, ws in _RELATION_WORDS.items() for w in ws}
+_SIZE_OF_WORD = {w: s for s, ws in _SIZE_WORDS.items() for w in ws}
+
+
+def _parse_object(text: str, with_position: bool) -> dict[str, str]:
+    words = _WORD.findall(text.lower())
+    found: dict[str, str] = {}
+    for w in words:
+        if "colour" not in found and w in COLOURS:
+            found["colour"] = w
+        elif "shape" not in found and w in SHAPES:
+            found["shape"] = w
+        elif "size" not in found and w in _SIZE_OF_WORD:
+            found["size"] = _SIZE_OF_WORD[w]
+    if with_position:
+        vertical = next((w for w in words if w in ("top", "upper", "bottom", "lower")), None)
+        horizontal = next((w for w in words if w in ("left", "right")), None)
+        vertical = {"upper": "top", "lower": "bottom"}.get(vertical or "", vertical)
+        if vertical or horizontal:
+            found["position"] = " ".join(p for p in (vertical, horizontal) if p)
+        elif any(w in ("center", "centre", "middle") for w in words):
+            found["position"] = "center"
+    return found
+
+
+def parse_caption(text: str) -> dict[str, Any]:
+    """Attributes stated by a caption, in the form described at the top of this module.
+
+    Reads every phrasing that `caption` and `eval_prompts` produce; for free text it returns
+    whatever it recognises (keys it cannot find are left out), never raises.
+    """
+    lowered = text.lower()
+    match = _RELATION_PATTERN.search(lowered)
+    if match is None:
+        return {"objects": [_parse_object(lowered, with_position=True)], "relation": None}
+    left, right = lowered[: match.start()], lowered[match.end() :]
+    return {
+        "objects": [_parse_object(left, False), _parse_object(right, False)],
+        "relation": _RELATION_OF_WORD[match.group(1)],
+    }
+
+
+# ----------------------------------------------------------------------------- json
+
+
+def scene_to_json(scene: Scene) -> dict[str, Any]:
+    """Full attributes of a scene; two-object scenes also list every relation that holds."""
+    objects = [
+        {
+            "colour": o.colour,
+            "shape": o.shape,
+            "size": o.size,
+            "position": o.position,
+            "row": o.row,
+            "col": o.col,
+        }
+        for o in scene.objects
+    ]
+    out: dict[str, Any] = {"objects": objects, "relation": None}
+    if len(scene.objects) == 2:
+        out["relations"] = relations_between(*scene.objects)
+    return out
+
+
+def scene_from_json(data: dict[str, Any]) -> Scene:
+    """Inverse of `scene_to_json` (positions are read from "position")."""
+    objects = []
+    for o in data["objects"]:
+        row, col = position_cell(o["position"])
+        objects.append(ShapeObject(o["colour"], o["shape"], o["size"], row, col))
+    return Scene(tuple(objects))
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def canonical_caption(attributes: dict[str, Any]) -> str:
+    """The one fixed phrasing used for evaluation prompts."""
+    objs = attributes["objects"]
+
+    def describe(o: dict[str, str]) -> str:
+        words = [o[k] for k in ("size", "colour", "shape") if k in o]
+        return "a " + " ".join(words)
+
+    if len(objs) == 1:
+        pos = objs[0].get("position")
+        return describe(objs[0]) + (f" {_position_phrases(pos)[0][0]}" if pos else "")
+    rel = _RELATION_WORDS[attributes["relation"]][0]
+    return f"{describe(objs[0])} {rel} {describe(objs[1])}"
+
+
+def eval_prompts(n_objects: int, n: int | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """A fixed prompt set with the attributes each prompt asks for.
+
+    One object: every colour x shape x size x position (6 x 3 x 2 x 9 = 324 prompts; `n` takes
+    the first n of a fixed shuffle, which stays balanced only roughly). Two objects: `n`
+    (default 240) seeded relation prompts, the four relations in turn, with object pairs
+    drawn as in `sample_scene`; positions are not stated, so only colour, shape, size and the
+    relation are asked for.
+    """
+    if n_objects == 1:
+        combos = itertools.product(COLOURS_LIST, SHAPES, SIZES, POSITIONS)
+        attrs = [
+            {"objects": [dict(colour=c, shape=s, size=z, position=p)], "relation": None}
+            for c, s, z, p in combos
+        ]
+        if n is not None:
+            order = np.random.default_rng(1).permutation(len(attrs))[:n]
+            attrs = [attrs[int(i)] for i in order]
+        return [(canonical_caption(a), a) for a in attrs]
+    if n_objects == 2:
+        rng = np.random.default_rng(2)
+        out = []
+        for i in range(240 if n is None else n):
+            relation = RELATIONS[i % len(RELATIONS)]
+            while True:
+                scene = sample_scene(rng, 2)
+                if relation in relations_between(*scene.objects):
+                    break
+            objects = [
+                {"colour": o.colour, "shape": o.shape, "size": o.size} for o in scene.objects
+            ]
+            a = {"objects": objects, "relation": relation}
+            out.append((canonical_caption(a), a))
+        return out
+    raise ValueError(f"n_objects must be 1 or 2, got {n_objects}")
+
+
+def _cell(o: dict[str, Any]) -> tuple[int, int] | None:
+    if "row" in o and "col" in o:
+        return int(o["row"]), int(o["col"])
+    if o.get("position") in POSITIONS:
+        return position_cell(o["position"])
+    return None
+
+
+def _relation_ok(expected: dict, observed: dict, assign: tuple[int | None, ...]) -> bool:
+    """Whether the relation stated on one side holds on the other (see `compare`)."""
+    exp, obs = expected["objects"], observed["objects"]
+    if None in assign:
+        return False
+    rel_exp, rel_obs = expected.get("relation"), observed.get("relation")
+    a0, a1 = assign[0], assign[1]
+    if rel_exp is not None:
+        cells = _cell(obs[a0]), _cell(obs[a1])
+        if cells[0] is not None and cells[1] is not None:
+            return relation_holds(rel_exp, cells[0], cells[1])
+        if rel_obs is None:
+            return False
+        # both sides only state a relation, between observed objects 0 and 1
+        return rel_obs == (rel_exp if (a0, a1) == (0, 1) else INVERSE_RELATION[rel_exp])
+    if rel_obs is not None:
+        # e.g. a caption scored against the true scene: does its relation hold in the scene?
+        inverse = {a: i for i, a in enumerate(assign)}
+        if 0 not in inverse or 1 not in inverse:
+            return False
+        cells = _cell(exp[inverse[0]]), _cell(exp[inverse[1]])
+        if cells[0] is None or cells[1] is None:
+            return False
+        return relation_holds(rel_obs, cells[0], cells[1])
+    return True
+
+
+def compare(expected: dict[str, Any], observed: dict[str, Any]) -> dict[str, bool]:
+    """Per-attribute correctness of `observed` against `expected` (both attribute dicts).
+
+    Each expected object is matched to a different observed object, choosing the assignment
+    that gets the most checks right. Scored: every attribute key present in an expected object
+    (an observed object missing that key is wrong), "count" (as many observed objects as
+    expected) and, for two objects, "relation" when either side states one. Two-object results
+    also carry per-object keys ("colour_0", "shape_1", ...) and per-attribute keys that hold
+    when every object has that attribute right. "all" is the conjunction of everything scored.
+    """
+    exp, obs = expected["objects"], observed["objects"]
+    two = len(exp) == 2
+    states_relation = two and (
+        expected.get("relation") is not None or observed.get("relation") is not None
+    )
+    slots: list[int | None] = list(range(len(obs))) + [None] * len(exp)
+    best: tuple[int, dict[str, bool]] | None = None
+    for assign in dict.fromkeys(itertools.permutations(slots, len(exp))):
+        result: dict[str, bool] = {}
+        for i, (e, a) in enumerate(zip(exp, assign, strict=True)):
+            o = obs[a] if a is not None else {}
+            for key in ATTRIBUTES:
+                if key in e:
+                    result[f"{key}_{i}" if two else key] = o.get(key) == e[key]
+        if states_relation:
+            result["relation"] = _relation_ok(expected, observed, assign)
+        right = sum(result.values())
+        if best is None or right > best[0]:
+            best = (right, result)
+    assert best is not None
+    result = best[1]
+    if two:
+        for key in ATTRIBUTES:
+            per_object = [result[f"{key}_{i}"] for i in range(2) if f"{key}_{i}" in result]
+            if per_object:
+                result[key] = all(per_object)
+    result["count"] = len(obs) == len(exp)
+    result["all"] = all(result.values())
+    return result

@@ -1,0 +1,159 @@
+import itertools
+
+import numpy as np
+import pytest
+
+from cogview import shapes
+
+
+def scenes(n=200, seed=0, n_objects=None):
+    rng = np.random.default_rng(seed)
+    return [shapes.sample_scene(rng, n_objects or 1 + i % 2) for i in range(n)]
+
+
+def test_render_is_deterministic_and_shaped():
+    for scene in scenes(20):
+        a, b = shapes.render(scene, 64), shapes.render(scene, 64)
+        assert a.dtype == np.uint8 and a.shape == (64, 64, 3)
+        assert a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_json_matches_pixels(size):
+    for scene in scenes(200):
+        image = shapes.render(scene, size)
+        data = shapes.scene_to_json(scene)
+        covered = np.zeros((size, size), dtype=bool)
+        for obj in data["objects"]:
+            row, col = shapes.position_cell(obj["position"])
+            assert (row, col) == (obj["row"], obj["col"])
+            # the pixel at the object's centre has exactly its palette colour
+            cy, cx = int((row + 0.5) * size / 3), int((col + 0.5) * size / 3)
+            assert tuple(image[cy, cx]) == shapes.COLOURS[obj["colour"]]
+            half = shapes.SIZE_FRACTIONS[obj["size"]] * size / 2 + 1
+            y0, x0 = int((row + 0.5) * size / 3 - half), int((col + 0.5) * size / 3 - half)
+            covered[max(y0, 0) : y0 + int(2 * half) + 2, max(x0, 0) : x0 + int(2 * half) + 2] = True
+        # everything away from the objects is background
+        assert not image[~covered].any()
+
+
+def test_sizes_fit_in_cells_with_a_gap():
+    # two large objects in neighbouring cells stay apart by more than a pixel at 32 px
+    gap = (1 / shapes.GRID - shapes.SIZE_FRACTIONS["large"]) * 32
+    assert gap > 1.5
+    # small and large differ by at least 3 px at 32 px
+    assert (shapes.SIZE_FRACTIONS["large"] - shapes.SIZE_FRACTIONS["small"]) * 32 >= 3
+
+
+def test_two_object_scenes_use_different_cells_and_are_identifiable():
+    for scene in scenes(300, n_objects=2):
+        a, b = scene.objects
+        assert (a.row, a.col) != (b.row, b.col)
+        assert (a.colour, a.shape) != (b.colour, b.shape)
+        assert shapes.relations_between(a, b)  # some relation always holds
+
+
+def test_relations_are_defined_by_grid_cells():
+    assert shapes.relation_holds("left of", (1, 0), (0, 2))
+    assert not shapes.relation_holds("left of", (0, 1), (2, 1))  # same column: neither side
+    assert shapes.relation_holds("above", (0, 2), (1, 0))
+    for a, b in itertools.product(itertools.product(range(3), range(3)), repeat=2):
+        for rel in shapes.RELATIONS:
+            inverse = shapes.INVERSE_RELATION[rel]
+            assert shapes.relation_holds(rel, a, b) == shapes.relation_holds(inverse, b, a)
+
+
+def test_captions_parse_back_to_true_attributes():
+    rng = np.random.default_rng(1)
+    phrasings = set()
+    for scene in scenes(300):
+        truth = shapes.scene_to_json(scene)
+        for _ in range(4):
+            text = shapes.caption(scene, rng)
+            phrasings.add(text.split(" a ")[0] if " a " in text else text[:6])
+            parsed = shapes.parse_caption(text)
+            assert len(parsed["objects"]) == len(scene.objects), text
+            # everything the caption states is true of the scene (relation included)
+            result = shapes.compare(parsed, truth)
+            assert result["all"], (text, result)
+            for obj in parsed["objects"]:
+                assert {"colour", "shape"} <= set(obj), text
+            if len(scene.objects) == 1:
+                assert parsed["objects"][0]["position"] == truth["objects"][0]["position"]
+            else:
+                assert parsed["relation"] in shapes.RELATIONS
+    assert len(phrasings) >= 5
+
+
+def test_one_object_captions_sometimes_omit_the_size():
+    rng = np.random.default_rng(2)
+    scene = scenes(1, n_objects=1)[0]
+    with_size = [
+        "size" in shapes.parse_caption(shapes.caption(scene, rng))["objects"][0]
+        for _ in range(200)
+    ]
+    assert 0.4 < np.mean(with_size) < 0.95
+
+
+def test_parse_reads_a_plain_user_prompt():
+    parsed = shapes.parse_caption("A red circle at the top left")
+    assert parsed == {
+        "objects": [{"colour": "red", "shape": "circle", "position": "top left"}],
+        "relation": None,
+    }
+    parsed = shapes.parse_caption("a small red circle to the left of a large blue square")
+    assert parsed["relation"] == "left of"
+    assert parsed["objects"] == [
+        {"size": "small", "colour": "red", "shape": "circle"},
+        {"size": "large", "colour": "blue", "shape": "square"},
+    ]
+    assert shapes.parse_caption("something else entirely")["objects"] == [{}]
+
+
+def test_eval_prompts_cover_every_value_and_parse_back():
+    one = shapes.eval_prompts(1)
+    assert len(one) == 6 * 3 * 2 * 9
+    attrs = [a["objects"][0] for _, a in one]
+    for key, values in [
+        ("colour", shapes.COLOURS),
+        ("shape", shapes.SHAPES),
+        ("size", shapes.SIZES),
+        ("position", shapes.POSITIONS),
+    ]:
+        assert {a[key] for a in attrs} == set(values)
+    for text, a in one:
+        assert shapes.parse_caption(text) == a
+    two = shapes.eval_prompts(2)
+    assert two == shapes.eval_prompts(2)  # fixed
+    counts = {r: sum(a["relation"] == r for _, a in two) for r in shapes.RELATIONS}
+    assert set(counts.values()) == {len(two) // 4}
+    for text, a in two:
+        assert shapes.parse_caption(text) == a
+
+
+def test_scene_json_round_trip():
+    for scene in scenes(50):
+        assert shapes.scene_from_json(shapes.scene_to_json(scene)) == scene
+
+
+def test_compare_matches_objects_in_any_order():
+    scene = scenes(1, n_objects=2)[0]
+    truth = shapes.scene_to_json(scene)
+    swapped = {"objects": truth["objects"][::-1], "relation": None}
+    assert shapes.compare(truth, swapped)["all"]
+    wrong = {"objects": [dict(truth["objects"][0]), truth["objects"][1]], "relation": None}
+    other = next(c for c in shapes.COLOURS if c != truth["objects"][0]["colour"])
+    wrong["objects"][0]["colour"] = other
+    result = shapes.compare(truth, wrong)
+    assert not result["colour_0"] and not result["colour"] and not result["all"]
+    assert result["shape"] and result["position"] and result["count"]
+    missing = shapes.compare(truth, {"objects": truth["objects"][:1], "relation": None})
+    assert not missing["count"] and not missing["all"]
+
+
+def test_compare_checks_stated_relations_both_ways():
+    prompt = shapes.parse_caption("a red circle to the left of a blue square")
+    inverse = shapes.parse_caption("a blue square to the right of a red circle")
+    assert shapes.compare(prompt, inverse)["all"]
+    wrong = shapes.parse_caption("a blue square to the left of a red circle")
+    assert not shapes.compare(prompt, wrong)["relation"]
