@@ -136,7 +136,6 @@ def sample_scene(rng: np.random.Generator, n_objects: int) -> Scene:
     return Scene(tuple(objects))
 
 
-
 # ----------------------------------------------------------------------------- rendering
 
 

@@ -89,8 +89,7 @@ def test_one_object_captions_sometimes_omit_the_size():
     rng = np.random.default_rng(2)
     scene = scenes(1, n_objects=1)[0]
     with_size = [
-        "size" in shapes.parse_caption(shapes.caption(scene, rng))["objects"][0]
-        for _ in range(200)
+        "size" in shapes.parse_caption(shapes.caption(scene, rng))["objects"][0] for _ in range(200)
     ]
     assert 0.4 < np.mean(with_size) < 0.95
 
