@@ -130,6 +130,7 @@ def evaluate_vqvae(
     model: VQVAE, images: Tensor, batch_size: int = 256, progress: bool = False
 ) -> VQVAEEval:
     """Reconstruct uint8 images (N, 3, s, s) and measure them as saved PNGs would be."""
+    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     sq, per_image_psnr, ssims = [], [], []
@@ -138,8 +139,9 @@ def evaluate_vqvae(
         for i in tqdm(range(0, len(images), batch_size), disable=not progress, file=sys.stderr,
                       desc=f"eval {images.shape[-1]}px"):
             x = to_model_range(images[i : i + batch_size])
-            codes = model.encode(x)
-            recon = quantize_uint8(to_unit(model.decode(codes)))
+            codes = model.encode(x.to(device))
+            recon = quantize_uint8(to_unit(model.decode(codes).cpu()))
+            codes = codes.cpu()
             target = to_unit(x)
             mse = mse_per_image(recon, target)
             sq.append(mse)
@@ -164,14 +166,10 @@ def evaluate_vqvae(
 def load_image_sets(data: str | Path, sizes: tuple[int, ...], split: str,
                     limit: int | None = None) -> dict[int, Tensor]:
     """uint8 (N, 3, s, s) images of one split of a shard folder, for each size."""
-    from train.data.loader import list_shards, load_images
+    from train.data.loader import load_images
 
-    shards = list_shards(str(data), split=split)
-    out = {}
-    for size in sizes:
-        images = load_images(shards, size, limit=limit).images
-        out[size] = torch.as_tensor(images, dtype=torch.uint8)
-    return out
+    return {size: load_images(str(data), size, limit=limit, split=split).images
+            for size in sizes}
 
 
 class _StopFlag:

@@ -1,0 +1,280 @@
+"""Pre-tokenized shards: image code grids and caption token ids, ready for language-model training.
+
+A token shard folder mirrors the image shards it was made from: `train-*.tar` and `test-*.tar`
+with one sample per key:
+
+    <key>.codes32.npy   uint16 (8, 8)     VQVAE codes of the image at 32 px (one per size asked)
+    <key>.codes64.npy   uint16 (16, 16)
+    <key>.ids.npy       int32 (T,)        caption ids from UnifiedTokenizer.encode_texts
+    <key>.txt           the caption
+    <key>.json          attributes, passed through when the source has them
+
+and `info.json` with counts, sizes, grid shapes, the codebook size and the fingerprints of the
+VQVAE and the tokenizer, so that a language model never trains on codes or ids of another
+vocabulary.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import sys
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from cogview.errors import UserError
+
+INFO_FILE = "info.json"
+FORMAT = "cogview-token-shards"
+VERSION = 1
+SPLITS = ("train", "test")
+CODES_EXT = re.compile(r"^codes(\d+)\.npy$")
+# webdataset's convention: the key is the member name up to the first dot of its base name
+_KEY_EXT = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")
+
+
+@dataclass
+class TokenData:
+    codes: dict[int, Tensor]  # image size -> LongTensor (N, h, w)
+    text_ids: list[list[int]]
+    captions: list[str]
+    metas: list[dict[str, Any] | None]
+    keys: list[str]
+    info: dict[str, Any]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    member = tarfile.TarInfo(name)
+    member.size = len(data)
+    member.mode = 0o644
+    member.mtime = 0  # the same inputs give byte-identical shards
+    tar.addfile(member, io.BytesIO(data))
+
+
+def write_sample(
+    tar: tarfile.TarFile,
+    key: str,
+    codes: dict[int, np.ndarray],
+    ids: list[int],
+    caption: str,
+    meta: dict[str, Any] | None,
+) -> None:
+    """One sample: codes (h, w) per image size, caption ids, caption and attributes."""
+    for size, grid in sorted(codes.items()):
+        _add(tar, f"{key}.codes{size}.npy", _npy_bytes(np.asarray(grid, dtype=np.uint16)))
+    _add(tar, f"{key}.ids.npy", _npy_bytes(np.asarray(ids, dtype=np.int32)))
+    _add(tar, f"{key}.txt", caption.encode("utf-8"))
+    if meta is not None:
+        _add(tar, f"{key}.json", json.dumps(meta, sort_keys=True).encode("utf-8"))
+
+
+def _batches(items: Iterator[Any], n: int) -> Iterator[list[Any]]:
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _split_shards(data: str | Path, split: str) -> list[str]:
+    from train.data.loader import list_shards
+
+    try:
+        return list(list_shards(str(data), split=split))
+    except UserError:
+        if split == "train":
+            raise
+        return []  # a shard folder without a test split is fine
+
+
+def encode_shards(
+    data: str | Path,
+    vqvae: Any,
+    tokenizer: Any,
+    out: str | Path,
+    sizes: tuple[int, ...] = (32,),
+    batch_size: int = 256,
+    progress: bool = True,
+    sources: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Tokenize every sample of the image shards in `data` into token shards in `out`.
+
+    `vqvae` is a `vqvae.VQVAE` (put in eval mode here), `tokenizer` a
+    `tokenizer.UnifiedTokenizer`; `sources` (paths of the VQVAE and tokenizer) goes into
+    info.json for the record. Returns the info dict that was written.
+    """
+    from cogview.images import fit, to_tensor
+    from train.data.loader import iter_samples
+    from vqvae import fingerprint
+
+    out = Path(out)
+    if tokenizer.num_image_codes != vqvae.codebook_size:
+        raise UserError(f"--tokenizer has {tokenizer.num_image_codes} image codes but --vqvae "
+                        f"has a codebook of {vqvae.codebook_size}; they must match")
+    for size in sizes:
+        if size % vqvae.factor:
+            raise UserError(f"--sizes: {size} px is not divisible by the VQVAE factor "
+                            f"f={vqvae.factor}")
+    if (out / INFO_FILE).exists():
+        raise UserError(f"--out: {out} already holds token shards; remove it or choose another")
+    out.mkdir(parents=True, exist_ok=True)
+    vqvae.eval()
+
+    counts: dict[str, int] = {}
+    skipped = 0
+    shard_names: dict[str, list[str]] = {}
+    bar = tqdm(desc="encode", unit="img", file=sys.stderr, disable=not progress)
+    for split in SPLITS:
+        counts[split] = 0
+        shard_names[split] = []
+        for shard in _split_shards(data, split):
+            name = Path(shard).name
+            tmp = out / f".{name}.tmp-{os.getpid()}"
+            samples = iter_samples([shard], decode_images=True)
+            with tarfile.open(tmp, "w") as tar:
+                for batch in _batches(samples, batch_size):
+                    codes = {}
+                    for size in sizes:
+                        x = to_tensor(np.stack([fit(s.image, size) for s in batch]))
+                        codes[size] = vqvae.encode(x).cpu().numpy()  # (B, h, w)
+                    ids = tokenizer.encode_texts([s.caption for s in batch])
+                    for i, s in enumerate(batch):
+                        write_sample(tar, s.key, {k: v[i] for k, v in codes.items()}, ids[i],
+                                     s.caption, s.meta or None)
+                    counts[split] += len(batch)
+                    bar.update(len(batch))
+            skipped += samples.stats.skipped
+            tmp.replace(out / name)
+            shard_names[split].append(name)
+    bar.close()
+    if counts["train"] + counts["test"] == 0:
+        raise UserError(f"{data}: no readable samples to encode")
+
+    source_info = None
+    if (Path(data) / INFO_FILE).is_file():
+        try:
+            source_info = json.loads((Path(data) / INFO_FILE).read_text())
+        except (OSError, json.JSONDecodeError):
+            source_info = None
+    f = vqvae.factor
+    info = {
+        "format": FORMAT,
+        "version": VERSION,
+        "counts": counts,
+        "skipped": skipped,  # damaged source samples that were left out
+        "shards": shard_names,
+        "sizes": list(sizes),
+        "grids": {str(s): [s // f, s // f] for s in sizes},
+        "codebook_size": int(vqvae.codebook_size),
+        "vqvae_fingerprint": fingerprint(vqvae),
+        "tokenizer_fingerprint": tokenizer.fingerprint,
+        "tokenizer_layout": tokenizer.layout(),
+        "source": str(data),
+        "source_info": source_info,
+        **(sources or {}),
+    }
+    tmp = out / f".{INFO_FILE}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(info, indent=2) + "\n")
+    tmp.replace(out / INFO_FILE)
+    return info
+
+
+def read_info(path: str | Path) -> dict[str, Any]:
+    f = Path(path) / INFO_FILE
+    if not Path(path).is_dir():
+        raise UserError(f"{path}: no such token shard folder")
+    try:
+        info = json.loads(f.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: no {INFO_FILE}; not a token shard folder "
+                        "(make one with `cogview encode`)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{f}: unreadable ({e.__class__.__name__})") from e
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        raise UserError(f"{f}: not a token shard folder (image shards need `cogview encode`)")
+    return info
+
+
+def load_token_shards(path: str | Path, split: str = "train") -> TokenData:
+    """All samples of one split of a token shard folder, in memory, in shard and key order."""
+    path = Path(path)
+    info = read_info(path)
+    shards = sorted(path.glob(f"{split}-*.tar"))
+    if not shards:
+        raise UserError(f"{path}: no {split}-*.tar token shards")
+    sizes = [int(s) for s in info["sizes"]]
+    samples: dict[str, dict[str, bytes]] = {}
+    for shard in shards:
+        try:
+            with tarfile.open(shard) as tar:
+                for member in tar:
+                    if not member.isfile():
+                        continue
+                    m = _KEY_EXT.match(member.name)
+                    if not m:
+                        continue
+                    fh = tar.extractfile(member)
+                    if fh is not None:
+                        samples.setdefault(m.group(1), {})[m.group(2)] = fh.read()
+        except (tarfile.TarError, OSError) as e:
+            raise UserError(f"{shard}: unreadable token shard ({e})") from e
+
+    keys, text_ids, captions, metas = [], [], [], []
+    grids: dict[int, list[np.ndarray]] = {s: [] for s in sizes}
+    for key, parts in samples.items():
+        needed = [f"codes{s}.npy" for s in sizes] + ["ids.npy", "txt"]
+        missing = [n for n in needed if n not in parts]
+        if missing:
+            raise UserError(f"{path}: sample {key!r} lacks {missing}")
+        for s in sizes:
+            grids[s].append(np.load(io.BytesIO(parts[f"codes{s}.npy"]), allow_pickle=False))
+        text_ids.append(np.load(io.BytesIO(parts["ids.npy"]), allow_pickle=False).tolist())
+        captions.append(parts["txt"].decode("utf-8"))
+        metas.append(json.loads(parts["json"]) if "json" in parts else None)
+        keys.append(key)
+    codes = {}
+    for s in sizes:
+        stacked = np.stack(grids[s]) if grids[s] else np.zeros((0, *info["grids"][str(s)]))
+        codes[s] = torch.from_numpy(stacked.astype(np.int64))
+    return TokenData(codes=codes, text_ids=text_ids, captions=captions, metas=metas, keys=keys,
+                     info=info)
+
+
+def check_compatible(info: dict[str, Any], tokenizer: Any,
+                     vqvae_fingerprint: str | None = None) -> None:
+    """UserError unless the token shards were made with this tokenizer (and this VQVAE)."""
+    source = info.get("source", "token shards")
+    if int(info["codebook_size"]) != int(tokenizer.num_image_codes):
+        raise UserError(f"token shards hold codes of a {info['codebook_size']}-code VQVAE but "
+                        f"the tokenizer has {tokenizer.num_image_codes} image codes; re-run "
+                        "`cogview encode` with a matching --vqvae and --tokenizer")
+    if info.get("tokenizer_fingerprint") != tokenizer.fingerprint:
+        raise UserError(f"token shards (from {source}) were encoded with another tokenizer "
+                        f"({info.get('tokenizer_fingerprint')} vs {tokenizer.fingerprint}); "
+                        "re-run `cogview encode` with this --tokenizer")
+    if vqvae_fingerprint is not None and info.get("vqvae_fingerprint") != vqvae_fingerprint:
+        raise UserError(f"token shards (from {source}) hold codes of another VQVAE "
+                        f"({info.get('vqvae_fingerprint')} vs {vqvae_fingerprint}); re-run "
+                        "`cogview encode` with this --vqvae")
