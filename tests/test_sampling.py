@@ -11,6 +11,7 @@ from cogview.sampling import (
     SamplingConfig,
     SamplingError,
     caption_logprob,
+    categorical,
     codebook_clusters,
     generate_captions,
     generate_images,
@@ -86,6 +87,13 @@ def test_bad_settings_name_the_flag():
         SamplingConfig(top_p=0.0)
     with pytest.raises(SamplingError, match="--temperature"):
         SamplingConfig(temperature=-1)
+
+
+def test_categorical_follows_weights_and_never_picks_zero_weight():
+    probs = torch.tensor([[0.0, 0.2, 0.0, 0.8, 0.0]]).repeat(4000, 1)
+    counts = torch.bincount(categorical(probs, gen()), minlength=5)
+    assert counts[[0, 2, 4]].sum() == 0
+    assert abs(float(counts[3]) / 4000 - 0.8) < 0.03
 
 
 def test_cluster_sampling_stays_in_top_clusters():
