@@ -94,6 +94,18 @@ def test_shapes_samples_are_consistent(shapes_set):
     assert 10 < n_two < 47  # --two-fraction 0.5
 
 
+def test_iter_samples_shuffle_is_a_seeded_permutation(shapes_set):
+    def keys(**kw):
+        return [s.key for s in iter_samples(str(shapes_set), decode_images=False, **kw)]
+
+    plain = keys()
+    assert plain == sorted(plain)
+    mixed = keys(shuffle=True, seed=3, bufsize=10)
+    assert mixed == keys(shuffle=True, seed=3, bufsize=10) and mixed != plain
+    assert sorted(mixed) == plain and keys(shuffle=True, seed=4, bufsize=10) != mixed
+    assert next(iter_samples(str(shapes_set), decode_images=False)).image is None
+
+
 def test_rewriting_removes_stale_shards(tmp_path):
     out = str(tmp_path)
     assert main(["data", "shapes", "--out", out, "--n", "30", "--shard-size", "10"]) == 0
@@ -160,6 +172,21 @@ def damaged_shards(tmp_path):
     cut = members["s7.png"].offset_data + 40
     bad.write_bytes(bytes(data[:cut]))
     return [str(bad), str(good)]
+
+
+@pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_long_member_names_from_other_tar_writers(tmp_path, fmt):
+    path = tmp_path / "other.tar"
+    key = "deep/" * 30 + "ключ"  # over 100 bytes: needs a GNU long name or a pax header
+    with tarfile.open(path, "w", format=fmt) as tar:
+        for ext, data in (("jpg", png(1)), ("txt", b"hello")):
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    it = iter_samples(str(path))
+    (sample,) = list(it)
+    assert sample.key == key and sample.caption == "hello" and sample.image.size == (8, 8)
+    assert not it.stats.counts
 
 
 EXPECTED_COUNTS = {

@@ -15,7 +15,7 @@ def _common(p: argparse.ArgumentParser, *, seed: bool = True) -> None:
         "--shard-size", type=int, default=5000, metavar="K", help="samples per shard (5000)"
     )
     if seed:
-        p.add_argument("--seed", type=int, default=0, help="random seed (0)")
+        p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (0)")
 
 
 def register(subparsers: Any) -> None:
@@ -36,14 +36,19 @@ def register(subparsers: Any) -> None:
     )
     _common(p)
     p.add_argument("--n", type=int, default=20000, help="samples in all (20000)")
-    p.add_argument("--size", type=int, default=64, help="image side in px (64)")
+    p.add_argument("--size", type=int, default=64, metavar="PX", help="image side in px (64)")
     p.add_argument(
-        "--test-fraction", type=float, default=0.05, help="fraction for the test split (0.05)"
+        "--test-fraction",
+        type=float,
+        default=0.05,
+        metavar="F",
+        help="fraction for the test split (0.05)",
     )
     p.add_argument(
         "--two-fraction",
         type=float,
         default=0.5,
+        metavar="F",
         help="fraction of two-object scenes (0.5; 0 = one object only, 1 = two only)",
     )
     p.set_defaults(func=run_shapes)
@@ -75,7 +80,11 @@ def register(subparsers: Any) -> None:
         "--size", type=int, default=None, help="resize/crop images to this side (default: keep)"
     )
     p.add_argument(
-        "--test-fraction", type=float, default=0.05, help="fraction for the test split (0.05)"
+        "--test-fraction",
+        type=float,
+        default=0.05,
+        metavar="F",
+        help="fraction for the test split (0.05)",
     )
     p.set_defaults(func=run_folder)
 
@@ -87,9 +96,13 @@ def register(subparsers: Any) -> None:
     )
     _common(p)
     p.add_argument("--n", type=int, default=2000, help="samples in all (2000)")
-    p.add_argument("--size", type=int, default=64, help="image side in px (64)")
+    p.add_argument("--size", type=int, default=64, metavar="PX", help="image side in px (64)")
     p.add_argument(
-        "--test-fraction", type=float, default=0.05, help="fraction for the test split (0.05)"
+        "--test-fraction",
+        type=float,
+        default=0.05,
+        metavar="F",
+        help="fraction for the test split (0.05)",
     )
     p.set_defaults(func=run_photos)
 

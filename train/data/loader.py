@@ -157,7 +157,7 @@ def _resolve(shards: str | os.PathLike | Sequence[str], split: str) -> list[str]
 def _tar_members(path: str, stats: SkipStats) -> Iterator[tuple[str, bytes]]:
     """(member name, bytes) of every regular file in a tar, surviving damage (see top)."""
     try:
-        f = open(path, "rb")  # noqa: SIM115 - closed by the with below
+        f = open(path, "rb")
     except OSError as e:
         stats.add("unreadable_shard", f"{path} ({e.strerror})")
         return
