@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -40,6 +41,7 @@ from cogview.model import CogLM, CogLMConfig, KVCache
 from cogview.sampling import SamplingConfig, SamplingError, sample_logits
 
 SR_KIND = "sr"
+SR_TASKS = ("direct", "lopar")  # loss groups: samples with r = 0, and with r > 0
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,19 @@ class SRConfig:
     def seq_len(self) -> int:
         return self.hr_start + self.hr_size**2
 
+    # what CogLM reads from its config at run time (the model keeps an SRConfig as `config`)
+    @property
+    def max_seq_len(self) -> int:
+        return self.seq_len
+
+    @property
+    def max_grid(self) -> int:
+        return self.hr_size
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
     @property
     def num_orders(self) -> int:
         """LoPAR passes at most: anti-diagonals of one window."""
@@ -119,11 +134,12 @@ def sr_config(preset: str, vocab_size: int, **overrides: Any) -> SRConfig:
 
 
 class SRModel(CogLM):
-    """A CogLM with the SR geometry attached; weights and state dict are exactly CogLM's."""
+    """A CogLM built from `config.lm_config()`; its state dict is exactly CogLM's. `config` is
+    the SRConfig (what checkpoints store), which also answers what CogLM reads at run time."""
 
     def __init__(self, config: SRConfig) -> None:
         super().__init__(config.lm_config())
-        self.sr_config = config
+        self.config: SRConfig = config  # type: ignore[assignment]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,6 +203,7 @@ class SRBatch:
     next_cell: Tensor  # (B, T, 2)
     attn_mask: Tensor  # (B, 1, T, T) bool
     labels: Tensor  # (B, T) the code id each high-res position must predict, IGNORE elsewhere
+    task: Tensor  # (B,) index into SR_TASKS: 0 = direct (r = 0), 1 = a later LoPAR pass
 
     def to(self, device: torch.device | str) -> SRBatch:
         return SRBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
@@ -208,12 +225,13 @@ def sr_sequence(
     lr_codes: Tensor,
     hr_ids: Tensor,
     labels: Tensor | None = None,
+    task: Tensor | None = None,
 ) -> SRBatch:
     """Build a batch of SR sequences.
 
     `texts` B lists of text ids (None or empty lists: no text), `lr_codes` (B, lr, lr)
     codebook indices, `hr_ids` (B, hr*hr) vocabulary ids of the high-res inputs (codes or
-    `tok.mask_id`), `labels` (B, hr*hr) vocabulary ids to predict or IGNORE.
+    `tok.mask_id`), `labels` (B, hr*hr) vocabulary ids to predict or IGNORE, `task` (B,).
     """
     b, device = lr_codes.shape[0], lr_codes.device
     if tuple(lr_codes.shape[1:]) != (config.lr_size, config.lr_size):
@@ -253,7 +271,68 @@ def sr_sequence(
         next_cell=next_cell.to(device).expand(b, t, 2).contiguous(),
         attn_mask=mask[:, None],
         labels=full_labels,
+        task=task if task is not None else torch.zeros(b, dtype=torch.long, device=device),
     )
+
+
+@dataclass
+class SRSample:
+    """One training sample: LoPAR step `r`, cells of order >= r masked and predicted."""
+
+    text: list[int]
+    lr_codes: Tensor  # (lr, lr)
+    hr_ids: Tensor  # (N,) inputs: code ids, `<mask>` where order >= r
+    labels: Tensor  # (N,) code ids where order >= r, IGNORE elsewhere
+    r: int
+
+
+def sr_sample(
+    tok: Any, config: SRConfig, text: Sequence[int], lr_codes: Tensor, hr_codes: Tensor, r: int
+) -> SRSample:
+    """Mask the cells of order >= r of `hr_codes` (hr, hr) and make them the targets."""
+    order = lopar_orders(config.hr_size, config.window).flatten()  # (N,)
+    masked = order.to(hr_codes.device) >= r
+    true_ids = tok.codes_to_ids(hr_codes.flatten())
+    return SRSample(
+        text=list(text)[: config.text_len],
+        lr_codes=lr_codes,
+        hr_ids=torch.where(masked, tok.mask_id, true_ids),
+        labels=torch.where(masked, true_ids, IGNORE),
+        r=int(r),
+    )
+
+
+def collate_sr(tok: Any, config: SRConfig, samples: Sequence[SRSample]) -> SRBatch:
+    return sr_sequence(
+        tok,
+        config,
+        [s.text for s in samples],
+        torch.stack([s.lr_codes for s in samples]),
+        torch.stack([s.hr_ids for s in samples]),
+        labels=torch.stack([s.labels for s in samples]),
+        task=torch.tensor([int(s.r > 0) for s in samples]),
+    )
+
+
+def draw_sr_samples(
+    tok: Any,
+    config: SRConfig,
+    texts: Sequence[Sequence[int]],
+    lr_codes: Tensor,
+    hr_codes: Tensor,
+    g: torch.Generator,
+    text_dropout: float = 0.1,
+) -> list[SRSample]:
+    """LoPAR training samples: per sample draw r uniformly in 0 .. 2w-2 (r = 0 is direct SR)
+    and, with probability `text_dropout`, drop the text so that SR also works without one.
+    `lr_codes` (B, lr, lr), `hr_codes` (B, hr, hr); all randomness comes from `g`."""
+    b = hr_codes.shape[0]
+    r = torch.randint(0, config.num_orders, (b,), generator=g).tolist()
+    drop = (torch.rand(b, generator=g) < text_dropout).tolist()
+    return [
+        sr_sample(tok, config, [] if drop[i] else texts[i], lr_codes[i], hr_codes[i], r[i])
+        for i in range(b)
+    ]
 
 
 def sr_training_batch(
@@ -265,19 +344,9 @@ def sr_training_batch(
     g: torch.Generator,
     text_dropout: float = 0.1,
 ) -> SRBatch:
-    """LoPAR training: per sample draw r in 0 .. 2w-2, replace the cells of order >= r by
-    `<mask>` and predict them (loss on those cells only). `hr_codes` (B, hr, hr). With
-    probability `text_dropout` a sample's text is dropped, so SR also works without a prompt."""
-    b = hr_codes.shape[0]
-    order = lopar_orders(config.hr_size, config.window).flatten().to(hr_codes.device)  # (N,)
-    r = torch.randint(0, config.num_orders, (b, 1), generator=g).to(hr_codes.device)
-    masked = order[None] >= r  # (B, N)
-    true_ids = tok.codes_to_ids(hr_codes.reshape(b, -1))
-    hr_ids = torch.where(masked, tok.mask_id, true_ids)
-    labels = torch.where(masked, true_ids, IGNORE)
-    drop = torch.rand(b, generator=g) < text_dropout
-    texts = [[] if d else t for t, d in zip(texts, drop.tolist(), strict=True)]
-    return sr_sequence(tok, config, texts, lr_codes, hr_ids, labels)
+    """`draw_sr_samples` collated into one batch."""
+    samples = draw_sr_samples(tok, config, texts, lr_codes, hr_codes, g, text_dropout)
+    return collate_sr(tok, config, samples)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -315,7 +384,7 @@ class SRState:
         lr_codes: Tensor,
         texts: Sequence[Sequence[int]] | None = None,
     ) -> None:
-        config = model.sr_config
+        config = model.config
         self.model, self.tok, self.config = model, tok, config
         b, n = lr_codes.shape[0], config.hr_size**2
         hr_ids = torch.full((b, n), tok.mask_id, dtype=torch.long, device=lr_codes.device)
@@ -395,7 +464,7 @@ def super_resolve(
     """
     sampling = sampling or SamplingConfig()
     _check_sampling(sampling)
-    config = model.sr_config
+    config = model.config
     steps = config.num_orders if steps is None else steps
     starts = lopar_schedule(config.num_orders, steps)
     b, n = lr_codes.shape[0], config.hr_size**2
@@ -412,3 +481,167 @@ def super_resolve(
         out.append(codes)
     codes = torch.cat(out).view(b, config.hr_size, config.hr_size)
     return SRResult(codes=codes, passes=len(starts))
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoint folders: like a CogLM's (config.json of kind "sr", model.safetensors,
+# tokenizer.json, vqvae/), read and written only through cogview.checkpoint
+
+
+@dataclass
+class SRPipeline:
+    """An SR model with the tokenizer and VQVAE it was trained with, checked to agree."""
+
+    model: SRModel  # eval mode
+    tokenizer: Any  # tokenizer.UnifiedTokenizer
+    vqvae: Any  # vqvae.model.VQVAE, eval mode
+    low_res_size: int  # pixels of the images whose codes come in (32)
+    image_size: int  # pixels of the images whose codes come out (64)
+    meta: dict[str, Any]  # the checkpoint's extra JSON, plus "path" and "step"
+
+
+def sr_extra(
+    tokenizer: Any,
+    vqvae_fingerprint: str,
+    low_res_size: int,
+    image_size: int,
+    train_args: dict[str, Any] | None = None,
+    ema: float | None = None,
+) -> dict[str, Any]:
+    """The `extra` JSON of an SR checkpoint: what its ids and codes mean."""
+    return {
+        "tokenizer_layout": tokenizer.layout(),
+        "vqvae_fingerprint": vqvae_fingerprint,
+        "low_res_size": int(low_res_size),
+        "image_size": int(image_size),
+        "ema": ema,
+        "train_args": dict(train_args or {}),
+    }
+
+
+def save_sr(
+    path: str | Path,
+    *,
+    config: SRConfig,
+    state_dict: dict[str, Tensor],
+    tokenizer_file: str | Path,
+    vqvae_path: str | Path,
+    extra: dict[str, Any],
+    step: int = 0,
+    training_state: dict[str, Any] | None = None,
+    copy: dict[str, str | Path] | None = None,
+) -> Path:
+    """Write a self-contained SR folder (atomically); `extra` as made by `sr_extra`."""
+    from cogview.checkpoint import resolve_checkpoint, save_checkpoint
+    from cogview.pipeline import TOKENIZER_FILE, VQVAE_DIR
+
+    weights = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
+    return save_checkpoint(
+        path,
+        kind=SR_KIND,
+        config=config,
+        state_dict=weights,
+        step=step,
+        extra=extra,
+        training_state=training_state,
+        copy={
+            TOKENIZER_FILE: Path(tokenizer_file),
+            VQVAE_DIR: resolve_checkpoint(vqvae_path),
+            **(copy or {}),
+        },
+    )
+
+
+def load_sr(path: str | Path, device: str | torch.device = "cpu") -> SRPipeline:
+    """Load an SR folder (or a training run's newest step) with its tokenizer and VQVAE."""
+    from cogview.checkpoint import (
+        CONFIG_FILE,
+        CheckpointError,
+        config_from_dict,
+        load_checkpoint,
+        load_state_strict,
+    )
+    from cogview.pipeline import TOKENIZER_FILE, VQVAE_DIR, check_tokenizer
+    from cogview.pretrained import load_vqvae
+    from tokenizer import TokenizerError, UnifiedTokenizer
+    from vqvae.model import fingerprint
+
+    ckpt = load_checkpoint(path, kind=SR_KIND)
+    source = str(ckpt.path / CONFIG_FILE)
+    config = config_from_dict(SRConfig, ckpt.config, source=source)
+    needed = ("low_res_size", "image_size", "vqvae_fingerprint")
+    missing = [k for k in needed if k not in ckpt.extra]
+    if missing:
+        raise CheckpointError(f"{source}: extra lacks {', '.join(missing)}")
+    tok_file = ckpt.path / TOKENIZER_FILE
+    if not tok_file.is_file():
+        raise CheckpointError(f"{tok_file}: missing; an SR folder carries its tokenizer")
+    try:
+        tok = UnifiedTokenizer.load(tok_file)
+    except TokenizerError as e:
+        raise CheckpointError(str(e)) from e
+    check_tokenizer(ckpt, config, tok)
+    vq_dir = ckpt.path / VQVAE_DIR
+    if not vq_dir.is_dir():
+        raise CheckpointError(f"{vq_dir}: missing; an SR folder carries its VQVAE")
+    vq = load_vqvae(vq_dir, device=device)
+    if fingerprint(vq) != ckpt.extra["vqvae_fingerprint"]:
+        raise CheckpointError(f"{vq_dir}: not the VQVAE the SR model was trained with")
+    model = SRModel(config)
+    load_state_strict(model, ckpt.state_dict, source=str(ckpt.path))
+    return SRPipeline(
+        model=model.to(device).eval(),
+        tokenizer=tok,
+        vqvae=vq,
+        low_res_size=int(ckpt.extra["low_res_size"]),
+        image_size=int(ckpt.extra["image_size"]),
+        meta={**ckpt.extra, "path": str(ckpt.path), "step": ckpt.step},
+    )
+
+
+def check_sr_fits(sr: SRPipeline, tokenizer: Any, vqvae: Any, grid: tuple[int, int]) -> None:
+    """UserError unless codes of a base model with this tokenizer, VQVAE and code grid can go
+    into `sr` (same vocabulary, same codebook, the low-res grid the SR model reads)."""
+    from vqvae.model import fingerprint
+
+    where = sr.meta.get("path", "the SR model")
+    if tokenizer.fingerprint != sr.tokenizer.fingerprint:
+        raise UserError(
+            f"--sr {where}: trained with another tokenizer than the base model "
+            f"({sr.tokenizer.fingerprint} vs {tokenizer.fingerprint})"
+        )
+    if fingerprint(vqvae) != sr.meta["vqvae_fingerprint"]:
+        raise UserError(
+            f"--sr {where}: trained on codes of another VQVAE codebook than the base model's"
+        )
+    lr = sr.model.config.lr_size
+    if tuple(grid) != (lr, lr):
+        raise UserError(
+            f"--sr {where}: reads {lr}x{lr} low-res codes, the base model makes "
+            f"{grid[0]}x{grid[1]}"
+        )
+
+
+@torch.no_grad()
+def upscale_codes(
+    sr: SRPipeline,
+    lr_codes: Tensor,
+    texts: Sequence[Sequence[int]] | None = None,
+    *,
+    steps: int | None = None,
+    sampling: SamplingConfig | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Low-res codes (B, lr, lr) -> (high-res codes (B, hr, hr), images (B, 3, H, W) in
+    [-1, 1] decoded by the SR folder's VQVAE)."""
+    device = next(sr.model.parameters()).device
+    out = super_resolve(
+        sr.model,
+        sr.tokenizer,
+        lr_codes.to(device),
+        texts,
+        steps=steps,
+        sampling=sampling,
+        generator=generator,
+    )
+    return out.codes, sr.vqvae.decode(out.codes)
