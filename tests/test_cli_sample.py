@@ -1,0 +1,249 @@
+"""`cogview generate`, `inpaint` and `caption` end to end on a tiny self-contained model folder."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cogview.cli import main
+from cogview.cli.sample import CLUSTERS_FILE, cell_mask_of, read_mask, resize_mask, slug
+from cogview.model import CogLM, coglm_config
+from cogview.pipeline import coglm_extra, save_coglm
+from cogview.pretrained import save_vqvae
+from tokenizer import UnifiedTokenizer
+from vqvae import fingerprint
+from vqvae.model import VQVAE, VQVAEConfig
+
+SIZE, GRID = 16, (4, 4)
+CAPTIONS = ["a red circle", "a blue square at the top", "two green triangles", "red blue"] * 4
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A CogLM folder with its tokenizer and VQVAE: 16 px images, 4x4 codes, random weights."""
+    root = tmp_path_factory.mktemp("sample-cli")
+    torch.manual_seed(0)
+    vq = VQVAE(
+        VQVAEConfig(
+            channels=8, channel_mult=(1, 1, 2), codebook_size=16, codebook_dim=4,
+            kmeans_init=False,
+        )
+    ).eval()
+    save_vqvae(root / "vqvae", vq)
+    tok = UnifiedTokenizer.train(CAPTIONS, vocab_size=270, image_codes=16, max_text_len=8)
+    tok.save(root / "tokenizer.json")
+    model = CogLM(coglm_config("tiny", tok.vocab_size, dim=32, n_layers=1, max_seq_len=64))
+    return save_coglm(
+        root / "model",
+        config=model.config,
+        state_dict=model.state_dict(),
+        tokenizer_file=root / "tokenizer.json",
+        vqvae_path=root / "vqvae",
+        extra=coglm_extra(tok, fingerprint(vq), SIZE, GRID),
+    )
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    rc = main([str(a) for a in argv])
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+def png(path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+# ------------------------------------------------------------------------------ generate
+
+
+def test_generate_writes_images_and_grid_and_is_seeded(model_dir, tmp_path, capsys):
+    rc, out, _ = run(capsys, "generate", "a red circle", "-n", 3, "--model", model_dir,
+                     "-o", tmp_path / "a", "--seed", 1)
+    assert rc == 0
+    files = [tmp_path / "a" / f"a-red-circle-{i}.png" for i in range(3)]
+    grid = tmp_path / "a" / "a-red-circle-grid.png"
+    assert all(str(f) in out for f in [*files, grid]) and "3 image(s)" in out
+    assert png(files[0]).shape == (SIZE, SIZE, 3)
+    assert run(capsys, "generate", "a red circle", "-n", 3, "--model", model_dir,
+               "-o", tmp_path / "b", "--seed", 1)[0] == 0
+    for f in files:
+        assert np.array_equal(png(f), png(tmp_path / "b" / f.name))
+
+
+def test_generate_prompts_file_guidance_clusters_rerank(model_dir, tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    long = "a red circle and a blue square at the top and two green triangles"
+    prompts.write_text(f"a red circle\n\n{long}\n")
+    rc, out, err = run(capsys, "generate", "--prompts", prompts, "-n", 2, "--rerank", 3,
+                       "--cfg", 2, "--cluster", "--n-clusters", 4, "--top-k", 5,
+                       "--text-attention-bias", 1, "--model", model_dir, "-o", tmp_path / "o")
+    assert rc == 0, err
+    assert (tmp_path / "o" / "a-red-circle-1.png").is_file()
+    assert (tmp_path / "o" / f"{slug(long)}-grid.png").is_file()
+    warning = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and "truncated" in warning[0]
+    assert "kept 2 of 3" in err
+    assert (model_dir / CLUSTERS_FILE).is_file()  # the k-means is cached with the model
+
+
+def test_generate_empty_prompt_is_unconditional(model_dir, tmp_path, capsys):
+    rc, out, err = run(capsys, "generate", "", "-n", 1, "--model", model_dir, "-o", tmp_path)
+    assert rc == 0 and "unconditional" in err
+    assert (tmp_path / "unconditional-0.png").is_file()
+
+
+# ------------------------------------------------------------------------------ inpaint
+
+
+def _image_and_mask(tmp_path, h=20, w=28):
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "in.png")
+    mask = np.zeros((h, w), bool)
+    mask[3:9, 5:13] = True
+    mask[15, 20] = True  # one stray pixel still claims its cell
+    Image.fromarray((mask * 255).astype(np.uint8)).save(tmp_path / "mask.png")
+    return image, mask
+
+
+def test_inpaint_changes_only_masked_pixels(model_dir, tmp_path, capsys):
+    image, mask = _image_and_mask(tmp_path)
+    rc, out, err = run(capsys, "inpaint", "--image", tmp_path / "in.png", "--mask",
+                       tmp_path / "mask.png", "--prompt", "a red circle", "-n", 2,
+                       "--show-mask", tmp_path / "cells.png", "--model", model_dir,
+                       "-o", tmp_path / "o")
+    assert rc == 0, err
+    cells = png(tmp_path / "cells.png")[..., 0] > 127
+    assert cells.shape == GRID and np.array_equal(cells, cell_mask_of(mask, GRID))
+    for i in range(2):
+        result = png(tmp_path / "o" / f"in-{i}.png")
+        assert result.shape == image.shape
+        assert np.array_equal(result[~mask], image[~mask])  # bit-exact outside the mask
+        assert not np.array_equal(result[mask], image[mask])
+    assert str(tmp_path / "o" / "in-grid.png") in out
+
+
+def test_inpaint_mask_of_another_size_and_alpha_mask(model_dir, tmp_path, capsys):
+    image, mask = _image_and_mask(tmp_path)
+    big = Image.fromarray((mask * 255).astype(np.uint8)).resize((56, 40), Image.NEAREST)
+    rgba = np.zeros((40, 56, 4), np.uint8)
+    rgba[..., 3] = np.asarray(big)  # painted = opaque
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "alpha.png")
+    rc, _, err = run(capsys, "inpaint", "--image", tmp_path / "in.png", "--mask",
+                     tmp_path / "alpha.png", "-n", 1, "--model", model_dir, "-o", tmp_path / "o")
+    assert rc == 0 and "resized" in err
+    result = png(tmp_path / "o" / "in-0.png")
+    assert np.array_equal(result[~mask], image[~mask])
+
+
+def test_inpaint_all_black_and_all_white(model_dir, tmp_path, capsys):
+    image, _ = _image_and_mask(tmp_path)
+    Image.new("L", (28, 20), 0).save(tmp_path / "black.png")
+    rc, out, err = run(capsys, "inpaint", "--image", tmp_path / "in.png", "--mask",
+                       tmp_path / "black.png", "--model", model_dir, "-o", tmp_path / "k")
+    assert rc == 0 and "all black" in err
+    assert np.array_equal(png(tmp_path / "k" / "in-0.png"), image)
+    Image.new("1", (28, 20), 1).save(tmp_path / "white.png")
+    rc, out, err = run(capsys, "inpaint", "--image", tmp_path / "in.png", "--mask",
+                       tmp_path / "white.png", "-n", 1, "--model", model_dir, "-o", tmp_path / "w")
+    assert rc == 0 and "plain generation" in err
+    assert png(tmp_path / "w" / "in-0.png").shape == image.shape
+
+
+def test_cell_mask_covers_every_masked_pixel():
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        h, w = rng.integers(3, 50, 2)
+        mask = rng.random((h, w)) < 0.03
+        cells = cell_mask_of(mask, GRID)
+        ys, xs = mask.nonzero()
+        # the cell a pixel's top-left corner falls in, and its bottom-right corner
+        for y0, x0 in ((ys * GRID[0]) // h, (xs * GRID[1]) // w), (
+            ((ys + 1) * GRID[0] - 1) // h, ((xs + 1) * GRID[1] - 1) // w
+        ):
+            assert cells[y0, x0].all()
+        # and no cell is regenerated without a masked pixel in it
+        assert cells.sum() <= mask.sum() * 4
+    assert not cell_mask_of(np.zeros((9, 7), bool), GRID).any()
+    assert resize_mask(np.ones((2, 3), bool), (5, 7)).all()
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "RGB", "RGBA"])
+def test_read_mask_modes_threshold_at_half(tmp_path, mode):
+    gray = np.array([[0, 127, 128, 255]], np.uint8)
+    if mode == "1":
+        img = Image.fromarray(gray >= 128)
+    elif mode == "RGBA":
+        img = Image.fromarray(np.dstack([gray] * 3 + [np.full_like(gray, 255)]), "RGBA")
+    else:
+        img = Image.fromarray(gray, "L").convert(mode)
+    img.save(tmp_path / "m.png")
+    assert read_mask(tmp_path / "m.png").tolist() == [[False, False, True, True]]
+
+
+# ------------------------------------------------------------------------------ caption
+
+
+def test_caption_prints_scored_captions(model_dir, tmp_path, capsys):
+    Image.fromarray(np.full((30, 40, 3), 200, np.uint8)).save(tmp_path / "img.png")
+    rc, out, err = run(capsys, "caption", tmp_path / "img.png", "-n", 3, "--max-len", 4,
+                       "--model", model_dir)
+    assert rc == 0, err
+    lines = out.strip().splitlines()
+    scores = [float(line.split()[0]) for line in lines]
+    assert len(lines) == 3 and scores == sorted(scores, reverse=True) and max(scores) <= 0
+
+
+# ------------------------------------------------------------------------------ errors
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["inpaint", "--image", "{t}/nope.png", "--mask", "{t}/m.png"], "nope.png"),
+        (["inpaint", "--image", "{t}/in.png", "--mask", "{t}/bad.png"], "bad.png"),
+        (["inpaint", "--image", "{t}/bad.png", "--mask", "{t}/m.png"], "bad.png"),
+        (["caption", "{t}/bad.png"], "bad.png"),
+        (["generate", "x", "--model", "{t}/nomodel"], "nomodel"),
+        (["generate", "x", "--model", "{t}/notok"], "tokenizer.json"),
+        (["generate", "x", "--top-p", "0"], "--top-p"),
+        (["generate", "x", "-n", "0"], "-n"),
+        (["generate", "--prompts", "{t}/none.txt"], "none.txt"),
+        (["generate", "x", "--rerank", "2", "-n", "4"], "--rerank"),
+        (["generate"], "PROMPT"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(model_dir, tmp_path, capsys, argv, message):
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    Image.new("RGB", (8, 8)).save(tmp_path / "in.png")
+    Image.new("L", (8, 8)).save(tmp_path / "m.png")
+    shutil.copytree(model_dir, tmp_path / "notok")
+    (tmp_path / "notok" / "tokenizer.json").unlink()
+    argv = [a.format(t=tmp_path) for a in argv]
+    if "--model" not in argv:
+        argv += ["--model", str(model_dir)]
+    if argv[0] != "caption":
+        argv += ["-o", str(tmp_path / "out")]
+    rc, _, err = run(capsys, *argv)
+    err = err.strip()
+    assert rc == 2 and err.startswith("error: ") and message in err and "\n" not in err
+
+
+def test_no_model_and_no_default_asks_for_model(tmp_path, capsys, monkeypatch):
+    import cogview.defaults
+
+    monkeypatch.setitem(cogview.defaults.DEFAULTS, "coglm", tmp_path / "none")
+    rc, _, err = run(capsys, "generate", "x", "-o", tmp_path / "o")
+    assert rc == 2 and "--model" in err
