@@ -1,0 +1,182 @@
+"""A trained CogLM as one self-contained folder, and the loader that checks its parts agree.
+
+    MODEL/
+      config.json        kind "coglm", the CogLMConfig, the step, and `extra`:
+                         tokenizer layout, VQVAE fingerprint, image size, code grid, train args
+      model.safetensors  the weights sampling uses (the EMA weights when training kept an EMA)
+      tokenizer.json     the vocabulary the model was trained with
+      vqvae/             a copy of the VQVAE checkpoint folder its image codes come from
+      training_state.pt  (training runs only) optimizer, generator and RNG state
+
+Nothing else is needed to sample: `load_pipeline(MODEL)` rebuilds the model from config.json,
+loads the weights strictly and refuses a tokenizer or VQVAE other than the ones it was trained
+with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cogview.checkpoint import (
+    CONFIG_FILE,
+    Checkpoint,
+    CheckpointError,
+    config_from_dict,
+    load_checkpoint,
+    load_state_strict,
+    resolve_checkpoint,
+    save_checkpoint,
+)
+from cogview.model import CogLM, CogLMConfig
+
+COGLM_KIND = "coglm"
+TOKENIZER_FILE = "tokenizer.json"
+VQVAE_DIR = "vqvae"
+
+
+@dataclass
+class Pipeline:
+    """Everything sampling needs, loaded from one folder and checked to belong together."""
+
+    model: CogLM  # eval mode
+    tokenizer: Any  # tokenizer.UnifiedTokenizer
+    vqvae: Any  # vqvae.model.VQVAE, eval mode
+    image_size: int  # pixels of the base images (the side of a square image)
+    grid: tuple[int, int]  # (h, w) image codes per image
+    meta: dict[str, Any]  # the checkpoint's extra JSON, plus "path" and "step"
+
+
+def coglm_extra(
+    tokenizer: Any,
+    vqvae_fingerprint: str,
+    image_size: int,
+    grid: tuple[int, int],
+    train_args: Mapping[str, Any] | None = None,
+    ema: float | None = None,
+) -> dict[str, Any]:
+    """The `extra` JSON of a CogLM checkpoint: what the model's ids and codes mean."""
+    return {
+        "tokenizer_layout": tokenizer.layout(),
+        "vqvae_fingerprint": vqvae_fingerprint,
+        "image_size": int(image_size),
+        "grid": [int(grid[0]), int(grid[1])],
+        "ema": ema,  # the EMA decay when model.safetensors holds EMA weights, else None
+        "train_args": dict(train_args or {}),
+    }
+
+
+def save_coglm(
+    path: str | Path,
+    *,
+    config: CogLMConfig,
+    state_dict: Mapping[str, torch.Tensor],
+    tokenizer_file: str | Path,
+    vqvae_path: str | Path,
+    extra: dict[str, Any],
+    step: int = 0,
+    training_state: dict[str, Any] | None = None,
+    copy: Mapping[str, str | Path] | None = None,
+) -> Path:
+    """Write a self-contained CogLM folder (atomically); `extra` as made by `coglm_extra`.
+
+    `vqvae_path` may be a VQVAE training run: its newest complete step is copied. `copy` adds
+    more files or folders (a DeepSpeed checkpoint while training).
+    """
+    weights = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
+    return save_checkpoint(
+        path,
+        kind=COGLM_KIND,
+        config=config,
+        state_dict=weights,
+        step=step,
+        extra=extra,
+        training_state=training_state,
+        copy={
+            TOKENIZER_FILE: Path(tokenizer_file),
+            VQVAE_DIR: resolve_checkpoint(vqvae_path),
+            **(copy or {}),
+        },
+    )
+
+
+def load_coglm(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[CogLM, Checkpoint]:
+    """The model alone (eval mode) and its checkpoint record, loaded strictly."""
+    ckpt = load_checkpoint(path, kind=COGLM_KIND)
+    config = config_from_dict(CogLMConfig, ckpt.config, source=str(ckpt.path / CONFIG_FILE))
+    model = CogLM(config)
+    load_state_strict(model, ckpt.state_dict, source=str(ckpt.path))
+    return model.to(device).eval(), ckpt
+
+
+def check_tokenizer(ckpt: Checkpoint, config: CogLMConfig, tokenizer: Any) -> None:
+    """CheckpointError unless `tokenizer` is the vocabulary the checkpoint was trained with."""
+    from tokenizer import TokenizerError
+
+    layout = ckpt.extra.get("tokenizer_layout")
+    if layout is None:
+        raise CheckpointError(f"{ckpt.path}: config.json records no tokenizer layout")
+    try:
+        tokenizer.check_layout(layout, source=str(ckpt.path))
+    except TokenizerError as e:
+        raise CheckpointError(str(e)) from e
+    if config.vocab_size != tokenizer.vocab_size:
+        raise CheckpointError(
+            f"{ckpt.path}: the model has {config.vocab_size} token embeddings but its tokenizer "
+            f"has {tokenizer.vocab_size} ids"
+        )
+
+
+def load_pipeline(path: str | Path, device: str | torch.device = "cpu") -> Pipeline:
+    """Load a CogLM folder (or a training run's newest step) with its tokenizer and VQVAE."""
+    from cogview.pretrained import load_vqvae
+    from tokenizer import TokenizerError, UnifiedTokenizer
+    from vqvae.model import fingerprint
+
+    ckpt = load_checkpoint(path, kind=COGLM_KIND)
+    source = str(ckpt.path / CONFIG_FILE)
+    config = config_from_dict(CogLMConfig, ckpt.config, source=source)
+    missing = [k for k in ("image_size", "grid", "vqvae_fingerprint") if k not in ckpt.extra]
+    if missing:
+        raise CheckpointError(f"{source}: extra lacks {', '.join(missing)}")
+
+    tok_file = ckpt.path / TOKENIZER_FILE
+    if not tok_file.is_file():
+        raise CheckpointError(f"{tok_file}: missing; a CogLM folder carries its tokenizer")
+    try:
+        tok = UnifiedTokenizer.load(tok_file)
+    except TokenizerError as e:
+        raise CheckpointError(str(e)) from e
+    check_tokenizer(ckpt, config, tok)
+
+    vq_dir = ckpt.path / VQVAE_DIR
+    if not vq_dir.is_dir():
+        raise CheckpointError(f"{vq_dir}: missing; a CogLM folder carries its VQVAE")
+    vq = load_vqvae(vq_dir, device=device)
+    if fingerprint(vq) != ckpt.extra["vqvae_fingerprint"]:
+        raise CheckpointError(
+            f"{vq_dir}: not the VQVAE the model was trained with (fingerprint "
+            f"{fingerprint(vq)}, trained with {ckpt.extra['vqvae_fingerprint']})"
+        )
+    if vq.codebook_size != tok.num_image_codes:
+        raise CheckpointError(
+            f"{vq_dir}: {vq.codebook_size} codes, but the tokenizer has {tok.num_image_codes}"
+        )
+
+    model = CogLM(config)
+    load_state_strict(model, ckpt.state_dict, source=str(ckpt.path))
+    grid = ckpt.extra["grid"]
+    return Pipeline(
+        model=model.to(device).eval(),
+        tokenizer=tok,
+        vqvae=vq,
+        image_size=int(ckpt.extra["image_size"]),
+        grid=(int(grid[0]), int(grid[1])),
+        meta={**ckpt.extra, "path": str(ckpt.path), "step": ckpt.step},
+    )

@@ -1,0 +1,267 @@
+"""CogLM training: overfitting, resume equality, signals, NaN handling, errors, the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from cogview.checkpoint import TRAINING_STATE_FILE, load_checkpoint, step_dirs
+from cogview.cli import main
+from cogview.errors import UserError
+from cogview.losses import LossConfig
+from cogview.masks import MaskingScheduler, TaskSchedule
+from cogview.model import CogLM, coglm_config
+from train.lm import (
+    CogLMObjective,
+    CogLMTrainConfig,
+    LoopConfig,
+    TrainingDiverged,
+    lr_at,
+    train_coglm,
+    train_loop,
+)
+
+COLOURS = ("red", "green", "blue", "yellow")
+SHAPES = ("circle", "square", "triangle", "star")
+CODES = 64  # the tiny VQVAE's codebook
+GRID = 8  # 32 px / f=4
+
+
+def _scene(i: int, g: torch.Generator) -> tuple[str, torch.Tensor]:
+    """A caption and an 8x8 code grid that depends on it: an object patch on a background."""
+    colour, shape = COLOURS[i % 4], SHAPES[(i // 4) % 4]
+    codes = torch.zeros(GRID, GRID, dtype=torch.long)
+    r, c = (int(x) for x in torch.randint(0, GRID - 3, (2,), generator=g))
+    codes[r : r + 3, c : c + 3] = 1 + COLOURS.index(colour) * 4 + SHAPES.index(shape)
+    return f"a {colour} {shape}", codes
+
+
+def make_inputs(root: Path, n_train: int = 48, n_test: int = 8) -> dict[str, str]:
+    """A tokenizer, a tiny VQVAE checkpoint and token shards that match them."""
+    from cogview.pretrained import save_vqvae
+    from tokenizer import UnifiedTokenizer
+    from train.data.tokens import FORMAT, INFO_FILE, VERSION, write_sample
+    from vqvae.model import VQVAE, fingerprint, vqvae_config
+
+    root.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(0)
+    scenes = [_scene(i, g) for i in range(n_train + n_test)]
+    tok = UnifiedTokenizer.train(
+        [s for s, _ in scenes] * 4, vocab_size=300, image_codes=CODES, max_text_len=8
+    )
+    tok.save(root / "tokenizer.json")
+    torch.manual_seed(0)
+    vq = VQVAE(vqvae_config("tiny"))
+    save_vqvae(root / "vqvae", vq)
+    data = root / "tokens"
+    data.mkdir()
+    for split, part in (("train", scenes[:n_train]), ("test", scenes[n_train:])):
+        with tarfile.open(data / f"{split}-000000.tar", "w") as tar:
+            for i, (caption, codes) in enumerate(part):
+                ids = tok.encode_texts([caption])[0]
+                write_sample(tar, f"{split}{i:05d}", {32: codes.numpy()}, ids, caption, None)
+    info = {
+        "format": FORMAT,
+        "version": VERSION,
+        "counts": {"train": n_train, "test": n_test},
+        "sizes": [32],
+        "grids": {"32": [GRID, GRID]},
+        "codebook_size": CODES,
+        "vqvae_fingerprint": fingerprint(vq),
+        "tokenizer_fingerprint": tok.fingerprint,
+        "tokenizer_layout": tok.layout(),
+        "source": "test scenes",
+    }
+    (data / INFO_FILE).write_text(json.dumps(info))
+    return {"data": str(data), "tokenizer": str(root / "tokenizer.json"),
+            "vqvae": str(root / "vqvae")}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads, and on a shared CPU they wait for each other."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return make_inputs(tmp_path_factory.mktemp("lm_inputs"))
+
+
+def _run(inputs: dict[str, str], out: Path, **loop) -> CogLMTrainConfig:
+    return CogLMTrainConfig(**inputs, out=str(out), preset="tiny",
+                            tasks="t2i=0.5,cap=0.25,inp=0.25", eval_samples=8)
+
+
+def _loop(**kw) -> LoopConfig:
+    base = dict(steps=6, batch_size=4, lr=3e-3, warmup=2, min_lr=3e-4, precision="fp32",
+                save_every=3, eval_every=0, seed=0)
+    return LoopConfig(**{**base, **kw})
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path).state_dict
+
+
+def test_lr_schedule_warms_up_then_decays_to_min_lr():
+    cfg = LoopConfig(steps=100, warmup=10, lr=1.0, min_lr=0.1, precision="fp32")
+    assert lr_at(0, cfg) == pytest.approx(0.1)
+    assert lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(10, cfg) == pytest.approx(1.0)
+    assert lr_at(55, cfg) == pytest.approx(0.55)
+    assert lr_at(100, cfg) == pytest.approx(0.1)
+    assert all(lr_at(s, cfg) >= lr_at(s + 1, cfg) for s in range(10, 100))
+
+
+class _Split:
+    def __init__(self, codes: torch.Tensor, text_ids: list[list[int]]) -> None:
+        self.codes, self.text_ids = {32: codes}, text_ids
+
+
+def test_tiny_model_overfits_one_batch(inputs, tmp_path):
+    from tokenizer import UnifiedTokenizer
+
+    tok = UnifiedTokenizer.load(inputs["tokenizer"])
+    g = torch.Generator().manual_seed(0)
+    scenes = [_scene(i, g) for i in range(4)]
+    train = _Split(torch.stack([c for _, c in scenes]),
+                   tok.encode_texts([s for s, _ in scenes]))
+    torch.manual_seed(0)
+    model = CogLM(coglm_config("tiny", tok.vocab_size))
+    sched = MaskingScheduler(tok, schedule=TaskSchedule.constant(t2i=1.0), text_dropout=0.0)
+    objective = CogLMObjective(model=model, tokenizer=tok, train=train, scheduler=sched,
+                               image_size=32, save_fn=lambda *a, **k: Path(),
+                               loss_config=LossConfig())
+    # one fixed batch: the same 4 samples every step
+    batch = objective.collate(objective.draw(0, 4, torch.Generator().manual_seed(0)))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    first = None
+    for _ in range(100):
+        s = objective.loss(model, batch)
+        loss = s.mean()
+        first = first if first is not None else float(loss.detach())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert first > 3.0
+    assert loss.item() < 0.1
+
+
+def test_resume_after_sigint_equals_uninterrupted_run(inputs, tmp_path):
+    loop = _loop(ema=0.9)
+    full = train_coglm(_run(inputs, tmp_path / "full"), loop, progress=False)
+    assert full.step == 6 and full.interrupted is None
+
+    def interrupt(step: int) -> None:
+        if step == 4:  # between checkpoints: the handler must save step 4 itself
+            os.kill(os.getpid(), signal.SIGINT)
+
+    part = train_coglm(_run(inputs, tmp_path / "part"), loop, progress=False, on_step=interrupt)
+    assert part.interrupted == "SIGINT" and part.step == 4
+    assert [s for s, _ in step_dirs(tmp_path / "part")] == [3, 4]
+    rest = train_coglm(_run(inputs, tmp_path / "part"), loop, progress=False, resume=True)
+    assert rest.step == 6
+    assert part.losses + rest.losses == full.losses
+
+    a, b = _weights(tmp_path / "full"), _weights(tmp_path / "part")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)  # EMA weights (what is exported)
+    sa = torch.load(tmp_path / "full/step-00000006" / TRAINING_STATE_FILE, weights_only=True)
+    sb = torch.load(tmp_path / "part/step-00000006" / TRAINING_STATE_FILE, weights_only=True)
+    assert all(torch.equal(sa["model"][k], sb["model"][k]) for k in sa["model"])
+    # metrics.jsonl holds each step once, also after the interruption
+    steps = [json.loads(line)["step"] for line in
+             (tmp_path / "part/metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6] + [6] * (len(steps) - 6)
+
+
+def test_checkpoint_folder_loads_as_pipeline(inputs, tmp_path):
+    from cogview.pipeline import load_pipeline
+
+    train_coglm(_run(inputs, tmp_path / "run"), _loop(steps=3, eval_every=2), progress=False)
+    pipe = load_pipeline(tmp_path / "run")
+    assert pipe.grid == (GRID, GRID) and pipe.image_size == 32
+    assert pipe.model.config.vocab_size == pipe.tokenizer.vocab_size
+    assert pipe.meta["step"] == 3 and pipe.meta["train_args"]["preset"] == "tiny"
+    records = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text()
+               .splitlines()]
+    evals = [r for r in records if "eval_t2i" in r]
+    assert [r["step"] for r in evals] == [2, 3]
+    assert {"eval_t2i", "eval_t2i_nocap", "eval_cap", "eval_inp"} <= set(evals[0])
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(inputs, tmp_path, monkeypatch):
+    run = _run(inputs, tmp_path / "run")
+
+    def poison(step: int) -> None:
+        if step == 4:  # after the step-3 checkpoint the weights go bad: step 5's loss is NaN
+            with torch.no_grad():
+                for p in model_ref[0].parameters():
+                    p.fill_(float("nan"))
+
+    import train.lm as lm
+
+    model_ref = []
+    real = lm.CogLMObjective.__post_init__
+
+    def grab(self):
+        model_ref.append(self.model)
+        real(self)
+
+    monkeypatch.setattr(lm.CogLMObjective, "__post_init__", grab)
+    with pytest.raises(TrainingDiverged, match="step-00000003"):
+        train_coglm(run, _loop(), progress=False, on_step=poison)
+    assert [s for s, _ in step_dirs(tmp_path / "run")] == [3]
+    assert all(torch.isfinite(v).all() for v in _weights(tmp_path / "run").values())
+
+
+def test_errors_name_the_problem(inputs, tmp_path, capsys):
+    base = ["train", "--tokenizer", inputs["tokenizer"], "--vqvae", inputs["vqvae"],
+            "--preset", "tiny", "--steps", "1", "--no-progress"]
+    assert main(base + ["--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+    assert "--data" in capsys.readouterr().err
+    assert main(base + ["--data", inputs["data"], "--out", str(tmp_path / "o"),
+                        "--batch-size", "5", "--grad-accum", "2"]) == 2
+    assert "--batch-size 5" in capsys.readouterr().err
+    assert main(base + ["--data", inputs["data"], "--out", str(tmp_path / "o"),
+                        "--deepspeed", str(tmp_path / "missing.json")]) == 2
+    assert "missing.json" in capsys.readouterr().err
+
+    # token shards of another tokenizer
+    from tokenizer import UnifiedTokenizer
+
+    other = UnifiedTokenizer.train(["something else entirely"] * 8, vocab_size=270,
+                                   image_codes=CODES)
+    other.save(tmp_path / "other.json")
+    args = base + ["--data", inputs["data"], "--out", str(tmp_path / "o")]
+    args[args.index("--tokenizer") + 1] = str(tmp_path / "other.json")
+    assert main(args) == 2
+    assert "another tokenizer" in capsys.readouterr().err
+
+
+def test_cli_trains_and_refuses_to_overwrite_without_resume(inputs, tmp_path, capsys):
+    args = ["train", "--data", inputs["data"], "--tokenizer", inputs["tokenizer"],
+            "--vqvae", inputs["vqvae"], "--preset", "tiny", "--out", str(tmp_path / "run"),
+            "--steps", "2", "--batch-size", "4", "--grad-accum", "2", "--eval-every", "0",
+            "--precision", "fp32", "--no-progress"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "step-00000002" in out and "metrics.jsonl" in out
+    assert main(args) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(args + ["--resume"]) == 0  # already at --steps: nothing to do, no error
+
+
+def test_loop_rejects_uneven_batches():
+    with pytest.raises(UserError, match="--batch-size 6"):
+        train_loop(None, _loop(batch_size=6, grad_accum=4), "/nonexistent",
+                   backend=type("B", (), {"rank": 0, "world": 1, "device": "cpu"})())
