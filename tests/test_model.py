@@ -1,0 +1,83 @@
+"""CogLM: KV-cached decoding equals the full forward pass; preset sizes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cogview.model import CogLM, CogLMConfig, coglm_config, prefix_lm_mask
+
+VOCAB = 97
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _inputs(b: int, t: int, g: torch.Generator):
+    ids = torch.randint(0, VOCAB, (b, t), generator=g)
+    pos = torch.arange(t).expand(b, t)
+    cell = torch.randint(0, 5, (b, t, 2), generator=g)
+    next_cell = torch.randint(0, 5, (b, t, 2), generator=g)
+    return ids, pos, cell, next_cell
+
+
+@pytest.mark.parametrize("sandwich", [False, True])
+def test_kv_cache_logits_equal_full_forward(sandwich):
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    model = CogLM(CogLMConfig(vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4, max_seq_len=64,
+                              max_grid=4, sandwich_ln=sandwich)).eval()
+    b, t, p = 2, 12, 5  # prefix of 5, then 7 targets
+    ids, pos, cell, next_cell = _inputs(b, t, g)
+    with torch.no_grad():
+        full = model(ids, pos, cell, next_cell, prefix_len=torch.full((b,), p))  # (B, T, V)
+        cache = model.new_cache(b, max_len=t)
+        pre = model(ids[:, :p], pos[:, :p], cell[:, :p], next_cell[:, :p],
+                    prefix_len=torch.full((b,), p), cache=cache)
+        steps = [pre]
+        for i in range(p, t):
+            s = slice(i, i + 1)
+            steps.append(model(ids[:, s], pos[:, s], cell[:, s], next_cell[:, s], cache=cache))
+    cached = torch.cat(steps, dim=1)
+    torch.testing.assert_close(cached, full, rtol=1e-5, atol=1e-5)
+    assert cache.length == t
+
+
+def test_hidden_and_head_give_the_logits():
+    torch.manual_seed(0)
+    model = CogLM(coglm_config("tiny", VOCAB)).eval()
+    ids, pos, cell, next_cell = _inputs(2, 6, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        h = model.hidden(ids, pos, cell, next_cell)
+        torch.testing.assert_close(model.head(h), model(ids, pos, cell, next_cell))
+    assert model.head.weight is model.tok_emb.weight  # tied
+
+
+def test_prefix_mask_hides_padding_keys():
+    valid = torch.tensor([[True, True, True, False]])
+    m = prefix_lm_mask(torch.tensor([2]), 4, key_valid=valid)[0, 0]
+    assert m[:, 3].sum() == 0
+    assert m[0, :2].all() and not m[0, 2]  # prefix: bidirectional inside, blind to targets
+    assert m[2, :3].all()
+
+
+@pytest.mark.parametrize(
+    "preset, expected", [("base", 100e6), ("large", 350e6), ("xl", 1e9)]
+)
+def test_gpu_presets_have_their_nominal_sizes(preset, expected):
+    with torch.device("meta"):
+        model = CogLM(coglm_config(preset, vocab_size=20_000))
+    n = model.num_params(embeddings=False)
+    assert abs(n - expected) / expected < 0.1, f"{preset}: {n / 1e6:.0f}M"
+    assert model.flops_per_token(256) > 6 * n
+
+
+def test_positions_beyond_max_seq_len_are_refused():
+    model = CogLM(CogLMConfig(vocab_size=VOCAB, dim=16, n_layers=1, n_heads=2, max_seq_len=8))
+    with pytest.raises(ValueError, match="max_seq_len"):
+        model(torch.zeros(1, 9, dtype=torch.long), torch.arange(9)[None])
