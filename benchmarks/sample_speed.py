@@ -1,12 +1,16 @@
 """Text-to-image sampling speed: images/s with and without the KV cache, against a matmul peak.
 
-    .venv/bin/python benchmarks/sample_speed.py [--batches 1 8 32] [--threads N] [--modes ...]
+    .venv/bin/python benchmarks/sample_speed.py [--batches 1 8 32] [--threads 1] [--modes ...]
 
 A CogLM of the `small` preset (random weights: speed does not depend on them) draws 8x8 = 64
 codes per image from a short prompt. The script first times a large matmul to get the peak
 FLOP/s of this machine in this run (fp32, and bf16 when asked), then times `generate_images`
 for every batch size, with the KV cache and with a full forward per step, and prints images/s
 next to the rate the model's FLOPs per image would allow at that peak.
+
+Every figure is given per wall-clock second and per CPU second of this process. On a machine
+shared with other jobs the wall clock counts the time other processes held the cores; with
+one thread the CPU-time figures (rate and peak alike) leave that out.
 
 FLOPs per image count what one image from one prompt needs: the prefix (prefilled once) and
 63 decode steps through the transformer (2 FLOPs per weight per token, plus 4 * dim FLOPs per
@@ -98,7 +102,7 @@ def time_generate(model, tok, text, batch, use_cache, context, repeats) -> dict[
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
-    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
     p.add_argument(
         "--modes",
         nargs="+",

@@ -250,15 +250,14 @@ class _Decoder:
         uniq = [firsts[u] for u in range(len(unique))]
         self.index = torch.tensor(index, device=device)
 
-        lens = torch.tensor([p.ids.numel() for p in uniq])
-        lp = int(lens.max())  # padded prefix length
-        total = lp + n_targets - 1  # the last target is never an input
         if n_targets < 1:
             raise SamplingError("nothing to sample")
-        if int(lens.max()) + n_targets - 1 > model.config.max_seq_len:
+        lp = max(p.ids.numel() for p in uniq)  # padded prefix length
+        total = lp + n_targets - 1  # the last target is never an input
+        if total > model.config.max_seq_len:
             raise SamplingError(
-                f"sequence of {int(lens.max()) + n_targets - 1} tokens exceeds the model's "
-                f"max_seq_len {model.config.max_seq_len}"
+                f"sequence of {total} tokens exceeds the model's max_seq_len "
+                f"{model.config.max_seq_len}"
             )
         if target_cells.numel() and int(target_cells.max()) > model.config.max_grid:
             raise SamplingError(f"image grid exceeds the model's max_grid {model.config.max_grid}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import shutil
 
 import numpy as np
@@ -37,7 +38,10 @@ def model_dir(tmp_path_factory):
     torch.manual_seed(0)
     vq = VQVAE(
         VQVAEConfig(
-            channels=8, channel_mult=(1, 1, 2), codebook_size=16, codebook_dim=4,
+            channels=8,
+            channel_mult=(1, 1, 2),
+            codebook_size=16,
+            codebook_dim=4,
             kmeans_init=False,
         )
     ).eval()
@@ -56,7 +60,9 @@ def model_dir(tmp_path_factory):
 
 
 def run(capsys, *argv) -> tuple[int, str, str]:
-    rc = main([str(a) for a in argv])
+    """`cogview ARGV`; a string argument is split like a shell command line."""
+    args = [a for x in argv for a in (shlex.split(x) if isinstance(x, str) else [str(x)])]
+    rc = main(args)
     cap = capsys.readouterr()
     return rc, cap.out, cap.err
 
@@ -69,15 +75,14 @@ def png(path) -> np.ndarray:
 
 
 def test_generate_writes_images_and_grid_and_is_seeded(model_dir, tmp_path, capsys):
-    rc, out, _ = run(capsys, "generate", "a red circle", "-n", 3, "--model", model_dir,
-                     "-o", tmp_path / "a", "--seed", 1)
+    rc, out, _ = run(capsys, f"generate 'a red circle' -n 3 --model {model_dir} -o {tmp_path}/a")
     assert rc == 0
     files = [tmp_path / "a" / f"a-red-circle-{i}.png" for i in range(3)]
     grid = tmp_path / "a" / "a-red-circle-grid.png"
     assert all(str(f) in out for f in [*files, grid]) and "3 image(s)" in out
     assert png(files[0]).shape == (SIZE, SIZE, 3)
-    assert run(capsys, "generate", "a red circle", "-n", 3, "--model", model_dir,
-               "-o", tmp_path / "b", "--seed", 1)[0] == 0
+    rc, _, _ = run(capsys, f"generate 'a red circle' -n 3 --model {model_dir} -o {tmp_path}/b")
+    assert rc == 0
     for f in files:
         assert np.array_equal(png(f), png(tmp_path / "b" / f.name))
 
@@ -86,9 +91,10 @@ def test_generate_prompts_file_guidance_clusters_rerank(model_dir, tmp_path, cap
     prompts = tmp_path / "prompts.txt"
     long = "a red circle and a blue square at the top and two green triangles"
     prompts.write_text(f"a red circle\n\n{long}\n")
-    rc, out, err = run(capsys, "generate", "--prompts", prompts, "-n", 2, "--rerank", 3,
-                       "--cfg", 2, "--cluster", "--n-clusters", 4, "--top-k", 5,
-                       "--text-attention-bias", 1, "--model", model_dir, "-o", tmp_path / "o")
+    flags = "-n 2 --rerank 3 --cfg 2 --cluster --n-clusters 4 --top-k 5 --text-attention-bias 1"
+    rc, out, err = run(
+        capsys, f"generate --prompts {prompts} {flags} --model {model_dir} -o {tmp_path}/o"
+    )
     assert rc == 0, err
     assert (tmp_path / "o" / "a-red-circle-1.png").is_file()
     assert (tmp_path / "o" / f"{slug(long)}-grid.png").is_file()
@@ -98,8 +104,25 @@ def test_generate_prompts_file_guidance_clusters_rerank(model_dir, tmp_path, cap
     assert (model_dir / CLUSTERS_FILE).is_file()  # the k-means is cached with the model
 
 
+def test_cluster_cache_is_reused_and_refreshed(model_dir):
+    from safetensors import safe_open
+
+    from cogview.cli.sample import model_clusters
+    from cogview.pipeline import load_pipeline
+
+    pipe = load_pipeline(model_dir)
+    a = model_clusters(pipe, 3)
+    path = model_dir / CLUSTERS_FILE
+    assert path.is_file() and a.shape == (16,) and set(a.tolist()) == {0, 1, 2}
+    path.write_bytes(path.read_bytes())  # the same file: read back, not recomputed
+    assert torch.equal(model_clusters(pipe, 3), a)
+    assert set(model_clusters(pipe, 5).tolist()) == set(range(5))  # other count: recomputed
+    with safe_open(str(path), framework="pt") as f:
+        assert f.metadata()["n_clusters"] == "5"
+
+
 def test_generate_empty_prompt_is_unconditional(model_dir, tmp_path, capsys):
-    rc, out, err = run(capsys, "generate", "", "-n", 1, "--model", model_dir, "-o", tmp_path)
+    rc, out, err = run(capsys, f"generate '' -n 1 --model {model_dir} -o {tmp_path}")
     assert rc == 0 and "unconditional" in err
     assert (tmp_path / "unconditional-0.png").is_file()
 
@@ -120,10 +143,11 @@ def _image_and_mask(tmp_path, h=20, w=28):
 
 def test_inpaint_changes_only_masked_pixels(model_dir, tmp_path, capsys):
     image, mask = _image_and_mask(tmp_path)
-    rc, out, err = run(capsys, "inpaint", "--image", tmp_path / "in.png", "--mask",
-                       tmp_path / "mask.png", "--prompt", "a red circle", "-n", 2,
-                       "--show-mask", tmp_path / "cells.png", "--model", model_dir,
-                       "-o", tmp_path / "o")
+    rc, out, err = run(
+        capsys,
+        f"inpaint --image {tmp_path}/in.png --mask {tmp_path}/mask.png --prompt 'a red circle' "
+        f"-n 2 --show-mask {tmp_path}/cells.png --model {model_dir} -o {tmp_path}/o",
+    )
     assert rc == 0, err
     cells = png(tmp_path / "cells.png")[..., 0] > 127
     assert cells.shape == GRID and np.array_equal(cells, cell_mask_of(mask, GRID))
@@ -141,8 +165,11 @@ def test_inpaint_mask_of_another_size_and_alpha_mask(model_dir, tmp_path, capsys
     rgba = np.zeros((40, 56, 4), np.uint8)
     rgba[..., 3] = np.asarray(big)  # painted = opaque
     Image.fromarray(rgba, "RGBA").save(tmp_path / "alpha.png")
-    rc, _, err = run(capsys, "inpaint", "--image", tmp_path / "in.png", "--mask",
-                     tmp_path / "alpha.png", "-n", 1, "--model", model_dir, "-o", tmp_path / "o")
+    rc, _, err = run(
+        capsys,
+        f"inpaint --image {tmp_path}/in.png --mask {tmp_path}/alpha.png -n 1 "
+        f"--model {model_dir} -o {tmp_path}/o",
+    )
     assert rc == 0 and "resized" in err
     result = png(tmp_path / "o" / "in-0.png")
     assert np.array_equal(result[~mask], image[~mask])
@@ -151,13 +178,12 @@ def test_inpaint_mask_of_another_size_and_alpha_mask(model_dir, tmp_path, capsys
 def test_inpaint_all_black_and_all_white(model_dir, tmp_path, capsys):
     image, _ = _image_and_mask(tmp_path)
     Image.new("L", (28, 20), 0).save(tmp_path / "black.png")
-    rc, out, err = run(capsys, "inpaint", "--image", tmp_path / "in.png", "--mask",
-                       tmp_path / "black.png", "--model", model_dir, "-o", tmp_path / "k")
+    inpaint = f"inpaint --image {tmp_path}/in.png --model {model_dir} -n 1"
+    rc, out, err = run(capsys, f"{inpaint} --mask {tmp_path}/black.png -o {tmp_path}/k")
     assert rc == 0 and "all black" in err
     assert np.array_equal(png(tmp_path / "k" / "in-0.png"), image)
     Image.new("1", (28, 20), 1).save(tmp_path / "white.png")
-    rc, out, err = run(capsys, "inpaint", "--image", tmp_path / "in.png", "--mask",
-                       tmp_path / "white.png", "-n", 1, "--model", model_dir, "-o", tmp_path / "w")
+    rc, out, err = run(capsys, f"{inpaint} --mask {tmp_path}/white.png -o {tmp_path}/w")
     assert rc == 0 and "plain generation" in err
     assert png(tmp_path / "w" / "in-0.png").shape == image.shape
 
@@ -170,8 +196,9 @@ def test_cell_mask_covers_every_masked_pixel():
         cells = cell_mask_of(mask, GRID)
         ys, xs = mask.nonzero()
         # the cell a pixel's top-left corner falls in, and its bottom-right corner
-        for y0, x0 in ((ys * GRID[0]) // h, (xs * GRID[1]) // w), (
-            ((ys + 1) * GRID[0] - 1) // h, ((xs + 1) * GRID[1] - 1) // w
+        for y0, x0 in (
+            ((ys * GRID[0]) // h, (xs * GRID[1]) // w),
+            (((ys + 1) * GRID[0] - 1) // h, ((xs + 1) * GRID[1] - 1) // w),
         ):
             assert cells[y0, x0].all()
         # and no cell is regenerated without a masked pixel in it
@@ -198,8 +225,7 @@ def test_read_mask_modes_threshold_at_half(tmp_path, mode):
 
 def test_caption_prints_scored_captions(model_dir, tmp_path, capsys):
     Image.fromarray(np.full((30, 40, 3), 200, np.uint8)).save(tmp_path / "img.png")
-    rc, out, err = run(capsys, "caption", tmp_path / "img.png", "-n", 3, "--max-len", 4,
-                       "--model", model_dir)
+    rc, out, err = run(capsys, f"caption {tmp_path}/img.png -n 3 --max-len 4 --model {model_dir}")
     assert rc == 0, err
     lines = out.strip().splitlines()
     scores = [float(line.split()[0]) for line in lines]
