@@ -92,6 +92,7 @@ def test_generate_prompts_file_guidance_clusters_rerank(model_dir, tmp_path, cap
     long = "a red circle and a blue square at the top and two green triangles"
     prompts.write_text(f"a red circle\n\n{long}\n")
     flags = "-n 2 --rerank 3 --cfg 2 --cluster --n-clusters 4 --top-k 5 --text-attention-bias 1"
+    flags += " --dtype bfloat16"
     rc, out, err = run(
         capsys, f"generate --prompts {prompts} {flags} --model {model_dir} -o {tmp_path}/o"
     )
@@ -246,6 +247,7 @@ def test_caption_prints_scored_captions(model_dir, tmp_path, capsys):
         (["generate", "x", "--model", "{t}/notok"], "tokenizer.json"),
         (["generate", "x", "--top-p", "0"], "--top-p"),
         (["generate", "x", "-n", "0"], "-n"),
+        (["generate", "x", "--device", "nodevice"], "--device"),
         (["generate", "--prompts", "{t}/none.txt"], "none.txt"),
         (["generate", "x", "--rerank", "2", "-n", "4"], "--rerank"),
         (["generate"], "PROMPT"),
