@@ -122,6 +122,17 @@ def test_cluster_cache_is_reused_and_refreshed(model_dir):
         assert f.metadata()["n_clusters"] == "5"
 
 
+def test_generate_batches_several_prompts(model_dir, tmp_path, capsys):
+    (tmp_path / "p.txt").write_text("a red circle\ntwo green\na red circle\n")
+    rc, out, err = run(
+        capsys, f"generate --prompts {tmp_path}/p.txt -n 2 --model {model_dir} -o {tmp_path}/o"
+    )
+    assert rc == 0, err
+    for stem in ("a-red-circle", "two-green", "a-red-circle-2"):  # a repeated prompt
+        assert all((tmp_path / "o" / f"{stem}-{i}.png").is_file() for i in ("0", "1", "grid"))
+    assert "6 image(s) and 3 grid(s)" in out
+
+
 def test_generate_empty_prompt_is_unconditional(model_dir, tmp_path, capsys):
     rc, out, err = run(capsys, f"generate '' -n 1 --model {model_dir} -o {tmp_path}")
     assert rc == 0 and "unconditional" in err

@@ -21,9 +21,12 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
+    from cogview.pipeline import Pipeline
+    from cogview.sampling import SamplingConfig
+
 CLUSTERS_FILE = "clusters.safetensors"
 MAX_SLUG = 60
-# assignments computed this run for folders that could not take the cache file
+# cluster assignments of model folders that could not take the cache file, this process
 _CLUSTER_MEMO: dict[tuple[str, int, int, str], Any] = {}
 
 
@@ -91,23 +94,29 @@ def _add_sampling_flags(p: argparse.ArgumentParser, images: bool = True) -> None
     )
 
 
-def sampling_config(args: argparse.Namespace):
+def sampling_config(args: argparse.Namespace) -> SamplingConfig:
     from cogview.sampling import SamplingConfig
 
-    return SamplingConfig(
+    fields = dict(
         temperature=args.temperature,
         top_k=args.top_k,
         top_p=args.top_p,
-        cfg_scale=getattr(args, "cfg", 1.0),
-        cluster=getattr(args, "cluster", False),
-        n_clusters=getattr(args, "n_clusters", 32),
-        top_clusters=getattr(args, "top_clusters", 4),
-        text_attention_bias=getattr(args, "text_attention_bias", 0.0),
         batch_size=args.batch_size,
     )
+    image_flags = {
+        "cfg_scale": "cfg",
+        "cluster": "cluster",
+        "n_clusters": "n_clusters",
+        "top_clusters": "top_clusters",
+        "text_attention_bias": "text_attention_bias",
+    }
+    for field, flag in image_flags.items():
+        if hasattr(args, flag):  # `caption` has none of them
+            fields[field] = getattr(args, flag)
+    return SamplingConfig(**fields)
 
 
-def _load(args: argparse.Namespace):
+def _load(args: argparse.Namespace) -> Pipeline:
     import torch
 
     from cogview.defaults import model_path_or_default
@@ -127,7 +136,7 @@ def _load(args: argparse.Namespace):
     return pipe
 
 
-def _generator(args: argparse.Namespace, pipe) -> torch.Generator:
+def _generator(args: argparse.Namespace, pipe: Pipeline) -> torch.Generator:
     import torch
 
     device = next(pipe.model.parameters()).device
@@ -184,7 +193,7 @@ def encode_prompt(tok, prompt: str) -> list[int]:
     return ids
 
 
-def model_clusters(pipe, n_clusters: int, seed: int = 0) -> torch.Tensor:
+def model_clusters(pipe: Pipeline, n_clusters: int, seed: int = 0) -> torch.Tensor:
     """Cluster of each image code (K,), cached as `clusters.safetensors` in the model folder.
 
     The file records the cluster count, the seed and the VQVAE fingerprint, so a stale file
@@ -218,14 +227,14 @@ def model_clusters(pipe, n_clusters: int, seed: int = 0) -> torch.Tensor:
     try:
         save_file({"clusters": clusters.to(torch.int32)}, str(tmp), metadata=want)
         os.replace(tmp, path)
-    except OSError:  # a read-only folder: keep the assignment for this process only
+    except (OSError, SafetensorError):  # a read-only folder: keep it for this process only
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
         _CLUSTER_MEMO[key] = clusters
     return clusters
 
 
-def _decode(pipe, codes: torch.Tensor, batch_size: int) -> np.ndarray:
+def _decode(pipe: Pipeline, codes: torch.Tensor, batch_size: int) -> np.ndarray:
     """Codes (B, h, w) -> uint8 images (B, H, W, 3)."""
     import numpy as np
     import torch
@@ -292,8 +301,9 @@ def run_generate(args: argparse.Namespace) -> int:
         stems.add(stem)
         jobs.append((stem, encode_prompt(tok, prompt)))
     bar = _progress(per_prompt * len(prompts), "img")
-    for stem, ids in jobs:
-        if args.rerank:
+    if args.rerank:
+        results = []
+        for stem, ids in jobs:
             best = rerank(
                 pipe.model,
                 tok,
@@ -306,30 +316,32 @@ def run_generate(args: argparse.Namespace) -> int:
                 clusters=clusters,
                 progress=bar.update,
             )
-            codes = best.codes
-            scores = best.scores.tolist()
-        else:
-            codes = generate_images(
-                pipe.model,
-                tok,
-                [ids] * args.n,
-                pipe.grid,
-                config,
-                g,
-                clusters=clusters,
-                progress=bar.update,
+            results.append(best.codes)
+            bar.write(
+                f"{stem}: kept {args.n} of {args.rerank} by log p(prompt | image): "
+                + ", ".join(f"{s:.3f}" for s in best.scores.tolist()),
+                file=sys.stderr,
             )
-            scores = None
+    else:
+        # every image of every prompt in one stream of batches: prompts of different
+        # lengths share a batch (left-padded)
+        all_ids = [ids for _, ids in jobs for _ in range(args.n)]
+        codes = generate_images(
+            pipe.model,
+            tok,
+            all_ids,
+            pipe.grid,
+            config,
+            g,
+            clusters=clusters,
+            progress=bar.update,
+        )
+        results = list(codes.split(args.n))
+    for (stem, _), codes in zip(jobs, results, strict=True):
         images = _decode(pipe, codes, config.batch_size)
         for i, img in enumerate(images):
             written.append(_save_png(img, out / f"{stem}-{i}.png"))
         written.append(save_grid(images, out / f"{stem}-grid.png"))
-        if scores is not None:
-            bar.write(
-                f"{stem}: kept {args.n} of {args.rerank} by log p(prompt | image): "
-                + ", ".join(f"{s:.3f}" for s in scores),
-                file=sys.stderr,
-            )
     bar.close()
     for path in written:
         print(path)
