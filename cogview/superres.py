@@ -123,7 +123,9 @@ class SRConfig:
 # named sizes; vocab_size comes from the tokenizer when a model is built
 SR_PRESETS: dict[str, dict] = {
     "tiny": dict(dim=64, n_layers=2, n_heads=4),
-    "small": dict(dim=256, n_layers=6, n_heads=8),
+    # SR is local (a cell's code follows from the few low-res codes under and around it), so
+    # it needs far less model than the base CogLM; ~0.9M parameters with a 64-code vocabulary
+    "small": dict(dim=128, n_layers=4, n_heads=4),
 }
 
 
@@ -374,8 +376,9 @@ def _pick(
 
 
 class SRState:
-    """One batch being super-resolved: the sequence and the prefix keys/values, computed once
-    (the prefix never attends to the high-res cells, so it is the same in every pass)."""
+    """One batch being super-resolved. The prefix never attends to the high-res cells, so its
+    keys and values are the same in every pass: the first pass runs the whole sequence and
+    keeps them in a KV cache, later passes run only the high-res cells."""
 
     def __init__(
         self,
@@ -390,33 +393,25 @@ class SRState:
         hr_ids = torch.full((b, n), tok.mask_id, dtype=torch.long, device=lr_codes.device)
         self.batch = sr_sequence(tok, config, texts, lr_codes, hr_ids)
         self.order = lopar_orders(config.hr_size, config.window).flatten().to(lr_codes.device)
-        p = config.hr_start
         self.cache: KVCache = model.new_cache(b, config.seq_len)
-        bt = self.batch
-        model.hidden(
-            bt.ids[:, :p],
-            bt.pos[:, :p],
-            bt.cell[:, :p],
-            bt.next_cell[:, :p],
-            attn_mask=bt.attn_mask[:, :, :p, :p],
-            cache=self.cache,
-        )
 
     def logits(self, hr_codes: Tensor, start: int) -> Tensor:
-        """One pass: cells of order < start hold `hr_codes` (B, N), the rest `<mask>`.
+        """One forward pass: cells of order < start hold `hr_codes` (B, N), the rest `<mask>`.
         Returns (B, N, K) logits over the image codes only."""
         p, bt, tok = self.config.hr_start, self.batch, self.tok
         keep = self.order[None] < start
         hr_ids = torch.where(keep, tok.codes_to_ids(hr_codes), tok.mask_id)
-        self.cache.length = p  # drop the previous pass's high-res keys
+        first = self.cache.length == 0
+        q0 = 0 if first else p  # first pass: prefix and high-res cells; later: high-res only
+        self.cache.length = 0 if first else p  # drop the previous pass's high-res keys
         h = self.model.hidden(
-            hr_ids,
-            bt.pos[:, p:],
-            bt.cell[:, p:],
-            bt.next_cell[:, p:],
-            attn_mask=bt.attn_mask[:, :, p:, :],
+            torch.cat([bt.ids[:, q0:p], hr_ids], dim=1),
+            bt.pos[:, q0:],
+            bt.cell[:, q0:],
+            bt.next_cell[:, q0:],
+            attn_mask=bt.attn_mask[:, :, q0:, :],
             cache=self.cache,
-        )
+        )[:, p - q0 :]  # (B, N, dim)
         r = self.tok.image_range
         # the head restricted to image codes: (B, N, dim) @ (dim, K)
         return h @ self.model.head.weight[r.start : r.stop].T

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
+from cogview.checkpoint import load_checkpoint, step_dirs
+from cogview.cli import main
 from cogview.errors import UserError
 from cogview.masks import IGNORE
 from cogview.sampling import SamplingConfig
 from cogview.superres import (
     SRModel,
     SRState,
+    check_sr_fits,
+    load_sr,
     lopar_orders,
     lopar_schedule,
     lopar_step,
@@ -25,6 +35,15 @@ from tokenizer import UnifiedTokenizer
 
 CAPTIONS = ["a red circle at the top left", "a blue square at the bottom right", "a green star"]
 GREEDY = SamplingConfig(temperature=0.0)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and far faster on a CPU shared with others."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +126,7 @@ def test_attention_mask_is_local_and_prefix_ignores_high_res(tok):
 
 def test_outputs_depend_only_on_the_local_window(tok, model):
     """Changing a high-res input outside a cell's kernel leaves that cell's logits unchanged."""
-    config = model.sr_config
+    config = model.config
     lr, hr, texts = _inputs(tok, config, b=1)
     ids = tok.codes_to_ids(hr.view(1, -1))
     base = model(**sr_sequence(tok, config, texts, lr, ids).model_inputs())
@@ -151,7 +170,7 @@ def test_training_cells_never_see_their_window_at_or_after_their_order(tok):
 
 def test_training_batch_trains(tok, model):
     """One loss on the batch is finite and gradients reach the embeddings."""
-    config = model.sr_config
+    config = model.config
     lr, hr, texts = _inputs(tok, config)
     batch = sr_training_batch(tok, config, texts, lr, hr, torch.Generator().manual_seed(0))
     logits = model(**batch.model_inputs())
@@ -167,11 +186,11 @@ def test_training_batch_trains(tok, model):
 
 
 def test_prefix_cache_matches_full_forward(tok, model):
-    config = model.sr_config
+    config = model.config
     lr, hr, texts = _inputs(tok, config)
     state = SRState(model, tok, lr, texts)
     codes = hr.view(3, -1)
-    for start in (0, 3):
+    for start in (0, 3, 5):  # the first pass fills the prefix cache, the others reuse it
         got = state.logits(codes, start)
         keep = state.order[None] < start
         ids = torch.where(keep, tok.codes_to_ids(codes), tok.mask_id)
@@ -181,7 +200,7 @@ def test_prefix_cache_matches_full_forward(tok, model):
 
 
 def test_direct_sr_shapes(tok, model):
-    lr, _, texts = _inputs(tok, model.sr_config, b=2)
+    lr, _, texts = _inputs(tok, model.config, b=2)
     out = super_resolve(model, tok, lr, texts, steps=1, generator=torch.Generator())
     assert out.codes.shape == (2, 16, 16) and out.passes == 1
     assert 0 <= int(out.codes.min()) and int(out.codes.max()) < tok.num_image_codes
@@ -191,7 +210,7 @@ def test_direct_sr_shapes(tok, model):
 
 @pytest.mark.parametrize("start", [1, 3, 6])
 def test_lopar_step_keeps_cells_below_its_order(tok, model, start):
-    lr, hr, texts = _inputs(tok, model.sr_config)
+    lr, hr, texts = _inputs(tok, model.config)
     state = SRState(model, tok, lr, texts)
     codes = hr.view(3, -1)
     new = lopar_step(state, codes, start, generator=torch.Generator().manual_seed(0))
@@ -201,11 +220,11 @@ def test_lopar_step_keeps_cells_below_its_order(tok, model, start):
 
 
 def test_first_lopar_pass_is_direct_sr(tok, model):
-    lr, _, texts = _inputs(tok, model.sr_config)
+    lr, _, texts = _inputs(tok, model.config)
     direct = super_resolve(model, tok, lr, texts, steps=1, sampling=GREEDY)
     lopar = super_resolve(model, tok, lr, texts, sampling=GREEDY)
-    assert lopar.passes == model.sr_config.num_orders
-    order0 = lopar_orders(16, model.sr_config.window) == 0
+    assert lopar.passes == model.config.num_orders
+    order0 = lopar_orders(16, model.config.window) == 0
     assert torch.equal(direct.codes[:, order0], lopar.codes[:, order0])
 
 
@@ -216,4 +235,131 @@ def test_passes_do_not_depend_on_the_image_size(tok):
     lr = torch.randint(0, tok.num_image_codes, (1, 12, 12))
     out = super_resolve(big, tok, lr, sampling=GREEDY)
     assert out.codes.shape == (1, 24, 24)
-    assert out.passes == 5 and len(calls) == 1 + 5  # one prefix pass, then 2w - 1
+    assert out.passes == 5 and len(calls) == 5  # 2w - 1 forward passes, the first with prefix
+    direct = super_resolve(big, tok, lr, sampling=GREEDY, steps=1)
+    assert direct.passes == 1 and len(calls) == 6
+
+
+# ---------------------------------------------------------------------------------------------
+# training and the commands, end to end on tiny models
+
+
+def make_sr_inputs(root: Path, n_train: int = 24, n_test: int = 8) -> dict[str, str]:
+    """A tokenizer, a tiny (untrained) VQVAE and token shards with 8x8 and 16x16 codes, the
+    high-res grid being the low-res one with each cell doubled (something SR can learn)."""
+    from cogview.pretrained import save_vqvae
+    from train.data.tokens import FORMAT, INFO_FILE, VERSION, write_sample
+    from vqvae.model import VQVAE, fingerprint, vqvae_config
+
+    root.mkdir(parents=True, exist_ok=True)
+    tok = UnifiedTokenizer.train(CAPTIONS * 10, vocab_size=280, image_codes=64, max_text_len=32)
+    tok.save(root / "tokenizer.json")
+    torch.manual_seed(0)
+    vq = VQVAE(vqvae_config("tiny"))
+    save_vqvae(root / "vqvae", vq)
+    data = root / "tokens"
+    data.mkdir()
+    g = torch.Generator().manual_seed(0)
+    for split, n in (("train", n_train), ("test", n_test)):
+        with tarfile.open(data / f"{split}-000000.tar", "w") as tar:
+            for i in range(n):
+                lr = torch.randint(0, 64, (8, 8), generator=g)
+                hr = lr.repeat_interleave(2, 0).repeat_interleave(2, 1)
+                caption = CAPTIONS[i % len(CAPTIONS)]
+                ids = tok.encode_texts([caption])[0]
+                codes = {32: lr.numpy(), 64: hr.numpy()}
+                write_sample(tar, f"{split}{i:05d}", codes, ids, caption, None)
+    info = {
+        "format": FORMAT,
+        "version": VERSION,
+        "counts": {"train": n_train, "test": n_test},
+        "sizes": [32, 64],
+        "grids": {"32": [8, 8], "64": [16, 16]},
+        "codebook_size": 64,
+        "vqvae_fingerprint": fingerprint(vq),
+        "tokenizer_fingerprint": tok.fingerprint,
+        "tokenizer_layout": tok.layout(),
+        "source": "test codes",
+    }
+    (data / INFO_FILE).write_text(json.dumps(info))
+    return {"data": str(data), "tokenizer": str(root / "tokenizer.json"),
+            "vqvae": str(root / "vqvae")}
+
+
+TRAIN_FLAGS = ["--preset", "tiny", "--batch-size", "4", "--warmup", "1", "--save-every", "2",
+               "--eval-every", "0", "--eval-samples", "4", "--precision", "fp32", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def sr_run(tmp_path_factory) -> dict[str, str]:
+    """A 4-step train-sr run (and its inputs)."""
+    root = tmp_path_factory.mktemp("sr")
+    inputs = make_sr_inputs(root)
+    out = root / "run"
+    argv = ["train-sr", *(f"--{k}={v}" for k, v in inputs.items()), "--out", str(out)]
+    assert main([*argv, *TRAIN_FLAGS, "--steps", "4"]) == 0
+    return {**inputs, "out": str(out), "argv": argv}
+
+
+def test_train_sr_writes_self_contained_checkpoints_and_resumes(sr_run, capsys):
+    out = Path(sr_run["out"])
+    assert [s for s, _ in step_dirs(out)] == [2, 4]
+    ckpt = load_checkpoint(out, kind="sr")
+    assert ckpt.step == 4 and ckpt.config["lr_size"] == 8 and ckpt.config["hr_size"] == 16
+    assert (ckpt.path / "tokenizer.json").is_file() and (ckpt.path / "vqvae").is_dir()
+    sr = load_sr(out)
+    assert isinstance(sr.model, SRModel) and sr.low_res_size == 32 and sr.image_size == 64
+    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any("eval_direct" in m and "eval_lopar" in m for m in metrics)
+    # resume to step 6; without --resume the same --out is refused
+    assert main([*sr_run["argv"], *TRAIN_FLAGS, "--steps", "6"]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main([*sr_run["argv"], *TRAIN_FLAGS, "--steps", "6", "--resume"]) == 0
+    assert [s for s, _ in step_dirs(out)][-1] == 6
+
+
+def test_train_sr_refuses_single_size_shards(sr_run, tmp_path, capsys):
+    info = json.loads((Path(sr_run["data"]) / "info.json").read_text())
+    assert main(["train-sr", "--data", str(tmp_path / "nope"), "--tokenizer",
+                 sr_run["tokenizer"], "--vqvae", sr_run["vqvae"], "--out",
+                 str(tmp_path / "o"), *TRAIN_FLAGS]) == 2
+    assert "--data" in capsys.readouterr().err
+    assert main([*sr_run["argv"][:4], "--out", str(tmp_path / "o2"), *TRAIN_FLAGS,
+                 "--image-size", "128"]) == 2
+    assert "cogview encode --sizes 32,128" in capsys.readouterr().err
+    assert info["sizes"] == [32, 64]
+
+
+def test_superres_command(sr_run, tmp_path, capsys):
+    from PIL import Image
+
+    img = tmp_path / "in.png"
+    Image.fromarray(np.full((20, 24, 3), 200, np.uint8)).save(img)
+    out = tmp_path / "out.png"
+    argv = ["superres", str(img), "-o", str(out), "--model", sr_run["out"], "--seed", "1"]
+    assert main([*argv, "--steps", "3", "--prompt", "a red circle"]) == 0
+    captured = capsys.readouterr()
+    assert "resized to 32x32" in captured.err and str(out) in captured.out
+    assert Image.open(out).size == (64, 64)
+    assert main([*argv, "--steps", "1"]) == 0  # direct SR
+    assert main([*argv, "--steps", "99"]) == 2
+    assert "--steps" in capsys.readouterr().err
+    assert main(["superres", str(tmp_path / "missing.png"), "-o", str(out),
+                 "--model", sr_run["out"]]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_sr_of_another_vocabulary_is_refused(sr_run):
+    sr = load_sr(sr_run["out"])
+    other = UnifiedTokenizer.train(["something else entirely"] * 20, vocab_size=270,
+                                   image_codes=64)
+    with pytest.raises(UserError, match="another tokenizer"):
+        check_sr_fits(sr, other, sr.vqvae, (8, 8))
+    from vqvae.model import VQVAE, vqvae_config
+
+    other_vq = VQVAE(dataclasses.replace(vqvae_config("tiny"), channels=8))
+    with pytest.raises(UserError, match="another VQVAE"):
+        check_sr_fits(sr, sr.tokenizer, other_vq, (8, 8))
+    with pytest.raises(UserError, match="16x16"):
+        check_sr_fits(sr, sr.tokenizer, sr.vqvae, (16, 16))
+    check_sr_fits(sr, sr.tokenizer, sr.vqvae, (8, 8))

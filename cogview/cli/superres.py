@@ -1,0 +1,246 @@
+"""`cogview train-sr` and `cogview superres`: train and run the super-resolution model."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from cogview.errors import UserError
+
+IMAGE_SUFFIXES = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP"}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train-sr",
+        help="train a super-resolution model (low-res codes -> high-res codes) on token shards",
+        description=(
+            "Train the super-resolution model on token shards that hold codes of every image at "
+            "two sizes (cogview encode --sizes 32,64). Samples follow the LoPAR schedule: a step "
+            "r is drawn per sample, the high-res cells of order >= r are masked and predicted, so "
+            "one model does direct (one pass) and iterative SR. Checkpoints go to "
+            "OUT/step-XXXXXXXX/ (self-contained: config, weights, tokenizer, VQVAE). Training "
+            "flags are those of `cogview train`; data-parallel runs use --deepspeed the same way."
+        ),
+        allow_abbrev=False,
+    )
+    p.add_argument("--data", required=True, help="token shard folder with codes at two sizes")
+    p.add_argument("--tokenizer", required=True, help="tokenizer JSON the shards were made with")
+    p.add_argument("--vqvae", required=True, help="VQVAE checkpoint folder the codes came from")
+    p.add_argument("--preset", default="small", help="model size: tiny, small (default small)")
+    p.add_argument("--out", required=True, help="run folder for checkpoints and metrics")
+    p.add_argument("--low-res", type=int, default=32,
+                   help="input image size in pixels: the code grid read (default 32)")
+    p.add_argument("--image-size", type=int, default=64,
+                   help="output image size in pixels: the code grid predicted (default 64)")
+    p.add_argument("--window", type=int, default=4,
+                   help="LoPAR window side w: 2w-1 passes at most (default 4)")
+    p.add_argument("--text-len", type=int, default=8,
+                   help="caption tokens the model sees, from the start (default 8)")
+    p.add_argument("--text-dropout", type=float, default=0.2,
+                   help="probability of dropping the caption, so SR works without one (0.2)")
+    _add_loop_flags(p)
+    p.set_defaults(func=run_train_sr)
+
+    p = subparsers.add_parser(
+        "superres",
+        help="super-resolve an image: 32 px -> codes -> SR -> 64 px",
+        description=(
+            "Bring IMG to the SR model's input size (resizing it with a note when needed), "
+            "encode it with the model's VQVAE, predict the high-resolution codes (--steps LoPAR "
+            "passes; 1 = direct SR in one pass) and decode them to an image."
+        ),
+        allow_abbrev=False,
+    )
+    p.add_argument("image", metavar="IMG", help="image file to super-resolve")
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="image file to write (.png, .jpg, .webp, .bmp)")
+    p.add_argument("--model", default=None, metavar="SR_DIR",
+                   help="SR checkpoint folder or training run (default: the shipped one)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="LoPAR passes, 1 = direct SR (default 2w-1, one per order)")
+    p.add_argument("--prompt", default=None, help="caption of the image (optional)")
+    add_sr_sampling_flags(p)
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda when available)")
+    p.set_defaults(func=run_superres)
+
+
+def add_sr_sampling_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="SR sampling temperature, 0 = argmax (default 1.0)")
+    p.add_argument("--top-k", type=int, default=0, help="SR: keep the k likeliest codes (0 = off)")
+
+
+def _add_loop_flags(p: argparse.ArgumentParser) -> None:
+    """The training-loop flags of `cogview train`, with the same names and defaults."""
+    p.add_argument("--steps", type=int, default=2000, help="optimizer steps (default 2000)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="global batch in samples, over all processes (default 64, or "
+                   "train_batch_size of ds_config.json)")
+    p.add_argument("--grad-accum", type=int, default=None,
+                   help="micro-batches per optimizer step (default 1)")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
+    p.add_argument("--warmup", type=int, default=100, help="linear warmup steps (default 100)")
+    p.add_argument("--min-lr", type=float, default=1e-4,
+                   help="learning rate at the end of the cosine decay (default 1e-4)")
+    p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW decay (default 0.1)")
+    p.add_argument("--clip", type=float, default=1.0,
+                   help="max gradient norm, 0 = off (default 1.0)")
+    p.add_argument("--loss", choices=("ce", "poly1"), default="ce",
+                   help="cross-entropy or PolyLoss poly-1 (default ce)")
+    p.add_argument("--poly-eps", type=float, default=1.0, help="poly-1 epsilon (default 1.0)")
+    p.add_argument("--ema", type=float, default=None,
+                   help="keep an EMA of the weights with this decay and export it (off)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                   help="auto: bf16 autocast on CUDA or a CPU with AVX-512 BF16/AMX, else fp32")
+    p.add_argument("--save-every", type=int, default=500, help="checkpoint interval (500)")
+    p.add_argument("--eval-every", type=int, default=250,
+                   help="held-out loss interval on the test split, 0 = at the end only (250)")
+    p.add_argument("--eval-samples", type=int, default=256,
+                   help="held-out images per evaluation (default 256)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest complete checkpoint in --out")
+    p.add_argument("--seed", type=int, default=0, help="seed of weights and batches (default 0)")
+    p.add_argument("--deepspeed", default=None, metavar="DS_CONFIG",
+                   help="train with DeepSpeed using this config (e.g. ds_config.json)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None,
+                   help=argparse.SUPPRESS)
+
+
+def _loop_config(args: argparse.Namespace):
+    from cogview.cli.train import _precision
+    from train.lm import LoopConfig
+
+    batch_size, grad_accum = args.batch_size, args.grad_accum
+    if args.deepspeed:
+        from train.distributed import read_ds_config, resolve_batch, world_from_env
+
+        _, world, _ = world_from_env()
+        batch_size, grad_accum = resolve_batch(
+            read_ds_config(args.deepspeed), batch_size, grad_accum, world
+        )
+    return LoopConfig(
+        steps=args.steps,
+        batch_size=batch_size or 64,
+        grad_accum=grad_accum or 1,
+        lr=args.lr,
+        warmup=args.warmup,
+        min_lr=args.min_lr,
+        weight_decay=args.weight_decay,
+        clip=args.clip,
+        ema=args.ema,
+        precision=_precision(args.precision, bool(args.deepspeed)),
+        save_every=args.save_every,
+        eval_every=args.eval_every,
+        seed=args.seed,
+        deepspeed=args.deepspeed,
+    )
+
+
+def run_train_sr(args: argparse.Namespace) -> int:
+    from train.sr import SRTrainConfig, train_sr
+
+    for flag in ("data", "tokenizer", "vqvae"):
+        if not Path(getattr(args, flag)).exists():
+            raise UserError(f"--{flag} {getattr(args, flag)}: no such file or folder")
+    run = SRTrainConfig(
+        data=args.data,
+        tokenizer=args.tokenizer,
+        vqvae=args.vqvae,
+        out=args.out,
+        preset=args.preset,
+        low_res=args.low_res,
+        image_size=args.image_size,
+        text_len=args.text_len,
+        window=args.window,
+        text_dropout=args.text_dropout,
+        loss=args.loss,
+        poly_eps=args.poly_eps,
+        eval_samples=args.eval_samples,
+    )
+    result = train_sr(run, _loop_config(args), resume=args.resume, progress=not args.no_progress)
+    if int(os.environ.get("RANK", "0")) == 0:
+        if result.interrupted:
+            print(f"interrupted by {result.interrupted} at step {result.step}", file=sys.stderr)
+        if result.checkpoint is not None:
+            print(f"checkpoint: {result.checkpoint} (step {result.step})")
+        if result.metrics_file is not None:
+            print(f"metrics: {result.metrics_file} ({len(result.losses)} steps this run)")
+    return 130 if result.interrupted else 0
+
+
+def sr_sampling(args: argparse.Namespace):
+    """The SamplingConfig of the SR flags (UserError for bad values)."""
+    from cogview.sampling import SamplingConfig
+
+    return SamplingConfig(temperature=args.temperature, top_k=args.top_k)
+
+
+def load_sr_flag(path: str | None, device: str, flag: str = "--sr"):
+    """An SRPipeline from `path`, or the shipped default SR model when `path` is None."""
+    from cogview.defaults import default_model_path
+    from cogview.superres import load_sr
+
+    if path is None:
+        path = default_model_path("sr")
+        if path is None:
+            raise UserError(f"no {flag} given and no shipped default SR model in this install "
+                            "(train one with `cogview train-sr`)")
+    elif not Path(path).exists():
+        raise UserError(f"{flag} {path}: no such SR checkpoint folder")
+    return load_sr(path, device=device)
+
+
+def run_superres(args: argparse.Namespace) -> int:
+    import torch
+
+    from cogview.images import fit, from_tensor, read_image, to_tensor
+
+    out = Path(args.output)
+    fmt = IMAGE_SUFFIXES.get(out.suffix.lower())
+    if fmt is None:
+        raise UserError(f"-o {out}: unknown image suffix; use one of {', '.join(IMAGE_SUFFIXES)}")
+    image = read_image(args.image)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    sr = load_sr_flag(args.model, device, flag="--model")
+    sampling = sr_sampling(args)
+    size = sr.low_res_size
+    if image.size != (size, size):
+        print(f"note: {args.image} is {image.size[0]}x{image.size[1]}; resized to {size}x{size}, "
+              "the SR model's input size", file=sys.stderr)
+    x = to_tensor(fit(image, size)).to(device)  # (1, 3, size, size)
+    lr_codes = sr.vqvae.encode(x)  # (1, lr, lr)
+    texts = [sr.tokenizer.encode_text(args.prompt)] if args.prompt else None
+
+    from cogview.superres import upscale_codes
+
+    g = torch.Generator(device).manual_seed(args.seed)
+    codes, images = upscale_codes(sr, lr_codes, texts, steps=args.steps, sampling=sampling,
+                                  generator=g)
+    _save_image(from_tensor(images[0]), out, fmt)
+    steps = args.steps or sr.model.config.num_orders
+    print(f"wrote {out} ({images.shape[-1]}x{images.shape[-2]} px from "
+          f"{lr_codes.shape[-1]}x{lr_codes.shape[-2]} -> {codes.shape[-1]}x{codes.shape[-2]} "
+          f"codes, {steps} pass{'es' if steps > 1 else ''})")
+    return 0
+
+
+def _save_image(array, out: Path, fmt: str) -> None:
+    """Write one uint8 (H, W, 3) image atomically."""
+    import tempfile
+
+    from PIL import Image
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            Image.fromarray(array, "RGB").save(f, format=fmt)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

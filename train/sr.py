@@ -1,0 +1,215 @@
+"""Super-resolution training: the LoPAR objective plugged into the language-model loop.
+
+Everything a run needs besides batches (optimizer, schedule, bf16, checkpoints and resume,
+signals, metrics, DeepSpeed) comes from `train.lm.train_loop`; this file only says how to draw
+SR samples from token shards that hold codes at two sizes (`cogview encode --sizes 32,64`),
+how to score them and how to write an SR checkpoint folder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from cogview.errors import UserError
+from cogview.losses import LossConfig, LossSums, lm_loss
+from cogview.masks import IGNORE
+from cogview.superres import (
+    SR_PRESETS,
+    SR_TASKS,
+    SRModel,
+    SRSample,
+    collate_sr,
+    draw_sr_samples,
+    sr_config,
+    sr_sample,
+)
+from train.lm import LoopConfig, TrainResult, autocast, run_objective, vocab_check
+
+EVAL_SEED = 0  # the held-out LoPAR steps: the same at every evaluation
+EVAL_BATCH = 64
+
+
+@dataclass(frozen=True)
+class SRTrainConfig:
+    """Everything `cogview train-sr` asks for besides the loop."""
+
+    data: str
+    tokenizer: str
+    vqvae: str
+    out: str
+    preset: str = "small"
+    low_res: int = 32  # pixels of the input images: which code grid of the shards goes in
+    image_size: int = 64  # pixels of the output images: which code grid comes out
+    text_len: int = 8
+    window: int = 4
+    text_dropout: float = 0.2
+    loss: str = "ce"
+    poly_eps: float = 1.0
+    eval_samples: int = 256
+
+
+@dataclass
+class SRObjective:
+    """LoPAR batches from token data: `lr` (N, l, l) and `hr` (N, h, h) codes of the same
+    images, `texts` their caption ids; `test_*` the held-out split (or None)."""
+
+    model: SRModel
+    tokenizer: Any
+    lr: Tensor
+    hr: Tensor
+    texts: list[list[int]]
+    save_fn: Callable[..., Path]
+    text_dropout: float = 0.2
+    loss_config: LossConfig = LossConfig()
+    test: tuple[Tensor, Tensor, list[list[int]]] | None = None
+    eval_samples: int = 256
+    task_names: tuple[str, ...] = SR_TASKS
+
+    def __post_init__(self) -> None:
+        if len(self.lr) == 0:
+            raise UserError("the token shards' train split is empty")
+        self._eval_sets: dict[str, list[SRSample]] | None = None
+
+    def draw(self, step: int, n: int, g: torch.Generator) -> list[SRSample]:
+        idx = torch.randint(len(self.lr), (n,), generator=g)
+        texts = [self.texts[i] for i in idx.tolist()]
+        return draw_sr_samples(
+            self.tokenizer, self.model.config, texts, self.lr[idx], self.hr[idx], g,
+            self.text_dropout,
+        )
+
+    def collate(self, samples: Sequence[SRSample]) -> Any:
+        return collate_sr(self.tokenizer, self.model.config, samples)
+
+    def count(self, samples: Sequence[SRSample]) -> tuple[int, int]:
+        targets = sum(int((s.labels != IGNORE).sum()) for s in samples)
+        return len(samples) * self.model.config.seq_len, targets
+
+    def loss(self, model: nn.Module, batch: Any) -> LossSums:
+        return lm_loss(model, batch, self.loss_config, len(self.task_names))
+
+    def eval_sets(self) -> dict[str, list[SRSample]]:
+        """Held-out samples: `direct` (every cell masked) and `lopar` (a fixed r >= 1 each)."""
+        if self._eval_sets is None:
+            self._eval_sets = {}
+            if self.test is not None and len(self.test[0]):
+                lr, hr, texts = (x[: self.eval_samples] for x in self.test)
+                config, tok = self.model.config, self.tokenizer
+                g = torch.Generator().manual_seed(EVAL_SEED)
+                rs = torch.randint(1, max(config.num_orders, 2), (len(lr),), generator=g)
+                rows = list(zip(texts, lr, hr, rs.tolist(), strict=True))
+                self._eval_sets = {
+                    "direct": [sr_sample(tok, config, t, a, b, 0) for t, a, b, _ in rows],
+                    "lopar": [sr_sample(tok, config, t, a, b, r) for t, a, b, r in rows],
+                }
+        return self._eval_sets
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, device: torch.device, precision: str) -> dict[str, float]:
+        out = {}
+        for name, samples in self.eval_sets().items():
+            total, count = 0.0, 0
+            for i in range(0, len(samples), EVAL_BATCH):
+                batch = self.collate(samples[i : i + EVAL_BATCH]).to(device)
+                with autocast(device, precision):
+                    s = self.loss(model, batch)
+                total += float(s.total)
+                count += s.count
+            out[f"eval_{name}"] = total / max(count, 1)
+        return out
+
+    def save(self, path: Path, state_dict: dict[str, Tensor], **kwargs: Any) -> Path:
+        return self.save_fn(path, state_dict, **kwargs)
+
+
+def _grids(data: Any, run: SRTrainConfig, flag: str) -> tuple[Tensor, Tensor]:
+    missing = [s for s in (run.low_res, run.image_size) if s not in data.codes]
+    if missing:
+        raise UserError(
+            f"{flag}: the token shards hold codes at {sorted(data.codes)} px, SR needs "
+            f"{run.low_res} and {run.image_size} (cogview encode --sizes "
+            f"{run.low_res},{run.image_size})"
+        )
+    lr, hr = data.codes[run.low_res], data.codes[run.image_size]
+    if lr.shape[1] != lr.shape[2] or hr.shape[1] != hr.shape[2] or hr.shape[1] < lr.shape[1]:
+        raise UserError(
+            f"{flag}: SR needs square code grids with the output at least as large as the "
+            f"input, got {tuple(lr.shape[1:])} -> {tuple(hr.shape[1:])}"
+        )
+    return lr, hr
+
+
+def train_sr(
+    run: SRTrainConfig,
+    loop: LoopConfig,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    on_step: Callable[[int], None] | None = None,
+) -> TrainResult:
+    """`cogview train-sr`: load tokenizer, VQVAE and token shards, build the model, run the loop."""
+    from cogview.checkpoint import resolve_checkpoint
+    from cogview.pretrained import load_vqvae
+    from cogview.superres import save_sr, sr_extra
+    from tokenizer import TokenizerError, UnifiedTokenizer
+    from train.data.tokens import check_compatible, load_token_shards, read_info
+    from vqvae.model import fingerprint
+
+    if run.preset not in SR_PRESETS:
+        raise UserError(f"--preset {run.preset!r}; choose from {', '.join(SR_PRESETS)}")
+    try:
+        loss_config = LossConfig(run.loss, run.poly_eps)
+    except ValueError as e:
+        raise UserError(f"--loss: {e}") from e
+    if not 0 <= run.text_dropout <= 1:
+        raise UserError("--text-dropout must lie in [0, 1]")
+    if not Path(run.data).is_dir():
+        raise UserError(f"--data {run.data}: no such folder")
+    try:
+        tok = UnifiedTokenizer.load(run.tokenizer)
+    except TokenizerError as e:
+        raise UserError(f"--tokenizer: {e}") from e
+    vq_dir = resolve_checkpoint(run.vqvae)
+    vq_fp = fingerprint(load_vqvae(vq_dir))
+    check_compatible(read_info(run.data), tok, vq_fp)
+    train = load_token_shards(run.data, "train")
+    vocab_check(tok, train)
+    lr, hr = _grids(train, run, "--data")
+    test = None
+    if any(Path(run.data).glob("test-*.tar")):
+        data = load_token_shards(run.data, "test")
+        vocab_check(tok, data)
+        test = (*_grids(data, run, "--data (test split)"), data.text_ids)
+
+    try:
+        config = sr_config(
+            run.preset,
+            tok.vocab_size,
+            lr_size=int(lr.shape[1]),
+            hr_size=int(hr.shape[1]),
+            text_len=run.text_len,
+            window=run.window,
+        )
+    except ValueError as e:
+        raise UserError(f"--window/--text-len: {e}") from e
+    torch.manual_seed(loop.seed)  # the same initial weights on every process
+    model = SRModel(config)
+    train_args = {**asdict(run), **asdict(loop)}
+
+    def save_fn(path, state_dict, *, step, training_state, copy, ema):
+        extra = sr_extra(tok, vq_fp, run.low_res, run.image_size, train_args, ema=ema)
+        return save_sr(path, config=config, state_dict=state_dict, tokenizer_file=run.tokenizer,
+                       vqvae_path=vq_dir, extra=extra, step=step,
+                       training_state=training_state, copy=copy)
+
+    objective = SRObjective(model=model, tokenizer=tok, lr=lr, hr=hr, texts=train.text_ids,
+                            save_fn=save_fn, text_dropout=run.text_dropout,
+                            loss_config=loss_config, test=test, eval_samples=run.eval_samples)
+    return run_objective(objective, loop, run.out, resume=resume, progress=progress,
+                         on_step=on_step)
