@@ -210,6 +210,9 @@ def init_distributed() -> tuple[int, int, int, torch.device]:
 class DeepSpeedBackend:
     """The training loop's backend on a DeepSpeed engine (ZeRO stage 0, 1 or 2)."""
 
+    # the engine counts one backward per micro-step (its accumulation boundary logic)
+    multi_backward = False
+
     def __init__(self, module: LossModule, cfg: LoopConfig) -> None:
         self.rank, self.world, _, self.device = init_distributed()
         import deepspeed
