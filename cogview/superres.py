@@ -161,12 +161,12 @@ def lopar_orders(size: int, window: int) -> Tensor:
     return idx[:, None] + idx[None, :]
 
 
-def lopar_schedule(num_orders: int, steps: int) -> list[int]:
+def lopar_schedule(num_orders: int, steps: int, flag: str = "--steps") -> list[int]:
     """The first order re-predicted by each of `steps` passes: pass k predicts every cell of
     order >= starts[k] and fixes those below starts[k + 1]. steps = num_orders gives one order
     per pass; steps = 1 is direct SR."""
     if not 1 <= steps <= num_orders:
-        raise UserError(f"--steps must be in 1..{num_orders} (2 * window - 1), got {steps}")
+        raise UserError(f"{flag} must be in 1..{num_orders} (2 * window - 1), got {steps}")
     return [k * num_orders // steps for k in range(steps)]
 
 

@@ -363,3 +363,62 @@ def test_sr_of_another_vocabulary_is_refused(sr_run):
     with pytest.raises(UserError, match="16x16"):
         check_sr_fits(sr, sr.tokenizer, sr.vqvae, (16, 16))
     check_sr_fits(sr, sr.tokenizer, sr.vqvae, (8, 8))
+
+
+@pytest.fixture(scope="module")
+def base_dir(sr_run):
+    """A random tiny CogLM folder with the SR run's tokenizer and VQVAE (32 px, 8x8 codes)."""
+    from cogview.model import CogLM, coglm_config
+    from cogview.pipeline import coglm_extra, save_coglm
+    from cogview.pretrained import load_vqvae
+    from vqvae.model import fingerprint
+
+    tok = UnifiedTokenizer.load(sr_run["tokenizer"])
+    torch.manual_seed(0)
+    model = CogLM(coglm_config("tiny", tok.vocab_size, dim=32, n_layers=1, max_seq_len=128))
+    root = Path(sr_run["out"]).parent
+    return save_coglm(
+        root / "base", config=model.config, state_dict=model.state_dict(),
+        tokenizer_file=sr_run["tokenizer"], vqvae_path=sr_run["vqvae"],
+        extra=coglm_extra(tok, fingerprint(load_vqvae(sr_run["vqvae"])), 32, (8, 8)),
+    )
+
+
+def test_generate_and_inpaint_chain_sr(sr_run, base_dir, tmp_path, capsys):
+    from PIL import Image
+
+    out = tmp_path / "gen"
+    flags = ["--model", str(base_dir), "--sr", sr_run["out"], "--sr-steps", "2"]
+    assert main(["generate", "a red circle", "-n", "2", "-o", str(out), *flags]) == 0
+    assert Image.open(out / "a-red-circle-0.png").size == (64, 64)
+    img, mask = tmp_path / "img.png", tmp_path / "mask.png"
+    Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).save(img)
+    painted = np.zeros((32, 32), np.uint8)
+    painted[:16] = 255
+    Image.fromarray(painted).save(mask)
+    out = tmp_path / "inp"
+    assert main(["inpaint", "--image", str(img), "--mask", str(mask), "-n", "1", "-o", str(out),
+                 *flags]) == 0
+    result = np.asarray(Image.open(out / "img-0.png"))
+    assert result.shape == (32, 32, 3) and (result[16:] == 90).all()  # composited back
+    assert main(["generate", "x", "-o", str(out), "--model", str(base_dir), "--sr",
+                 sr_run["out"], "--sr-steps", "9"]) == 2
+    assert "--sr-steps" in capsys.readouterr().err
+
+
+def test_generate_refuses_sr_of_another_codebook(sr_run, base_dir, tmp_path, capsys):
+    from cogview.pretrained import save_vqvae
+    from cogview.superres import save_sr, sr_extra
+    from vqvae.model import VQVAE, fingerprint, vqvae_config
+
+    tok = UnifiedTokenizer.load(sr_run["tokenizer"])
+    vq = VQVAE(dataclasses.replace(vqvae_config("tiny"), channels=8))
+    save_vqvae(tmp_path / "vq", vq)
+    model = SRModel(sr_config("tiny", tok.vocab_size))
+    other = save_sr(tmp_path / "sr", config=model.config, state_dict=model.state_dict(),
+                    tokenizer_file=sr_run["tokenizer"], vqvae_path=tmp_path / "vq",
+                    extra=sr_extra(tok, fingerprint(vq), 32, 64))
+    code = main(["generate", "x", "-o", str(tmp_path / "o"), "--model", str(base_dir),
+                 "--sr", str(other)])
+    err = capsys.readouterr().err
+    assert code == 2 and "another VQVAE" in err and len(err.strip().splitlines()) == 1

@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cogview.cli.superres import add_sr_flags, load_sr_for, sr_images
 from cogview.errors import UserError
 
 if TYPE_CHECKING:
@@ -282,6 +283,7 @@ def run_generate(args: argparse.Namespace) -> int:
     config = sampling_config(args)
     out = _out_dir(args.out)
     pipe = _load(args)
+    sr = load_sr_for(args, pipe)
     tok = pipe.tokenizer
     clusters = model_clusters(pipe, config.n_clusters) if config.cluster else None
     g = _generator(args, pipe)
@@ -337,8 +339,11 @@ def run_generate(args: argparse.Namespace) -> int:
             progress=bar.update,
         )
         results = list(codes.split(args.n))
-    for (stem, _), codes in zip(jobs, results, strict=True):
-        images = _decode(pipe, codes, config.batch_size)
+    for (stem, ids), codes in zip(jobs, results, strict=True):
+        if sr is not None:
+            images = sr_images(sr, codes, [ids] * len(codes), args, g, config.batch_size)
+        else:
+            images = _decode(pipe, codes, config.batch_size)
         for i, img in enumerate(images):
             written.append(_save_png(img, out / f"{stem}-{i}.png"))
         written.append(save_grid(images, out / f"{stem}-grid.png"))
@@ -441,6 +446,7 @@ def run_inpaint(args: argparse.Namespace) -> int:
         mask = resize_mask(mask, (height, width))
     out = _out_dir(args.out)
     pipe = _load(args)
+    sr = load_sr_for(args, pipe)
     tok = pipe.tokenizer
     size = pipe.image_size
     cells = cell_mask_of(mask, pipe.grid)  # (h, w)
@@ -503,7 +509,10 @@ def run_inpaint(args: argparse.Namespace) -> int:
             progress=bar.update,
         )
     bar.close()
-    generated = _decode(pipe, codes, config.batch_size)  # (n, size, size, 3)
+    if sr is not None:  # (n, sr size, sr size, 3)
+        generated = sr_images(sr, codes, [ids] * len(codes), args, g, config.batch_size)
+    else:
+        generated = _decode(pipe, codes, config.batch_size)  # (n, size, size, 3)
     results = []
     for i, img in enumerate(generated):
         big = np.asarray(
@@ -579,6 +588,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("-o", "--out", required=True, metavar="OUT", help="output folder")
     _add_model_flags(p)
     _add_sampling_flags(p)
+    add_sr_flags(p)
     p.set_defaults(func=run_generate)
 
     p = subparsers.add_parser(
@@ -599,6 +609,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("-o", "--out", required=True, metavar="OUT", help="output folder")
     _add_model_flags(p)
     _add_sampling_flags(p)
+    add_sr_flags(p)
     p.set_defaults(func=run_inpaint)
 
     p = subparsers.add_parser(

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from cogview.errors import UserError
 
+SR_TEMPERATURE = 1.0
 IMAGE_SUFFIXES = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP"}
 
 
@@ -68,9 +69,52 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_superres)
 
 
+def add_sr_flags(p: argparse.ArgumentParser) -> None:
+    """`--sr` for commands that make base-resolution images (generate, inpaint)."""
+    g = p.add_argument_group("super-resolution")
+    g.add_argument("--sr", metavar="SR_DIR", default=None,
+                   help="super-resolve the results with this SR model folder (e.g. 32 -> 64 px)")
+    g.add_argument("--sr-steps", type=int, metavar="K", default=None,
+                   help="LoPAR passes of --sr, 1 = direct (default 2w-1)")
+    g.add_argument("--sr-temperature", type=float, metavar="T", default=SR_TEMPERATURE,
+                   help=f"--sr sampling temperature, 0 = argmax (default {SR_TEMPERATURE})")
+
+
+def load_sr_for(args: argparse.Namespace, pipe):
+    """The SRPipeline of `--sr` on the base model's device, checked to read the base model's
+    codes; None without `--sr`."""
+    from cogview.superres import check_sr_fits, lopar_schedule
+
+    if not getattr(args, "sr", None):
+        return None
+    device = next(pipe.model.parameters()).device
+    sr = load_sr_flag(args.sr, device)
+    check_sr_fits(sr, pipe.tokenizer, pipe.vqvae, pipe.grid)
+    if args.sr_steps is not None:
+        lopar_schedule(sr.model.config.num_orders, args.sr_steps, flag="--sr-steps")
+    return sr
+
+
+def sr_images(sr, codes, texts, args: argparse.Namespace, generator, batch_size: int = 32):
+    """Base codes (B, h, w) and their text ids -> super-resolved uint8 images (B, H, W, 3)."""
+    import numpy as np
+
+    from cogview.images import from_tensor
+    from cogview.sampling import SamplingConfig
+    from cogview.superres import upscale_codes
+
+    sampling = SamplingConfig(temperature=args.sr_temperature, batch_size=batch_size)
+    out = []
+    for i in range(0, codes.shape[0], batch_size):
+        _, images = upscale_codes(sr, codes[i : i + batch_size], texts[i : i + batch_size],
+                                  steps=args.sr_steps, sampling=sampling, generator=generator)
+        out.append(from_tensor(images))
+    return np.concatenate(out)
+
+
 def add_sr_sampling_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--temperature", type=float, default=1.0,
-                   help="SR sampling temperature, 0 = argmax (default 1.0)")
+    p.add_argument("--temperature", type=float, default=SR_TEMPERATURE,
+                   help=f"SR sampling temperature, 0 = argmax (default {SR_TEMPERATURE})")
     p.add_argument("--top-k", type=int, default=0, help="SR: keep the k likeliest codes (0 = off)")
 
 
