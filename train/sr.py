@@ -112,13 +112,14 @@ class SRObjective:
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, device: torch.device, precision: str) -> dict[str, float]:
+        """Held-out cross-entropy per set (CE whatever the training loss, as for CogLM)."""
         out = {}
         for name, samples in self.eval_sets().items():
             total, count = 0.0, 0
             for i in range(0, len(samples), EVAL_BATCH):
                 batch = self.collate(samples[i : i + EVAL_BATCH]).to(device)
                 with autocast(device, precision):
-                    s = self.loss(model, batch)
+                    s = lm_loss(model, batch, LossConfig("ce"), len(self.task_names))
                 total += float(s.total)
                 count += s.count
             out[f"eval_{name}"] = total / max(count, 1)
