@@ -1,0 +1,252 @@
+"""`cogview eval` (the evaluation report) and `cogview train-classifier` (its fashion judge)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from cogview.errors import UserError
+
+
+def _progress():
+    """A `cogview.evaluate.Progress` that shows one tqdm bar per part on stderr."""
+    from tqdm import tqdm
+
+    from cogview.evaluate import Progress
+
+    def start(total: int, what: str):
+        bar = tqdm(total=total, desc=what, unit="item", file=sys.stderr, dynamic_ncols=True)
+
+        def update(n: int) -> None:
+            bar.update(n)
+            if bar.n >= total:
+                bar.close()
+
+        if total <= 0:
+            bar.close()
+        return update
+
+    return Progress(start=start)
+
+
+def held_out_loss_fn(pipe: Any, codes: Any, text_ids: list[list[int]]) -> dict[str, float]:
+    """Mean held-out loss per task, by the trainer's own evaluation (`CogLMObjective`)."""
+    from types import SimpleNamespace
+
+    from cogview.masks import MaskingScheduler, TaskSchedule
+    from train.lm import CogLMObjective
+
+    data = SimpleNamespace(codes={pipe.image_size: codes}, text_ids=text_ids)
+    scheduler = MaskingScheduler(
+        pipe.tokenizer, schedule=TaskSchedule.constant(t2i=1, cap=1, inp=1), text_dropout=0.0
+    )
+
+    def no_save(*args: Any, **kwargs: Any) -> Path:
+        raise RuntimeError("evaluation writes no checkpoint")
+
+    objective = CogLMObjective(
+        model=pipe.model,
+        tokenizer=pipe.tokenizer,
+        train=data,
+        test=data,
+        scheduler=scheduler,
+        image_size=pipe.image_size,
+        save_fn=no_save,
+        eval_samples=len(codes),
+    )
+    device = next(pipe.model.parameters()).device
+    losses = objective.evaluate(pipe.model, device, "fp32")
+    return {k.removeprefix("eval_"): v for k, v in losses.items()}
+
+
+def _load_held_out(data: str, size: int, limit: int, split: str):
+    from cogview.evaluate import HeldOut
+    from train.data.loader import load_images
+
+    if not os.path.exists(data) and not any(c in data for c in "*?[{"):
+        raise UserError(f"--data {data}: no such file or folder")
+    found = load_images(data, size, limit=limit, split=split, progress=True)
+    if len(found) == 0:
+        raise UserError(f"--data {data}: no {split} images")
+    attrs = [m if isinstance(m, dict) and m.get("objects") else None for m in found.metas]
+    return HeldOut(found.images, found.captions, attrs)
+
+
+def _class_prompts(captions: list[str], labels: list[int], n_classes: int) -> list[str]:
+    """For each class, its most frequent caption in the data (a prompt in the model's style)."""
+    from collections import Counter
+
+    prompts = []
+    for c in range(n_classes):
+        counts = Counter(t for t, y in zip(captions, labels, strict=True) if y == c)
+        if not counts:
+            raise UserError(f"--fashion-data: no test image of class {c}")
+        prompts.append(counts.most_common(1)[0][0])
+    return prompts
+
+
+def _load_fashion(args: argparse.Namespace, device: Any, limit: int):
+    from cogview.classifier import load_classifier
+    from cogview.evaluate import FashionEval
+    from cogview.pipeline import load_pipeline
+    from train.classifier import labels_of
+    from train.data.loader import load_images
+
+    if not (args.fashion_data and args.classifier):
+        raise UserError("--fashion-model needs --fashion-data SHARDS and --classifier DIR")
+    pipe = load_pipeline(args.fashion_model, device=device)
+    clf, names = load_classifier(args.classifier)
+    clf = clf.to(device)
+    # the real images: the whole test split for the classifier's accuracy; prompts from it
+    test = load_images(args.fashion_data, pipe.image_size, split="test", limit=limit)
+    if len(test) == 0:
+        raise UserError(f"--fashion-data {args.fashion_data}: no test images")
+    labels = labels_of(test.metas, f"--fashion-data {args.fashion_data}")
+    prompts = _class_prompts(test.captions, labels.tolist(), len(names))
+    return FashionEval(pipe, clf, names, prompts, test.images, labels)
+
+
+def run_eval_command(args: argparse.Namespace) -> int:
+    import torch
+
+    from cogview.cli.sample import model_clusters, sampling_config
+    from cogview.defaults import model_path_or_default
+    from cogview.evaluate import QUICK, EvalConfig, format_report, run_eval
+    from cogview.pipeline import load_pipeline
+
+    try:
+        base = QUICK if args.quick else EvalConfig()
+        overrides = {
+            k: getattr(args, k)
+            for k in ("n_prompts", "n_per_prompt", "n_captions", "n_inpaint", "n_loss")
+            if getattr(args, k) is not None
+        }
+        if args.n_fashion is not None:
+            overrides["n_fashion_per_class"] = args.n_fashion
+        config = EvalConfig(**{**base.__dict__, **overrides, "seed": args.seed})
+    except ValueError as e:
+        raise UserError(f"--n-*: {e}") from None
+    sampling = sampling_config(args)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as e:
+        raise UserError(f"--device {args.device}: {e}") from None
+    pipe = load_pipeline(model_path_or_default(args.model, "coglm"), device=device)
+    held = None
+    if args.data is not None:
+        limit = max(config.n_captions, config.n_inpaint, config.n_loss, 1)
+        held = _load_held_out(args.data, pipe.image_size, limit, args.split)
+    fashion = None
+    if args.fashion_model:
+        fashion = _load_fashion(args, device, args.fashion_test_limit)
+    clusters = model_clusters(pipe, sampling.n_clusters) if sampling.cluster else None
+    report = run_eval(
+        pipe,
+        held,
+        config,
+        sampling,
+        loss_fn=held_out_loss_fn,
+        fashion=fashion,
+        clusters=clusters,
+        progress=_progress(),
+    )
+    print(format_report(report))
+    if args.json:
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(report, indent=2, default=_json_default)
+        out.write_text(text + "\n")
+        print(f"wrote {out}")
+    return 0
+
+
+def _json_default(x: Any) -> Any:
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    return str(x)
+
+
+def run_train_classifier(args: argparse.Namespace) -> int:
+    from train.classifier import ClassifierTrainConfig, train_classifier
+
+    if not os.path.exists(args.data) and not any(c in args.data for c in "*?[{"):
+        raise UserError(f"--data {args.data}: no such file or folder")
+    cfg = ClassifierTrainConfig(
+        data=args.data,
+        out=args.out,
+        preset=args.preset,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        limit=args.limit,
+        test_limit=args.test_limit,
+        seed=args.seed,
+    )
+    result = train_classifier(cfg)
+    print(
+        f"test accuracy {100 * result.test_accuracy:.2f}% on {result.n_test} real test images "
+        f"(train {100 * result.train_accuracy:.2f}%, {result.n_train} training images, "
+        f"{result.seconds:.0f} s)"
+    )
+    print(f"wrote {result.path}")
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    from cogview.cli.sample import _add_sampling_flags
+
+    p = subparsers.add_parser(
+        "eval",
+        help="evaluation report: t2i, captioning, inpainting, fashion, held-out loss",
+        description="Score a CogLM on the shapes domain with a detector: text-to-image accuracy "
+        "per attribute on fixed prompts, captioning and inpainting of held-out images, held-out "
+        "loss per task and VQVAE PSNR; optionally a fashion model judged by a classifier. "
+        "Prints a table; --json writes the full report.",
+    )
+    p.add_argument(
+        "--model", metavar="DIR", help="CogLM folder or training run (default: the shipped one)"
+    )
+    p.add_argument(
+        "--data", metavar="SHARDS", help="shapes shards (folder, .tar, glob) for held-out images"
+    )
+    p.add_argument("--split", default="test", help="split of --data to use (default: test)")
+    p.add_argument("--quick", action="store_true", help="a few samples of each part (smoke test)")
+    p.add_argument("--n-prompts", type=int, metavar="N", help="prompts per t2i prompt set")
+    p.add_argument("--n-per-prompt", type=int, metavar="K", help="images per prompt")
+    p.add_argument("--n-captions", type=int, metavar="N", help="held-out images to caption")
+    p.add_argument("--n-inpaint", type=int, metavar="N", help="held-out images to inpaint")
+    p.add_argument("--n-loss", type=int, metavar="N", help="held-out samples for loss and PSNR")
+    p.add_argument("--fashion-model", metavar="DIR", help="CogLM trained on Fashion-MNIST")
+    p.add_argument("--fashion-data", metavar="SHARDS", help="fashion shards (test split used)")
+    p.add_argument("--classifier", metavar="DIR", help="checkpoint of cogview train-classifier")
+    p.add_argument("--n-fashion", type=int, metavar="N", help="generated images per class")
+    p.add_argument(
+        "--fashion-test-limit", type=int, metavar="N", help="real test images to score (all)"
+    )
+    p.add_argument("--json", metavar="FILE", help="write the full report as JSON")
+    p.add_argument("--device", default="cpu", metavar="DEV", help="torch device (default: cpu)")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default: 0)")
+    _add_sampling_flags(p)
+    p.set_defaults(func=run_eval_command)
+
+    p = subparsers.add_parser(
+        "train-classifier",
+        help="train the Fashion-MNIST classifier that cogview eval judges fashion images with",
+        description="Train a small CNN on the real training split of fashion shards (cogview "
+        "data fashion), print its accuracy on the real test split, write OUT/step-N/.",
+    )
+    p.add_argument("--data", required=True, metavar="SHARDS", help="fashion shards folder")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--preset", default="small", help="classifier size: tiny or small")
+    p.add_argument("--steps", type=int, default=1500, help="training steps (default: 1500)")
+    p.add_argument("--batch-size", type=int, default=128, help="images per step (default: 128)")
+    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default: 3e-3)")
+    p.add_argument("--limit", type=int, metavar="N", help="training images to load (all)")
+    p.add_argument("--test-limit", type=int, metavar="N", help="test images to score (all)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.set_defaults(func=run_train_classifier)

@@ -1,0 +1,199 @@
+"""The evaluation suite: the detector-based scorer on rendered truth, caption scoring, object
+masks, and `cogview eval --quick` end to end on a tiny self-contained checkpoint folder."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cogview import detect, shapes
+from cogview.cli import main
+from cogview.evaluate import accuracy_table, caption_score, object_cells
+from cogview.images import fit
+
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+def _scene(attrs):
+    return shapes.scene_from_json(attrs)
+
+
+# ---------------------------------------------------------------------------------------------
+# the scorer is exact on ground truth
+
+
+def test_detector_scores_every_rendered_one_object_prompt_correct():
+    prompts = shapes.eval_prompts(1)[::3]  # 108 of the 324, every colour/shape/size/position
+    for caption, attrs in prompts:
+        scene = _scene(attrs)
+        for image in (shapes.render(scene, 32), fit(shapes.render(scene, 64), 32)):
+            result = detect.score(image, attrs)
+            assert result["all"], (caption, result)
+            assert set(result) >= {"colour", "shape", "size", "position", "count", "all"}
+
+
+def test_detector_scores_rendered_two_object_scenes_and_relations_correct():
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        scene = shapes.sample_scene(rng, 2)
+        image = fit(shapes.render(scene, 64), 32)  # the data path: 64 px, area-resized
+        assert detect.score(image, shapes.scene_to_json(scene))["all"]
+        # the form of the two-object prompts: no positions, one relation
+        objects = [{"colour": o.colour, "shape": o.shape, "size": o.size} for o in scene.objects]
+        for relation in shapes.relations_between(*scene.objects):
+            result = detect.score(image, {"objects": objects, "relation": relation})
+            assert result["all"] and result["relation"], (relation, result)
+        wrong = shapes.INVERSE_RELATION[shapes.relations_between(*scene.objects)[0]]
+        assert not detect.score(image, {"objects": objects, "relation": wrong})["relation"]
+
+
+def test_detector_notices_a_wrong_attribute():
+    _, attrs = shapes.eval_prompts(1)[0]
+    image = shapes.render(_scene(attrs), 32)
+    other = dict(attrs["objects"][0])
+    other["colour"] = next(c for c in shapes.COLOURS_LIST if c != other["colour"])
+    result = detect.score(image, {"objects": [other], "relation": None})
+    assert not result["colour"] and not result["all"] and result["shape"]
+
+
+# ---------------------------------------------------------------------------------------------
+# caption scoring and inpainting masks
+
+
+def test_true_captions_score_all_correct_and_wrong_ones_do_not():
+    rng = np.random.default_rng(1)
+    for n_objects in (1, 2, 1, 2) * 10:
+        scene = shapes.sample_scene(rng, n_objects)
+        truth = shapes.scene_to_json(scene)
+        text = shapes.caption(scene, rng)
+        assert caption_score(truth, shapes.parse_caption(text))["all"], text
+    truth = shapes.scene_to_json(shapes.sample_scene(np.random.default_rng(2), 1))
+    obj = truth["objects"][0]
+    wrong_colour = next(c for c in shapes.COLOURS_LIST if c != obj["colour"])
+    s = caption_score(truth, shapes.parse_caption(f"a {wrong_colour} {obj['shape']} at the top"))
+    assert not s["colour"] and s["shape"] and not s["all"]
+    # a caption that leaves out the position is not all-correct, though nothing it says is wrong
+    s = caption_score(truth, shapes.parse_caption(f"a {obj['colour']} {obj['shape']}"))
+    assert s["colour"] and s["shape"] and not s["all"]
+
+
+def test_object_cells_cover_every_pixel_of_the_object():
+    rng = np.random.default_rng(3)
+    for _ in range(40):
+        scene = shapes.sample_scene(rng, 1)
+        obj = shapes.scene_to_json(scene)["objects"][0]
+        for size, grid in ((32, (8, 8)), (64, (16, 16))):
+            image = shapes.render(scene, size)
+            cells = object_cells(obj, grid)
+            f = size // grid[0]
+            pixels = cells.repeat_interleave(f, 0).repeat_interleave(f, 1).numpy()
+            assert not image[~pixels].any()  # nothing of the object outside the mask
+            assert cells.sum() <= 16 if grid == (8, 8) else True  # one object, not the image
+
+
+def test_accuracy_table_averages_each_key_over_results_that_have_it():
+    table = accuracy_table([{"colour": True, "all": False}, {"colour": False, "relation": True}])
+    assert table == {"colour": 0.5, "relation": 1.0, "all": 0.0}
+    assert list(table) == ["colour", "relation", "all"]
+
+
+# ---------------------------------------------------------------------------------------------
+# cogview eval --quick on a tiny checkpoint folder
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """An untrained tiny CogLM folder (tokenizer + VQVAE inside) and shapes shards."""
+    from cogview.model import CogLM, coglm_config
+    from cogview.pipeline import coglm_extra, save_coglm
+    from cogview.pretrained import save_vqvae
+    from tokenizer import UnifiedTokenizer
+    from train.data.sources import build_shapes
+    from vqvae.model import VQVAE, fingerprint, vqvae_config
+
+    root = tmp_path_factory.mktemp("eval")
+    build_shapes(root / "shapes", n=24, size=64, test_fraction=0.5, progress=False)
+    rng = np.random.default_rng(0)
+    captions = [shapes.caption(shapes.sample_scene(rng, 1 + i % 2), rng) for i in range(300)]
+    tok = UnifiedTokenizer.train(captions, vocab_size=300, image_codes=64, max_text_len=24)
+    tok.save(root / "tokenizer.json")
+    torch.manual_seed(0)
+    vq = VQVAE(vqvae_config("tiny")).eval()
+    save_vqvae(root / "vq", vq)
+    model = CogLM(coglm_config("tiny", tok.vocab_size))
+    save_coglm(
+        root / "model",
+        config=model.config,
+        state_dict=model.state_dict(),
+        tokenizer_file=root / "tokenizer.json",
+        vqvae_path=root / "vq",
+        extra=coglm_extra(tok, fingerprint(vq), 32, (8, 8)),
+        step=5,
+    )
+    return root
+
+
+def test_eval_quick_runs_end_to_end(tiny, tmp_path, capsys):
+    out = tmp_path / "report.json"
+    args = ["eval", "--model", str(tiny / "model"), "--data", str(tiny / "shapes"), "--quick"]
+    assert main([*args, "--json", str(out), "--batch-size", "4"]) == 0
+    printed = capsys.readouterr().out
+    assert "t2i 1 object" in printed and "inpainting" in printed and f"wrote {out}" in printed
+    report = json.loads(out.read_text())
+    assert report["step"] == 5
+    for part in ("one_object", "two_objects"):
+        acc = report["t2i"][part]["accuracy"]
+        assert report["t2i"][part]["n"] == 3
+        assert 0 <= acc["all"] <= acc["colour"] <= 1
+    assert "relation" in report["t2i"]["two_objects"]["accuracy"]
+    assert report["captioning"]["n"] == 2 and "all" in report["captioning"]["accuracy"]
+    inp = report["inpainting"]
+    assert inp["n"] == 2 and inp["outside_exact"] is True and inp["psnr_outside"] == 100.0
+    assert inp["mean_masked_cells"] >= 1 and 0 < inp["psnr_inside"] <= 100
+    assert set(report["held_out_loss"]) == {"n", "t2i", "t2i_nocap", "cap", "inp"}
+    assert all(v > 0 for k, v in report["held_out_loss"].items() if k != "n")
+    assert 0 < report["vqvae"]["psnr"] <= 100
+
+
+def test_eval_same_seed_same_report(tiny, tmp_path):
+    reports = []
+    for name in ("a.json", "b.json"):
+        args = ["eval", "--model", str(tiny / "model"), "--quick", "--n-captions", "0"]
+        args += ["--n-inpaint", "0", "--n-loss", "0", "--json", str(tmp_path / name)]
+        assert main(args) == 0
+        reports.append(json.loads((tmp_path / name).read_text()))
+    assert "captioning" not in reports[0]
+    assert reports[0]["t2i"] == reports[1]["t2i"]
+
+
+@pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="dataset-fashion-mnist is not installed")
+def test_eval_fashion_part(tiny, tmp_path):
+    from cogview.classifier import PRESETS, Classifier, save_classifier
+    from train.data.sources import build_fashion
+
+    build_fashion(tmp_path / "fashion", n=600, progress=False)  # 100 test images
+    names = [f"c{i}" for i in range(10)]
+    save_classifier(tmp_path / "clf", Classifier(PRESETS["tiny"]), names)
+    out = tmp_path / "r.json"
+    args = ["eval", "--model", str(tiny / "model"), "--quick", "--n-prompts", "0"]
+    args += ["--fashion-model", str(tiny / "model"), "--fashion-data", str(tmp_path / "fashion")]
+    assert main([*args, "--classifier", str(tmp_path / "clf"), "--json", str(out)]) == 0
+    fa = json.loads(out.read_text())["fashion"]
+    assert fa["n_generated"] == 10 and fa["n_real"] == 100
+    assert list(fa["per_class"]) == names
+    assert all(c["prompt"] for c in fa["per_class"].values())
+    assert 0 <= fa["real_accuracy"] <= 1
+
+
+def test_eval_errors_name_the_flag(tiny, tmp_path, capsys):
+    assert main(["eval", "--model", str(tmp_path / "missing"), "--quick"]) == 2
+    assert "missing" in capsys.readouterr().err
+    args = ["eval", "--model", str(tiny / "model"), "--quick", "--data", str(tmp_path / "none")]
+    assert main(args) == 2
+    assert "--data" in capsys.readouterr().err
+    assert main(["eval", "--model", str(tiny / "model"), "--n-prompts", "-1"]) == 2
+    args = ["eval", "--model", str(tiny / "model"), "--fashion-model", str(tiny / "model")]
+    assert main(args) == 2
+    assert "--fashion-data" in capsys.readouterr().err
