@@ -265,3 +265,28 @@ def test_loop_rejects_uneven_batches():
     with pytest.raises(UserError, match="--batch-size 6"):
         train_loop(None, _loop(batch_size=6, grad_accum=4), "/nonexistent",
                    backend=type("B", (), {"rank": 0, "world": 1, "device": "cpu"})())
+
+
+def test_pipeline_refuses_a_foreign_tokenizer_or_vocab_size(inputs, tmp_path):
+    import shutil
+
+    from cogview.checkpoint import CheckpointError
+    from cogview.pipeline import load_pipeline
+    from tokenizer import UnifiedTokenizer
+
+    train_coglm(_run(inputs, tmp_path / "run"), _loop(steps=1), progress=False)
+    good = tmp_path / "run/step-00000001"
+    swapped = tmp_path / "swapped"
+    shutil.copytree(good, swapped)
+    UnifiedTokenizer.train(["other words here"] * 8, vocab_size=270,
+                           image_codes=CODES).save(swapped / "tokenizer.json")
+    with pytest.raises(CheckpointError, match="another vocabulary"):
+        load_pipeline(swapped)
+
+    resized = tmp_path / "resized"
+    shutil.copytree(good, resized)
+    meta = json.loads((resized / "config.json").read_text())
+    meta["config"]["vocab_size"] += 1
+    (resized / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="token embeddings but its tokenizer"):
+        load_pipeline(resized)

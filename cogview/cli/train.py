@@ -18,7 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Train a CogLM on pre-tokenized shards (made by `cogview encode`). Checkpoints go "
             "to OUT/step-XXXXXXXX/ (self-contained: config, weights, tokenizer, VQVAE), the "
             "metrics to OUT/metrics.jsonl. Data-parallel: run the same command under "
-            "`torchrun --nproc_per_node N -m cogview train ... --deepspeed ds_config.json`."
+            "`torchrun --nproc_per_node N -m cogview train ... --deepspeed ds_config.json` "
+            "or `deepspeed --num_gpus N --no_local_rank --module cogview train ...`."
         ),
         allow_abbrev=False,
     )
@@ -67,9 +68,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--deepspeed", default=None, metavar="DS_CONFIG",
                    help="train with DeepSpeed using this config (e.g. ds_config.json)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    # the deepspeed launcher appends --local_rank=N to every process's arguments
-    p.add_argument("--local_rank", "--local-rank", type=int, default=None,
-                   help=argparse.SUPPRESS)
     p.set_defaults(func=run_train)
 
 
