@@ -361,10 +361,17 @@ class EMA:
 
 
 class StopSignals:
-    """SIGINT/SIGTERM ask the loop to save a checkpoint and stop; a second SIGINT aborts."""
+    """SIGINT/SIGTERM ask the loop to save a checkpoint and stop; a second SIGINT aborts.
+
+    A launcher forwards the terminal's Ctrl-C to its workers, which then see it twice within
+    milliseconds; only a SIGINT that comes `ABORT_AFTER_S` after the first one aborts.
+    """
+
+    ABORT_AFTER_S = 1.0
 
     def __init__(self) -> None:
         self.requested: str | None = None
+        self._first = 0.0
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopSignals:
@@ -374,9 +381,12 @@ class StopSignals:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = signal.Signals(signum).name
+        now = time.monotonic()
+        if self.requested:
+            if signum == signal.SIGINT and now - self._first > self.ABORT_AFTER_S:
+                raise KeyboardInterrupt
+            return
+        self.requested, self._first = signal.Signals(signum).name, now
 
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self._previous.items():
@@ -645,7 +655,8 @@ def _resume(
     meta = read_meta(path)
     model = backend.module.model
     model_config = getattr(model, "config", None)
-    if model_config is not None and meta["config"] != asdict(model_config):
+    # through JSON, as config.json holds it (tuples become lists)
+    if model_config is not None and meta["config"] != json.loads(json.dumps(asdict(model_config))):
         raise UserError(f"--resume: {path} holds a model of another shape than the one asked "
                         "for (check --preset); use another --out to start afresh")
     if int(state.get("world", 1)) != backend.world:
