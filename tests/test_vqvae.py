@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -214,6 +218,28 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert (tmp_path / "b" / "metrics.jsonl").read_text() == (
         tmp_path / "a" / "metrics.jsonl").read_text()
+
+
+def test_sigterm_saves_a_checkpoint_and_stops(tmp_path):
+    run = tmp_path / "run"
+
+    def send_once_training() -> None:
+        # the handler is in place once the loop has written its first checkpoint
+        deadline = time.time() + 60
+        while not (run / "step-00000001").exists() and time.time() < deadline:
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    sender = threading.Thread(target=send_once_training)
+    sender.start()
+    result = train_vqvae(TINY, train_config(steps=100_000, batch_size=2, save_every=1,
+                                            eval_every=0), {32: blocks(4, 32)}, run,
+                         progress=False)
+    sender.join()
+    assert result.interrupted and 1 <= result.step < 100_000
+    assert result.checkpoint == run / f"step-{result.step:08d}"
+    assert (result.checkpoint / "training_state.pt").is_file()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
 def test_training_refuses_to_overwrite_and_mismatched_resume(tmp_path):

@@ -27,7 +27,7 @@ MAX_CODEBOOK_SIZE = 2**16  # token shards store codes as uint16
 class VQVAEConfig:
     """Shape of a VQVAE. The downsampling factor is `2 ** (len(channel_mult) - 1)`."""
 
-    channels: int = 64
+    channels: int = 32
     # one entry per resolution level; each level after the first halves the size
     channel_mult: tuple[int, ...] = (1, 2, 2)
     num_res_blocks: int = 1
@@ -162,9 +162,12 @@ class Encoder(nn.Module):
 
 
 class Upsample(nn.Module):
-    def __init__(self, channels: int) -> None:
+    """Nearest x2 then a 3x3 conv that already narrows to the next level's width: the conv runs
+    at the higher resolution, where the decoder spends most of its FLOPs."""
+
+    def __init__(self, cin: int, cout: int) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = nn.Conv2d(cin, cout, 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
@@ -184,7 +187,8 @@ class Decoder(nn.Module):
                 blocks.append(ResBlock(config, cin, width))
                 cin = width
             if level < len(widths) - 1:
-                blocks.append(Upsample(width))
+                blocks.append(Upsample(width, widths[level + 1]))
+                cin = widths[level + 1]
         self.blocks = nn.Sequential(*blocks)
         self.norm_out = make_norm(config, cin)
         self.conv_out = nn.Conv2d(cin, 3, 3, padding=1)

@@ -67,6 +67,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--limit", type=_positive, default=None, help="use at most N training images")
     p.add_argument("--resume", action="store_true", help="continue from OUT's newest checkpoint")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=_positive, default=None,
+                   help="torch CPU threads (default: torch's choice; 1 is fastest on a busy "
+                        "machine)")
     p.set_defaults(func=run_train)
 
     p = subparsers.add_parser(
@@ -168,6 +171,10 @@ def run_train(args: argparse.Namespace) -> int:
     from vqvae.model import vqvae_config
 
     _require_dir(args.data, "--data")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         config = VQVAETrainConfig(
             steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,

@@ -142,10 +142,14 @@ def encode_shards(
     out.mkdir(parents=True, exist_ok=True)
     vqvae.eval()
 
+    source_info = _source_info(data)
+    total = None
+    if source_info and all(f"n_{split}" in source_info for split in SPLITS):
+        total = sum(int(source_info[f"n_{split}"]) for split in SPLITS)
     counts: dict[str, int] = {}
     skipped = 0
     shard_names: dict[str, list[str]] = {}
-    bar = tqdm(desc="encode", unit="img", file=sys.stderr, disable=not progress)
+    bar = tqdm(total=total, desc="encode", unit="img", file=sys.stderr, disable=not progress)
     for split in SPLITS:
         counts[split] = 0
         shard_names[split] = []
@@ -172,12 +176,6 @@ def encode_shards(
     if counts["train"] + counts["test"] == 0:
         raise UserError(f"{data}: no readable samples to encode")
 
-    source_info = None
-    if (Path(data) / INFO_FILE).is_file():
-        try:
-            source_info = json.loads((Path(data) / INFO_FILE).read_text())
-        except (OSError, json.JSONDecodeError):
-            source_info = None
     f = vqvae.factor
     info = {
         "format": FORMAT,
@@ -199,6 +197,16 @@ def encode_shards(
     tmp.write_text(json.dumps(info, indent=2) + "\n")
     tmp.replace(out / INFO_FILE)
     return info
+
+
+def _source_info(data: str | Path) -> dict[str, Any] | None:
+    """The image data set's own info.json, when it has a readable one."""
+    f = Path(data) / INFO_FILE
+    try:
+        info = json.loads(f.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return info if isinstance(info, dict) else None
 
 
 def read_info(path: str | Path) -> dict[str, Any]:
