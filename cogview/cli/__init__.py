@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from cogview.errors import UserError
@@ -42,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if not sys.stderr.isatty():
+        # progress bars in a log file or CI: a line every 10 s instead of ten a second
+        os.environ.setdefault("TQDM_MININTERVAL", "10")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
