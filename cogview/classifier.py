@@ -32,7 +32,7 @@ class ClassifierConfig:
     num_classes: int = 10
     image_size: int = 32
     in_channels: int = 1  # RGB inputs are averaged to grey first (Fashion-MNIST is grey)
-    channels: tuple[int, ...] = (32, 64, 128)  # one conv stage per entry, each halves the size
+    channels: tuple[int, ...] = (16, 32, 64)  # one conv stage per entry, each halves the size
     dropout: float = 0.2
 
     def __post_init__(self) -> None:

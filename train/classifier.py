@@ -29,7 +29,7 @@ class ClassifierTrainConfig:
     data: str
     out: str
     preset: str = "small"
-    steps: int = 1500
+    steps: int = 800
     batch_size: int = 128
     lr: float = 3e-3
     weight_decay: float = 1e-4

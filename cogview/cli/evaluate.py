@@ -243,7 +243,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--data", required=True, metavar="SHARDS", help="fashion shards folder")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--preset", default="small", help="classifier size: tiny or small")
-    p.add_argument("--steps", type=int, default=1500, help="training steps (default: 1500)")
+    p.add_argument("--steps", type=int, default=800, help="training steps (default: 800)")
     p.add_argument("--batch-size", type=int, default=128, help="images per step (default: 128)")
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default: 3e-3)")
     p.add_argument("--limit", type=int, metavar="N", help="training images to load (all)")
