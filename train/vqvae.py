@@ -64,10 +64,14 @@ class VQVAETrainConfig:
     min_lr_ratio: float = 0.02
     weight_decay: float = 0.0
     grad_clip: float = 1.0
+    # PSNR is a function of the MSE; on shapes (500 steps) "l1" reached 23.0 dB where "mse"
+    # reached 36.2 dB held-out
     loss: str = "mse"
     sizes: tuple[int, ...] = (32, 64)
     flip: bool = True  # random horizontal flips (reconstruction does not care about left/right)
-    precision: str = "bf16"  # autocast dtype of the forward pass; the quantizer stays in fp32
+    # autocast dtype of the forward pass (the quantizer casts to fp32 itself); on shapes bf16
+    # matched fp32 PSNR (36.2 vs 36.5 dB at 500 steps) at 1.6x the speed on this CPU
+    precision: str = "bf16"
     save_every: int = 500
     eval_every: int = 500
     eval_images: int = 512  # held-out images per size at each evaluation

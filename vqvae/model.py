@@ -33,7 +33,9 @@ class VQVAEConfig:
     num_res_blocks: int = 1
     # "group": GroupNorm (statistics over each image's spatial extent); "channel": a LayerNorm
     # over channels at each position (no statistics across space, so flat regions stay flat);
-    # "none": no normalisation
+    # "none": no normalisation. On shapes (500 steps, batch 32, 32 px) held-out PSNR was
+    # 36.2 / 34.4 / 29.5 dB (one object) and 32.2 / 30.0 / 26.2 dB (two) for channel / group /
+    # none
     norm: str = "channel"
     norm_groups: int = 8
     quantizer: str = "vq"
@@ -82,8 +84,9 @@ class VQVAEConfig:
 PRESETS: dict[str, VQVAEConfig] = {
     # trains in seconds on a CPU: for tests
     "tiny": VQVAEConfig(channels=16, channel_mult=(1, 1, 2), codebook_size=64, codebook_dim=4),
-    # the shipped default: 32 px -> 8x8 codes and 64 px -> 16x16 codes, 512 codes
-    "small": VQVAEConfig(),
+    # the shipped default: 32 px -> 8x8 codes and 64 px -> 16x16 codes, 512 codes of dim 8
+    "small": VQVAEConfig(channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, norm="channel",
+                         codebook_size=512, codebook_dim=8),
 }
 
 
