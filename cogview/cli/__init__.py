@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "cogview.cli.sample",
     "cogview.cli.superres",
     "cogview.cli.evaluate",
+    "cogview.cli.export",
 )
 
 

@@ -1,0 +1,47 @@
+"""`cogview export`: publish a training run's newest checkpoint as a plain model folder."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "export",
+        help="copy a run's newest checkpoint, without training state, to a model folder",
+        description="Copy the newest complete checkpoint of a training run (or one checkpoint "
+        "folder) to DEST without its optimizer and RNG state: the folder that generate, "
+        "inpaint, caption, superres and eval read. DEST is replaced atomically.",
+    )
+    p.add_argument("run", metavar="RUN", help="training run folder or checkpoint folder")
+    p.add_argument("dest", metavar="DEST", help="model folder to write")
+    p.set_defaults(func=run_export)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    import shutil
+
+    from cogview.checkpoint import (
+        TRAINING_STATE_FILE,
+        atomic_write_dir,
+        load_checkpoint,
+        resolve_checkpoint,
+    )
+
+    src = resolve_checkpoint(args.run)
+    ck = load_checkpoint(src)  # refuses a corrupt checkpoint before anything is copied
+
+    def write(tmp):
+        for item in src.iterdir():
+            if item.name == TRAINING_STATE_FILE or item.name.startswith("."):
+                continue
+            if item.is_dir():
+                shutil.copytree(item, tmp / item.name)
+            else:
+                shutil.copyfile(item, tmp / item.name)
+
+    dest = atomic_write_dir(args.dest, write)
+    size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())
+    print(f"exported {ck.kind} checkpoint of step {ck.step} from {src}")
+    print(f"wrote {dest} ({size / 1e6:.1f} MB)")
+    return 0
