@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup test demo lint clean
+.PHONY: setup test demo default-models lint clean
 
 setup: $(VENV)/.installed
 
@@ -24,8 +24,38 @@ test: setup
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
+# text-to-image, inpainting and captioning with the shipped default model
+DEMO_ASSETS := cogview/defaults/demo
 demo: setup
-	$(BIN)/cogview data shapes --out demo/shapes --n 512 --seed 0
+	$(BIN)/cogview generate "a red circle at the top left" -n 8 --seed 0 -o demo/generate
+	$(BIN)/cogview generate --prompts $(DEMO_ASSETS)/prompts.txt -n 4 --seed 0 -o demo/generate
+	$(BIN)/cogview inpaint --image $(DEMO_ASSETS)/scene.png --mask $(DEMO_ASSETS)/mask.png \
+	  --prompt "a small yellow triangle at the bottom right" -n 4 --seed 0 -o demo/inpaint
+	$(BIN)/cogview caption $(DEMO_ASSETS)/scene.png -n 3 --seed 0
+
+# The recipe of the shipped default models (shapes, 32 px base, 64 px super-resolution), on a
+# CPU. Every training step resumes where an interrupted run stopped.
+DM := runs/default
+DM_VQ_STEPS ?= 2000
+DM_LM_STEPS ?= 6000
+DM_SR_STEPS ?= 3000
+default-models: setup
+	test -f data/shapes/info.json || $(BIN)/cogview data shapes --out data/shapes --n 40000 --seed 0
+	test -f data/tokenizer.json || $(BIN)/cogview train-tokenizer data/shapes \
+	  --vocab-size 400 --image-codes 512 --out data/tokenizer.json
+	$(BIN)/cogview train-vqvae --data data/shapes --preset small --out $(DM)/vqvae \
+	  --steps $(DM_VQ_STEPS) --batch-size 64 --lr 2e-3 --sizes 32,64 --save-every 250 --resume
+	$(BIN)/cogview export $(DM)/vqvae $(DM)/vqvae-final
+	$(BIN)/cogview encode data/shapes --vqvae $(DM)/vqvae-final --tokenizer data/tokenizer.json \
+	  --sizes 32,64 --out $(DM)/tokens
+	$(BIN)/cogview train --data $(DM)/tokens --tokenizer data/tokenizer.json \
+	  --vqvae $(DM)/vqvae-final --preset small --out $(DM)/coglm --steps $(DM_LM_STEPS) \
+	  --batch-size 64 --save-every 250 --resume
+	$(BIN)/cogview train-sr --data $(DM)/tokens --tokenizer data/tokenizer.json \
+	  --vqvae $(DM)/vqvae-final --preset small --out $(DM)/sr --steps $(DM_SR_STEPS) \
+	  --save-every 250 --resume
+	$(BIN)/cogview export $(DM)/coglm cogview/defaults/shapes
+	$(BIN)/cogview export $(DM)/sr cogview/defaults/shapes-sr
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
