@@ -9,7 +9,8 @@ from pathlib import Path
 
 from cogview.errors import UserError
 
-SR_TEMPERATURE = 1.0
+# argmax: on held-out shapes, sampling at T=1 cost ~3 dB PSNR against the argmax output
+SR_TEMPERATURE = 0.0
 IMAGE_SUFFIXES = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP"}
 
 
