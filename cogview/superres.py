@@ -46,6 +46,9 @@ SR_TASKS = ("direct", "lopar")  # loss groups: samples with r = 0, and with r > 
 
 @dataclass(frozen=True)
 class SRConfig:
+    """The SR transformer (CogLM fields) and its geometry: grid sides, text slots, the LoPAR
+    window and the two local-attention kernels. `lm_config()` gives the CogLM to build."""
+
     vocab_size: int
     dim: int = 256
     n_layers: int = 6

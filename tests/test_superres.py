@@ -347,6 +347,10 @@ def test_superres_command(sr_run, tmp_path, capsys):
     assert main(["superres", str(tmp_path / "missing.png"), "-o", str(out),
                  "--model", sr_run["out"]]) == 2
     assert "no such file" in capsys.readouterr().err
+    assert main([*argv, "--device", "nonsense"]) == 2
+    assert "--device" in capsys.readouterr().err
+    assert main([*argv[:3], "out.gif", *argv[4:]]) == 2
+    assert "suffix" in capsys.readouterr().err
 
 
 def test_sr_of_another_vocabulary_is_refused(sr_run):

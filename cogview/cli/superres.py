@@ -66,7 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt", default=None, help="caption of the image (optional)")
     add_sr_sampling_flags(p)
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    p.add_argument("--device", default=None, help="torch device (default: cuda when available)")
+    p.add_argument("--device", default="cpu", metavar="DEV", help="torch device (default: cpu)")
     p.set_defaults(func=run_superres)
 
 
@@ -250,7 +250,12 @@ def run_superres(args: argparse.Namespace) -> int:
     if fmt is None:
         raise UserError(f"-o {out}: unknown image suffix; use one of {', '.join(IMAGE_SUFFIXES)}")
     image = read_image(args.image)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(args.device)
+        torch.empty(0, device=device)  # a device this torch build cannot use fails here
+    except (RuntimeError, AssertionError) as e:
+        why = str(e).splitlines()[0] if str(e) else e.__class__.__name__
+        raise UserError(f"--device {args.device}: {why}") from None
     sr = load_sr_flag(args.model, device, flag="--model")
     sampling = sr_sampling(args)
     size = sr.low_res_size
