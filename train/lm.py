@@ -760,7 +760,8 @@ class CogLMObjective:
 
     def groups(self, samples: Sequence[TaskSequence]) -> list[list[TaskSequence]]:
         """One part per task: lengths differ by task (inpainting adds the masked cells), and
-        padding a mixed batch to its longest sample wasted ~40% of the compute."""
+        padding a mixed batch to its longest sample cost ~20% of the tokens/s of the small
+        preset (benchmarks/train_speed.py)."""
         parts: dict[str, list[TaskSequence]] = {}
         for s in samples:
             parts.setdefault(s.task, []).append(s)
