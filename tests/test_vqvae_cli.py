@@ -154,8 +154,11 @@ def test_eval_vqvae_table_and_json(workdir, capsys):
                  "--size", "32,64", "--json", str(out)]) == 0
     table = capsys.readouterr().out
     assert "PSNR" in table and "usage" in table
-    results = json.loads(out.read_text())["results"]
+    payload = json.loads(out.read_text())
+    results = payload["results"]
     assert [r["size"] for r in results] == [32, 64] and all(r["images"] == 6 for r in results)
+    # the codebook is shared by both sizes: its usage over both is at least that of each
+    assert max(r["usage"] for r in results) <= payload["all_sizes"]["usage"] <= 1
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -100,9 +100,10 @@ class VQVAEEval:
     ssim: float
     usage: float  # fraction of the codebook used at least once
     perplexity: float
+    counts: Tensor | None = field(default=None, repr=False)  # (K,) uses of each code
 
     def as_dict(self) -> dict[str, float]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "counts"}
 
 
 @dataclass
@@ -164,6 +165,7 @@ def evaluate_vqvae(
         ssim=float(torch.cat(ssims).mean()),
         usage=usage,
         perplexity=perplexity,
+        counts=counts,
     )
 
 

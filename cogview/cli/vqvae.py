@@ -332,10 +332,21 @@ def run_eval(args: argparse.Namespace) -> int:
     for e in results:
         print(f"{e.size:>4}px {e.images:>7d} {e.psnr:>8.2f} {e.psnr_mean:>9.2f} {e.ssim:>7.4f} "
               f"{e.usage:>7.1%} {e.perplexity:>10.1f}")
+    combined = None
+    if len(results) > 1:
+        # one codebook serves every size: a code used only at 64 px is not dead
+        import torch
+
+        from vqvae.metrics import usage_and_perplexity
+
+        usage, perplexity = usage_and_perplexity(torch.stack([e.counts for e in results]).sum(0))
+        combined = {"usage": usage, "perplexity": perplexity}
+        print(f"{'all':>6} {sum(e.images for e in results):>7d} {'':>8} {'':>9} {'':>7} "
+              f"{usage:>7.1%} {perplexity:>10.1f}")
     if args.json:
         payload = {"data": str(args.data), "split": args.split, "vqvae": str(args.vqvae),
                    "codebook_size": model.codebook_size,
-                   "results": [e.as_dict() for e in results]}
+                   "results": [e.as_dict() for e in results], "all_sizes": combined}
         try:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
             Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
