@@ -138,7 +138,9 @@ def tiny(tmp_path_factory):
 def test_eval_quick_runs_end_to_end(tiny, tmp_path, capsys):
     out = tmp_path / "report.json"
     args = ["eval", "--model", str(tiny / "model"), "--data", str(tiny / "shapes"), "--quick"]
-    assert main([*args, "--json", str(out), "--batch-size", "4"]) == 0
+    before = torch.get_num_threads()
+    assert main([*args, "--json", str(out), "--batch-size", "4", "--threads", "1"]) == 0
+    assert torch.get_num_threads() == before
     printed = capsys.readouterr().out
     assert "t2i 1 object" in printed and "inpainting" in printed and f"wrote {out}" in printed
     report = json.loads(out.read_text())
@@ -155,13 +157,15 @@ def test_eval_quick_runs_end_to_end(tiny, tmp_path, capsys):
     assert set(report["held_out_loss"]) == {"n", "t2i", "t2i_nocap", "cap", "inp"}
     assert all(v > 0 for k, v in report["held_out_loss"].items() if k != "n")
     assert 0 < report["vqvae"]["psnr"] <= 100
+    assert 0 <= report["vqvae"]["detector_all"] <= 1
 
 
 def test_eval_same_seed_same_report(tiny, tmp_path):
     reports = []
     for name in ("a.json", "b.json"):
-        args = ["eval", "--model", str(tiny / "model"), "--quick", "--n-captions", "0"]
-        args += ["--n-inpaint", "0", "--n-loss", "0", "--json", str(tmp_path / name)]
+        args = ["eval", "--model", str(tiny / "model"), "--n-prompts", "2", "--n-captions", "0"]
+        args += ["--n-inpaint", "0", "--n-loss", "0", "--n-fashion", "0", "--threads", "1"]
+        args += ["--json", str(tmp_path / name)]
         assert main(args) == 0
         reports.append(json.loads((tmp_path / name).read_text()))
     assert "captioning" not in reports[0]
@@ -177,7 +181,7 @@ def test_eval_fashion_part(tiny, tmp_path):
     names = [f"c{i}" for i in range(10)]
     save_classifier(tmp_path / "clf", Classifier(PRESETS["tiny"]), names)
     out = tmp_path / "r.json"
-    args = ["eval", "--model", str(tiny / "model"), "--quick", "--n-prompts", "0"]
+    args = ["eval", "--model", str(tiny / "model"), "--quick", "--n-prompts", "0", "--threads", "1"]
     args += ["--fashion-model", str(tiny / "model"), "--fashion-data", str(tmp_path / "fashion")]
     assert main([*args, "--classifier", str(tmp_path / "clf"), "--json", str(out)]) == 0
     fa = json.loads(out.read_text())["fashion"]

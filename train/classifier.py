@@ -114,7 +114,7 @@ def fit_classifier(
         loss.backward()
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if on_step is not None:
             on_step(step + 1, losses[-1])
     model.eval()

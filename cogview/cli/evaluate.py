@@ -111,7 +111,28 @@ def _load_fashion(args: argparse.Namespace, device: Any, limit: int):
     return FashionEval(pipe, clf, names, prompts, test.images, labels)
 
 
+def _with_threads(threads: int | None, fn: Any, args: argparse.Namespace) -> int:
+    """fn(args) with torch using `threads` CPU threads, the caller's setting restored after
+    (tests and notebooks call `main` in their own process)."""
+    import torch
+
+    if threads is None:
+        return fn(args)
+    if threads < 1:
+        raise UserError(f"--threads must be >= 1, got {threads}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return fn(args)
+    finally:
+        torch.set_num_threads(before)
+
+
 def run_eval_command(args: argparse.Namespace) -> int:
+    return _with_threads(args.threads, _run_eval, args)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
     import torch
 
     from cogview.cli.sample import model_clusters, sampling_config
@@ -159,19 +180,28 @@ def run_eval_command(args: argparse.Namespace) -> int:
     if args.json:
         out = Path(args.json)
         out.parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(report, indent=2, default=_json_default)
+        text = json.dumps(_finite(report), indent=2, allow_nan=False)
         out.write_text(text + "\n")
         print(f"wrote {out}")
     return 0
 
 
-def _json_default(x: Any) -> Any:
-    if isinstance(x, float) and math.isnan(x):
-        return None
-    return str(x)
+def _finite(x: Any) -> Any:
+    """The report with NaN (a part without samples) as null, so the file is strict JSON."""
+    if isinstance(x, float):
+        return None if math.isnan(x) else x
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
 
 
 def run_train_classifier(args: argparse.Namespace) -> int:
+    return _with_threads(args.threads, _run_train_classifier, args)
+
+
+def _run_train_classifier(args: argparse.Namespace) -> int:
     from train.classifier import ClassifierTrainConfig, train_classifier
 
     if not os.path.exists(args.data) and not any(c in args.data for c in "*?[{"):
@@ -195,6 +225,9 @@ def run_train_classifier(args: argparse.Namespace) -> int:
     )
     print(f"wrote {result.path}")
     return 0
+
+
+THREADS_HELP = "CPU threads for torch (default: torch's choice; 1 is faster on a busy machine)"
 
 
 def register(subparsers: Any) -> None:
@@ -231,6 +264,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--json", metavar="FILE", help="write the full report as JSON")
     p.add_argument("--device", default="cpu", metavar="DEV", help="torch device (default: cpu)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default: 0)")
+    p.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
     _add_sampling_flags(p)
     p.set_defaults(func=run_eval_command)
 
@@ -249,4 +283,5 @@ def register(subparsers: Any) -> None:
     p.add_argument("--limit", type=int, metavar="N", help="training images to load (all)")
     p.add_argument("--test-limit", type=int, metavar="N", help="test images to score (all)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
     p.set_defaults(func=run_train_classifier)
