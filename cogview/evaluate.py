@@ -512,7 +512,7 @@ def run_eval(
                     clusters=clusters,
                     progress=progress,
                     seed=config.seed,
-                ),  # fmt: skip
+                ),
             )
         if config.n_loss:
             images = held.images[: config.n_loss]
