@@ -50,7 +50,7 @@ default-models: setup
 	  --sizes 32,64 --out $(DM)/tokens
 	$(BIN)/cogview train --data $(DM)/tokens --tokenizer data/tokenizer.json \
 	  --vqvae $(DM)/vqvae-final --preset small --out $(DM)/coglm --steps $(DM_LM_STEPS) \
-	  --batch-size 64 --save-every 250 --resume
+	  --batch-size 64 --ema 0.999 --save-every 250 --resume
 	$(BIN)/cogview train-sr --data $(DM)/tokens --tokenizer data/tokenizer.json \
 	  --vqvae $(DM)/vqvae-final --preset small --out $(DM)/sr --steps $(DM_SR_STEPS) \
 	  --save-every 250 --resume
