@@ -760,8 +760,8 @@ class CogLMObjective:
 
     def groups(self, samples: Sequence[TaskSequence]) -> list[list[TaskSequence]]:
         """One part per task: lengths differ by task (inpainting adds the masked cells), and
-        padding a mixed batch to its longest sample cost ~20% of the tokens/s of the small
-        preset (benchmarks/train_speed.py)."""
+        padding a mixed batch to its longest sample cost the small preset 20-37% of its
+        tokens/s at batch 32-64 (benchmarks/train_speed.py)."""
         parts: dict[str, list[TaskSequence]] = {}
         for s in samples:
             parts.setdefault(s.task, []).append(s)
