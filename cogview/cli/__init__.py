@@ -43,7 +43,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _take_local_rank(argv: list[str]) -> list[str]:
+    """The `deepspeed` launcher puts `--local_rank=N` before the subcommand: make it LOCAL_RANK."""
+    out, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--local_rank=") or arg.startswith("--local-rank="):
+            os.environ.setdefault("LOCAL_RANK", arg.split("=", 1)[1])
+        elif arg in ("--local_rank", "--local-rank") and i + 1 < len(argv):
+            os.environ.setdefault("LOCAL_RANK", argv[i + 1])
+            i += 1
+        else:
+            out.append(arg)
+        i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = _take_local_rank(sys.argv[1:] if argv is None else list(argv))
     if not sys.stderr.isatty():
         # progress bars in a log file or CI: a line every 10 s instead of ten a second
         os.environ.setdefault("TQDM_MININTERVAL", "10")
