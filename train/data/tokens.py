@@ -16,8 +16,10 @@ vocabulary.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
+import math
 import os
 import re
 import sys
@@ -225,6 +227,80 @@ def read_info(path: str | Path) -> dict[str, Any]:
     return info
 
 
+class _NotPlainTar(Exception):
+    """A member this reader does not parse itself (pax or GNU long-name headers)."""
+
+
+def _plain_tar_members(data: bytes) -> Iterator[tuple[str, bytes]]:
+    """(name, bytes) of the regular files of an uncompressed ustar archive held in memory.
+
+    Token shards are written by `write_sample` with short names and no extended headers, so
+    walking the 512-byte headers directly is safe and several times faster than `tarfile`;
+    anything else raises _NotPlainTar and the caller falls back to `tarfile`.
+    """
+    pos = 0
+    while pos + tarfile.BLOCKSIZE <= len(data):
+        header = data[pos : pos + tarfile.BLOCKSIZE]
+        if not header.strip(b"\0"):
+            return  # end-of-archive block
+        kind = header[156:157]
+        if kind not in (b"0", b"\0", b"5"):
+            raise _NotPlainTar(kind)
+        try:
+            size = int(header[124:136].rstrip(b"\0 ").decode("ascii") or "0", 8)
+        except ValueError as e:
+            raise _NotPlainTar("size") from e
+        name = header[0:100].split(b"\0", 1)[0]
+        prefix = header[345:500].split(b"\0", 1)[0]
+        body = pos + tarfile.BLOCKSIZE
+        if body + size > len(data):
+            raise _NotPlainTar("truncated")
+        if kind != b"5":
+            full = (prefix + b"/" + name) if prefix else name
+            yield full.decode("utf-8"), data[body : body + size]
+        pos = body + -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+
+
+def _tar_members(path: Path) -> Iterator[tuple[str, bytes]]:
+    data = path.read_bytes()
+    try:
+        yield from list(_plain_tar_members(data))
+        return
+    except _NotPlainTar:
+        pass
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        for member in tar:
+            fh = tar.extractfile(member) if member.isfile() else None
+            if fh is not None:
+                yield member.name, fh.read()
+
+
+@functools.lru_cache(maxsize=256)
+def _npy_layout(header: bytes) -> tuple[np.dtype, tuple[int, ...], bool, int]:
+    """(dtype, shape, fortran order, data offset) of a .npy file that starts with `header`."""
+    buf = io.BytesIO(header)
+    version = np.lib.format.read_magic(buf)
+    read = {(1, 0): np.lib.format.read_array_header_1_0,
+            (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+    if read is None:
+        raise ValueError(f"npy format {version}")
+    shape, fortran, dtype = read(buf)
+    return dtype, shape, fortran, buf.tell()
+
+
+def _load_npy(data: bytes) -> np.ndarray:
+    """np.load for the small arrays of token shards; equal .npy headers are parsed once."""
+    if data[:6] != b"\x93NUMPY" or len(data) < 10 or data[6] not in (1, 2):
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    end = 10 + int.from_bytes(data[8:10], "little") if data[6] == 1 else \
+        12 + int.from_bytes(data[8:12], "little")
+    dtype, shape, fortran, offset = _npy_layout(data[:end])
+    if dtype.hasobject:
+        raise ValueError("object arrays are not allowed")
+    array = np.frombuffer(data, dtype=dtype, offset=offset, count=math.prod(shape))
+    return array.reshape(shape, order="F" if fortran else "C")
+
+
 def load_token_shards(path: str | Path, split: str = "train") -> TokenData:
     """All samples of one split of a token shard folder, in memory, in shard and key order."""
     path = Path(path)
@@ -236,35 +312,35 @@ def load_token_shards(path: str | Path, split: str = "train") -> TokenData:
     samples: dict[str, dict[str, bytes]] = {}
     for shard in shards:
         try:
-            with tarfile.open(shard) as tar:
-                for member in tar:
-                    if not member.isfile():
-                        continue
-                    m = _KEY_EXT.match(member.name)
-                    if not m:
-                        continue
-                    fh = tar.extractfile(member)
-                    if fh is not None:
-                        samples.setdefault(m.group(1), {})[m.group(2)] = fh.read()
+            for name, data in _tar_members(shard):
+                m = _KEY_EXT.match(name)
+                if m:
+                    samples.setdefault(m.group(1), {})[m.group(2)] = data
         except (tarfile.TarError, OSError) as e:
             raise UserError(f"{shard}: unreadable token shard ({e})") from e
 
     keys, text_ids, captions, metas = [], [], [], []
     grids: dict[int, list[np.ndarray]] = {s: [] for s in sizes}
+    needed = [f"codes{s}.npy" for s in sizes] + ["ids.npy", "txt"]
     for key, parts in samples.items():
-        needed = [f"codes{s}.npy" for s in sizes] + ["ids.npy", "txt"]
         missing = [n for n in needed if n not in parts]
         if missing:
             raise UserError(f"{path}: sample {key!r} lacks {missing}")
-        for s in sizes:
-            grids[s].append(np.load(io.BytesIO(parts[f"codes{s}.npy"]), allow_pickle=False))
-        text_ids.append(np.load(io.BytesIO(parts["ids.npy"]), allow_pickle=False).tolist())
-        captions.append(parts["txt"].decode("utf-8"))
-        metas.append(json.loads(parts["json"]) if "json" in parts else None)
+        try:
+            for s in sizes:
+                grids[s].append(_load_npy(parts[f"codes{s}.npy"]))
+            text_ids.append(_load_npy(parts["ids.npy"]).tolist())
+            captions.append(parts["txt"].decode("utf-8"))
+            metas.append(json.loads(parts["json"]) if "json" in parts else None)
+        except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+            raise UserError(f"{path}: sample {key!r} is corrupt ({e})") from e
         keys.append(key)
     codes = {}
     for s in sizes:
-        stacked = np.stack(grids[s]) if grids[s] else np.zeros((0, *info["grids"][str(s)]))
+        grid = tuple(info["grids"][str(s)])
+        if any(g.shape != grid for g in grids[s]):
+            raise UserError(f"{path}: codes{s} grids are not all {grid}")
+        stacked = np.stack(grids[s]) if grids[s] else np.zeros((0, *grid))
         codes[s] = torch.from_numpy(stacked.astype(np.int64))
     return TokenData(codes=codes, text_ids=text_ids, captions=captions, metas=metas, keys=keys,
                      info=info)
