@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from cogview.cli.train import add_loop_flags
 from cogview.errors import UserError
 
 # argmax: on held-out shapes, sampling at T=1 cost ~3 dB PSNR against the argmax output
@@ -43,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="caption tokens the model sees, from the start (default 8)")
     p.add_argument("--text-dropout", type=float, default=0.2,
                    help="probability of dropping the caption, so SR works without one (0.2)")
-    _add_loop_flags(p)
+    add_loop_flags(p)
     p.set_defaults(func=run_train_sr)
 
     p = subparsers.add_parser(
@@ -117,43 +118,6 @@ def add_sr_sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=SR_TEMPERATURE,
                    help=f"SR sampling temperature, 0 = argmax (default {SR_TEMPERATURE})")
     p.add_argument("--top-k", type=int, default=0, help="SR: keep the k likeliest codes (0 = off)")
-
-
-def _add_loop_flags(p: argparse.ArgumentParser) -> None:
-    """The training-loop flags of `cogview train`, with the same names and defaults."""
-    p.add_argument("--steps", type=int, default=2000, help="optimizer steps (default 2000)")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="global batch in samples, over all processes (default 64, or "
-                   "train_batch_size of ds_config.json)")
-    p.add_argument("--grad-accum", type=int, default=None,
-                   help="micro-batches per optimizer step (default 1)")
-    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
-    p.add_argument("--warmup", type=int, default=100, help="linear warmup steps (default 100)")
-    p.add_argument("--min-lr", type=float, default=1e-4,
-                   help="learning rate at the end of the cosine decay (default 1e-4)")
-    p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW decay (default 0.1)")
-    p.add_argument("--clip", type=float, default=1.0,
-                   help="max gradient norm, 0 = off (default 1.0)")
-    p.add_argument("--loss", choices=("ce", "poly1"), default="ce",
-                   help="cross-entropy or PolyLoss poly-1 (default ce)")
-    p.add_argument("--poly-eps", type=float, default=1.0, help="poly-1 epsilon (default 1.0)")
-    p.add_argument("--ema", type=float, default=None,
-                   help="keep an EMA of the weights with this decay and export it (off)")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
-                   help="auto: bf16 autocast on CUDA or a CPU with AVX-512 BF16/AMX, else fp32")
-    p.add_argument("--save-every", type=int, default=500, help="checkpoint interval (500)")
-    p.add_argument("--eval-every", type=int, default=250,
-                   help="held-out loss interval on the test split, 0 = at the end only (250)")
-    p.add_argument("--eval-samples", type=int, default=256,
-                   help="held-out images per evaluation (default 256)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from the newest complete checkpoint in --out")
-    p.add_argument("--seed", type=int, default=0, help="seed of weights and batches (default 0)")
-    p.add_argument("--deepspeed", default=None, metavar="DS_CONFIG",
-                   help="train with DeepSpeed using this config (e.g. ds_config.json)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--local_rank", "--local-rank", type=int, default=None,
-                   help=argparse.SUPPRESS)
 
 
 def _loop_config(args: argparse.Namespace):

@@ -28,6 +28,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--vqvae", required=True, help="VQVAE checkpoint folder the codes came from")
     p.add_argument("--preset", default="small", help="model size: tiny, small, base, large, xl")
     p.add_argument("--out", required=True, help="run folder for checkpoints and metrics")
+    p.add_argument("--tasks", default=DEFAULT_TASKS,
+                   help=f"task weights over steps, e.g. '0:t2i=1;2000:t2i=0.6,cap=0.2,inp=0.2' "
+                   f"(default '{DEFAULT_TASKS}')")
+    p.add_argument("--text-dropout", type=float, default=0.1,
+                   help="probability of dropping the caption, for guidance (default 0.1)")
+    p.add_argument("--image-size", type=int, default=32,
+                   help="which code grid of the shards to train on, in pixels (default 32)")
+    add_loop_flags(p)
+    p.set_defaults(func=run_train)
+
+
+def add_loop_flags(p: argparse.ArgumentParser) -> None:
+    """Flags of the shared training loop (optimizer, schedule, checkpoints, DeepSpeed)."""
     p.add_argument("--steps", type=int, default=2000, help="optimizer steps (default 2000)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="global batch in samples, over all processes (default 64, or "
@@ -44,19 +57,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--loss", choices=("ce", "poly1"), default="ce",
                    help="cross-entropy or PolyLoss poly-1 (default ce)")
     p.add_argument("--poly-eps", type=float, default=1.0, help="poly-1 epsilon (default 1.0)")
-    p.add_argument("--tasks", default=DEFAULT_TASKS,
-                   help=f"task weights over steps, e.g. '0:t2i=1;2000:t2i=0.6,cap=0.2,inp=0.2' "
-                   f"(default '{DEFAULT_TASKS}')")
-    p.add_argument("--text-dropout", type=float, default=0.1,
-                   help="probability of dropping the caption, for guidance (default 0.1)")
     p.add_argument("--ema", type=float, default=None,
                    help="keep an EMA of the weights with this decay (e.g. 0.999) and export it; "
                    "off by default")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
                    help="auto: bf16 autocast on CUDA or a CPU with AVX-512 BF16/AMX, else fp32; "
                    "fp16 only with DeepSpeed on CUDA")
-    p.add_argument("--image-size", type=int, default=32,
-                   help="which code grid of the shards to train on, in pixels (default 32)")
     p.add_argument("--save-every", type=int, default=500, help="checkpoint interval (500)")
     p.add_argument("--eval-every", type=int, default=250,
                    help="held-out loss interval on the test split, 0 = at the end only (250)")
@@ -68,7 +74,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--deepspeed", default=None, metavar="DS_CONFIG",
                    help="train with DeepSpeed using this config (e.g. ds_config.json)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=run_train)
 
 
 def _precision(requested: str, deepspeed: bool) -> str:
