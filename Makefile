@@ -58,7 +58,7 @@ default-models: setup
 	$(BIN)/cogview export $(DM)/sr cogview/defaults/shapes-sr
 
 lint: setup
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/ruff check .
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache .ruff_cache

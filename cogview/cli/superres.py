@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from cogview.cli.train import add_loop_flags
+from cogview.cli.train import add_loop_flags, loop_config
 from cogview.errors import UserError
 
 # argmax: on held-out shapes, sampling at T=1 cost ~3 dB PSNR against the argmax output
@@ -120,36 +120,6 @@ def add_sr_sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=0, help="SR: keep the k likeliest codes (0 = off)")
 
 
-def _loop_config(args: argparse.Namespace):
-    from cogview.cli.train import _precision
-    from train.lm import LoopConfig
-
-    batch_size, grad_accum = args.batch_size, args.grad_accum
-    if args.deepspeed:
-        from train.distributed import read_ds_config, resolve_batch, world_from_env
-
-        _, world, _ = world_from_env()
-        batch_size, grad_accum = resolve_batch(
-            read_ds_config(args.deepspeed), batch_size, grad_accum, world
-        )
-    return LoopConfig(
-        steps=args.steps,
-        batch_size=batch_size or 64,
-        grad_accum=grad_accum or 1,
-        lr=args.lr,
-        warmup=args.warmup,
-        min_lr=args.min_lr,
-        weight_decay=args.weight_decay,
-        clip=args.clip,
-        ema=args.ema,
-        precision=_precision(args.precision, bool(args.deepspeed)),
-        save_every=args.save_every,
-        eval_every=args.eval_every,
-        seed=args.seed,
-        deepspeed=args.deepspeed,
-    )
-
-
 def run_train_sr(args: argparse.Namespace) -> int:
     from train.sr import SRTrainConfig, train_sr
 
@@ -171,7 +141,7 @@ def run_train_sr(args: argparse.Namespace) -> int:
         poly_eps=args.poly_eps,
         eval_samples=args.eval_samples,
     )
-    result = train_sr(run, _loop_config(args), resume=args.resume, progress=not args.no_progress)
+    result = train_sr(run, loop_config(args), resume=args.resume, progress=not args.no_progress)
     if int(os.environ.get("RANK", "0")) == 0:
         if result.interrupted:
             print(f"interrupted by {result.interrupted} at step {result.step}", file=sys.stderr)

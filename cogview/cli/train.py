@@ -91,8 +91,9 @@ def _precision(requested: str, deepspeed: bool) -> str:
     return resolve_precision(requested, torch.device("cuda" if cuda else "cpu"))
 
 
-def run_train(args: argparse.Namespace) -> int:
-    from train.lm import CogLMTrainConfig, LoopConfig, train_coglm
+def loop_config(args: argparse.Namespace):
+    """The shared loop's settings from `add_loop_flags` flags (batch from ds_config.json too)."""
+    from train.lm import LoopConfig
 
     batch_size, grad_accum = args.batch_size, args.grad_accum
     if args.deepspeed:
@@ -102,7 +103,7 @@ def run_train(args: argparse.Namespace) -> int:
         batch_size, grad_accum = resolve_batch(
             read_ds_config(args.deepspeed), batch_size, grad_accum, world
         )
-    loop = LoopConfig(
+    return LoopConfig(
         steps=args.steps,
         batch_size=batch_size or 64,
         grad_accum=grad_accum or 1,
@@ -118,6 +119,12 @@ def run_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         deepspeed=args.deepspeed,
     )
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from train.lm import CogLMTrainConfig, train_coglm
+
+    loop = loop_config(args)
     run = CogLMTrainConfig(
         data=args.data,
         tokenizer=args.tokenizer,
