@@ -133,22 +133,21 @@ def check_tokenizer(ckpt: Checkpoint, config: CogLMConfig, tokenizer: Any) -> No
         )
 
 
-def load_pipeline(path: str | Path, device: str | torch.device = "cpu") -> Pipeline:
-    """Load a CogLM folder (or a training run's newest step) with its tokenizer and VQVAE."""
+def load_bundled(
+    ckpt: Checkpoint, config: Any, what: str, device: str | torch.device = "cpu"
+) -> tuple[Any, Any]:
+    """The tokenizer and VQVAE that a self-contained model folder carries, checked against it.
+
+    Shared by CogLM and SR folders: the tokenizer must have the layout the model was trained
+    with, and the VQVAE the fingerprint recorded in `config.json` and one code per image id.
+    """
     from cogview.pretrained import load_vqvae
     from tokenizer import TokenizerError, UnifiedTokenizer
     from vqvae.model import fingerprint
 
-    ckpt = load_checkpoint(path, kind=COGLM_KIND)
-    source = str(ckpt.path / CONFIG_FILE)
-    config = config_from_dict(CogLMConfig, ckpt.config, source=source)
-    missing = [k for k in ("image_size", "grid", "vqvae_fingerprint") if k not in ckpt.extra]
-    if missing:
-        raise CheckpointError(f"{source}: extra lacks {', '.join(missing)}")
-
     tok_file = ckpt.path / TOKENIZER_FILE
     if not tok_file.is_file():
-        raise CheckpointError(f"{tok_file}: missing; a CogLM folder carries its tokenizer")
+        raise CheckpointError(f"{tok_file}: missing; {what} carries its tokenizer")
     try:
         tok = UnifiedTokenizer.load(tok_file)
     except TokenizerError as e:
@@ -157,7 +156,7 @@ def load_pipeline(path: str | Path, device: str | torch.device = "cpu") -> Pipel
 
     vq_dir = ckpt.path / VQVAE_DIR
     if not vq_dir.is_dir():
-        raise CheckpointError(f"{vq_dir}: missing; a CogLM folder carries its VQVAE")
+        raise CheckpointError(f"{vq_dir}: missing; {what} carries its VQVAE")
     vq = load_vqvae(vq_dir, device=device)
     if fingerprint(vq) != ckpt.extra["vqvae_fingerprint"]:
         raise CheckpointError(
@@ -168,6 +167,20 @@ def load_pipeline(path: str | Path, device: str | torch.device = "cpu") -> Pipel
         raise CheckpointError(
             f"{vq_dir}: {vq.codebook_size} codes, but the tokenizer has {tok.num_image_codes}"
         )
+    return tok, vq
+
+
+def load_pipeline(path: str | Path, device: str | torch.device = "cpu") -> Pipeline:
+    """Load a CogLM folder (or a training run's newest step) with its tokenizer and VQVAE."""
+
+    ckpt = load_checkpoint(path, kind=COGLM_KIND)
+    source = str(ckpt.path / CONFIG_FILE)
+    config = config_from_dict(CogLMConfig, ckpt.config, source=source)
+    missing = [k for k in ("image_size", "grid", "vqvae_fingerprint") if k not in ckpt.extra]
+    if missing:
+        raise CheckpointError(f"{source}: extra lacks {', '.join(missing)}")
+
+    tok, vq = load_bundled(ckpt, config, "a CogLM folder", device)
 
     model = CogLM(config)
     load_state_strict(model, ckpt.state_dict, source=str(ckpt.path))

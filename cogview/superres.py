@@ -559,10 +559,7 @@ def load_sr(path: str | Path, device: str | torch.device = "cpu") -> SRPipeline:
         load_checkpoint,
         load_state_strict,
     )
-    from cogview.pipeline import TOKENIZER_FILE, VQVAE_DIR, check_tokenizer
-    from cogview.pretrained import load_vqvae
-    from tokenizer import TokenizerError, UnifiedTokenizer
-    from vqvae.model import fingerprint
+    from cogview.pipeline import load_bundled
 
     ckpt = load_checkpoint(path, kind=SR_KIND)
     source = str(ckpt.path / CONFIG_FILE)
@@ -571,20 +568,7 @@ def load_sr(path: str | Path, device: str | torch.device = "cpu") -> SRPipeline:
     missing = [k for k in needed if k not in ckpt.extra]
     if missing:
         raise CheckpointError(f"{source}: extra lacks {', '.join(missing)}")
-    tok_file = ckpt.path / TOKENIZER_FILE
-    if not tok_file.is_file():
-        raise CheckpointError(f"{tok_file}: missing; an SR folder carries its tokenizer")
-    try:
-        tok = UnifiedTokenizer.load(tok_file)
-    except TokenizerError as e:
-        raise CheckpointError(str(e)) from e
-    check_tokenizer(ckpt, config, tok)
-    vq_dir = ckpt.path / VQVAE_DIR
-    if not vq_dir.is_dir():
-        raise CheckpointError(f"{vq_dir}: missing; an SR folder carries its VQVAE")
-    vq = load_vqvae(vq_dir, device=device)
-    if fingerprint(vq) != ckpt.extra["vqvae_fingerprint"]:
-        raise CheckpointError(f"{vq_dir}: not the VQVAE the SR model was trained with")
+    tok, vq = load_bundled(ckpt, config, "an SR folder", device)
     model = SRModel(config)
     load_state_strict(model, ckpt.state_dict, source=str(ckpt.path))
     return SRPipeline(
