@@ -839,6 +839,36 @@ class CogLMTrainConfig:
     eval_samples: int = 256
 
 
+def load_training_inputs(data: str, tokenizer: str, vqvae: str) -> tuple[Any, Path, str, Any, Any]:
+    """Tokenizer, VQVAE folder and fingerprint, and the train (and test, if any) token data.
+
+    The token shards must come from this tokenizer and VQVAE, and hold only ids the tokenizer
+    knows: each mismatch is a one-line UserError naming the flag.
+    """
+    from cogview.checkpoint import resolve_checkpoint
+    from cogview.pretrained import load_vqvae
+    from tokenizer import TokenizerError, UnifiedTokenizer
+    from train.data.tokens import check_compatible, load_token_shards, read_info
+    from vqvae.model import fingerprint
+
+    if not Path(data).is_dir():
+        raise UserError(f"--data {data}: no such folder")
+    try:
+        tok = UnifiedTokenizer.load(tokenizer)
+    except TokenizerError as e:
+        raise UserError(f"--tokenizer: {e}") from e
+    vq_dir = resolve_checkpoint(vqvae)
+    vq_fp = fingerprint(load_vqvae(vq_dir))
+    check_compatible(read_info(data), tok, vq_fp)
+    train = load_token_shards(data, "train")
+    vocab_check(tok, train)
+    test = None
+    if any(Path(data).glob("test-*.tar")):
+        test = load_token_shards(data, "test")
+        vocab_check(tok, test)
+    return tok, vq_dir, vq_fp, train, test
+
+
 def train_coglm(
     run: CogLMTrainConfig,
     loop: LoopConfig,
@@ -848,13 +878,8 @@ def train_coglm(
     on_step: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """`cogview train`: load tokenizer, VQVAE and token shards, build the model, run the loop."""
-    from cogview.checkpoint import resolve_checkpoint
     from cogview.model import PRESETS, coglm_config
     from cogview.pipeline import coglm_extra, save_coglm
-    from cogview.pretrained import load_vqvae
-    from tokenizer import TokenizerError, UnifiedTokenizer
-    from train.data.tokens import check_compatible, load_token_shards, read_info
-    from vqvae.model import fingerprint
 
     if run.preset not in PRESETS:
         raise UserError(f"--preset {run.preset!r}; choose from {', '.join(PRESETS)}")
@@ -865,22 +890,7 @@ def train_coglm(
         raise UserError(f"--tasks/--loss: {e}") from e
     if not 0 <= run.text_dropout < 1:
         raise UserError("--text-dropout must lie in [0, 1)")
-    if not Path(run.data).is_dir():
-        raise UserError(f"--data {run.data}: no such folder")
-    try:
-        tok = UnifiedTokenizer.load(run.tokenizer)
-    except TokenizerError as e:
-        raise UserError(f"--tokenizer: {e}") from e
-    vq_dir = resolve_checkpoint(run.vqvae)
-    vq_fp = fingerprint(load_vqvae(vq_dir))
-    info = read_info(run.data)
-    check_compatible(info, tok, vq_fp)
-    train = load_token_shards(run.data, "train")
-    vocab_check(tok, train)
-    test = None
-    if any(Path(run.data).glob("test-*.tar")):
-        test = load_token_shards(run.data, "test")
-        vocab_check(tok, test)
+    tok, vq_dir, vq_fp, train, test = load_training_inputs(run.data, run.tokenizer, run.vqvae)
 
     torch.manual_seed(loop.seed)  # the same initial weights on every process
     model = CogLM(coglm_config(run.preset, tok.vocab_size))

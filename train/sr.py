@@ -29,7 +29,13 @@ from cogview.superres import (
     sr_config,
     sr_sample,
 )
-from train.lm import LoopConfig, TrainResult, autocast, run_objective, vocab_check
+from train.lm import (
+    LoopConfig,
+    TrainResult,
+    autocast,
+    load_training_inputs,
+    run_objective,
+)
 
 EVAL_SEED = 0  # the held-out LoPAR steps: the same at every evaluation
 EVAL_BATCH = 64
@@ -155,12 +161,7 @@ def train_sr(
     on_step: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """`cogview train-sr`: load tokenizer, VQVAE and token shards, build the model, run the loop."""
-    from cogview.checkpoint import resolve_checkpoint
-    from cogview.pretrained import load_vqvae
     from cogview.superres import save_sr, sr_extra
-    from tokenizer import TokenizerError, UnifiedTokenizer
-    from train.data.tokens import check_compatible, load_token_shards, read_info
-    from vqvae.model import fingerprint
 
     if run.preset not in SR_PRESETS:
         raise UserError(f"--preset {run.preset!r}; choose from {', '.join(SR_PRESETS)}")
@@ -170,23 +171,11 @@ def train_sr(
         raise UserError(f"--loss: {e}") from e
     if not 0 <= run.text_dropout <= 1:
         raise UserError("--text-dropout must lie in [0, 1]")
-    if not Path(run.data).is_dir():
-        raise UserError(f"--data {run.data}: no such folder")
-    try:
-        tok = UnifiedTokenizer.load(run.tokenizer)
-    except TokenizerError as e:
-        raise UserError(f"--tokenizer: {e}") from e
-    vq_dir = resolve_checkpoint(run.vqvae)
-    vq_fp = fingerprint(load_vqvae(vq_dir))
-    check_compatible(read_info(run.data), tok, vq_fp)
-    train = load_token_shards(run.data, "train")
-    vocab_check(tok, train)
+    tok, vq_dir, vq_fp, train, held = load_training_inputs(run.data, run.tokenizer, run.vqvae)
     lr, hr = _grids(train, run, "--data")
     test = None
-    if any(Path(run.data).glob("test-*.tar")):
-        data = load_token_shards(run.data, "test")
-        vocab_check(tok, data)
-        test = (*_grids(data, run, "--data (test split)"), data.text_ids)
+    if held is not None:
+        test = (*_grids(held, run, "--data (test split)"), held.text_ids)
 
     try:
         config = sr_config(
