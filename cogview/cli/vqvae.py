@@ -66,6 +66,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--eval-images", type=_positive, default=512)
     p.add_argument("--limit", type=_positive, default=None, help="use at most N training images")
     p.add_argument("--resume", action="store_true", help="continue from OUT's newest checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=_positive, default=None,
                    help="torch CPU threads (default: torch's choice; 1 is fastest on a busy "
@@ -196,7 +197,7 @@ def run_train(args: argparse.Namespace) -> int:
     counts = ", ".join(f"{len(v)} at {k} px" for k, v in train.items())
     print(f"training images: {counts}", file=sys.stderr)
     result = train_vqvae(model_config, config, train, args.out, test_images=test,
-                         resume=args.resume,
+                         resume=args.resume, progress=not args.no_progress,
                          extra={"data": str(args.data), "preset": args.preset})
     if result.checkpoint is not None:
         print(f"wrote {result.checkpoint} (step {result.step}, {result.seconds:.0f} s)")
