@@ -6,6 +6,8 @@
       model.safetensors  the weights sampling uses (the EMA weights when training kept an EMA)
       tokenizer.json     the vocabulary the model was trained with
       vqvae/             a copy of the VQVAE checkpoint folder its image codes come from
+      sampling.json      (optional) the sampling settings that score best with this model,
+                         SamplingConfig field names; command-line flags override them
       training_state.pt  (training runs only) optimizer, generator and RNG state
 
 Nothing else is needed to sample: `load_pipeline(MODEL)` rebuilds the model from config.json,
@@ -16,7 +18,7 @@ with.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,7 @@ from cogview.model import CogLM, CogLMConfig
 COGLM_KIND = "coglm"
 TOKENIZER_FILE = "tokenizer.json"
 VQVAE_DIR = "vqvae"
+SAMPLING_FILE = "sampling.json"
 
 
 @dataclass
@@ -49,6 +52,39 @@ class Pipeline:
     image_size: int  # pixels of the base images (the side of a square image)
     grid: tuple[int, int]  # (h, w) image codes per image
     meta: dict[str, Any]  # the checkpoint's extra JSON, plus "path" and "step"
+    sampling: dict[str, Any] = field(default_factory=dict)  # the folder's sampling.json
+
+
+def read_sampling_defaults(folder: str | Path) -> dict[str, Any]:
+    """The SamplingConfig fields a model folder's sampling.json sets ({} when it has none);
+    an unreadable file or an unknown field is an error naming the file."""
+    import json
+
+    from cogview.sampling import SamplingConfig, SamplingError
+
+    path = Path(folder) / SAMPLING_FILE
+    if not path.is_file():
+        return {}
+    try:
+        values = json.loads(path.read_text())
+        if not isinstance(values, dict):
+            raise ValueError("not a JSON object")
+        SamplingConfig(**values)  # unknown fields and bad values fail here
+    except (ValueError, TypeError, SamplingError) as e:
+        raise CheckpointError(f"{path}: {str(e).splitlines()[0]}") from None
+    return values
+
+
+def write_sampling_defaults(folder: str | Path, values: Mapping[str, Any]) -> Path:
+    """Write `values` (SamplingConfig fields) as the folder's sampling.json."""
+    import json
+
+    from cogview.sampling import SamplingConfig
+
+    SamplingConfig(**values)  # refuse what could not be read back
+    path = Path(folder) / SAMPLING_FILE
+    path.write_text(json.dumps(dict(values), indent=2) + "\n")
+    return path
 
 
 def coglm_extra(
@@ -192,4 +228,5 @@ def load_pipeline(path: str | Path, device: str | torch.device = "cpu") -> Pipel
         image_size=int(ckpt.extra["image_size"]),
         grid=(int(grid[0]), int(grid[1])),
         meta={**ckpt.extra, "path": str(ckpt.path), "step": ckpt.step},
+        sampling=read_sampling_defaults(ckpt.path),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 import shutil
 
@@ -103,6 +104,32 @@ def test_generate_prompts_file_guidance_clusters_rerank(model_dir, tmp_path, cap
     assert len(warning) == 1 and "truncated" in warning[0]
     assert "kept 2 of 3" in err
     assert (model_dir / CLUSTERS_FILE).is_file()  # the k-means is cached with the model
+
+
+def test_model_sampling_defaults_apply_and_flags_override_them(model_dir, tmp_path, capsys):
+    tuned = tmp_path / "tuned"
+    rc, out, err = run(capsys, f"export {model_dir} {tuned} --temperature 0.5 --top-k 3")
+    assert rc == 0, err
+    assert json.loads((tuned / "sampling.json").read_text()) == {"temperature": 0.5, "top_k": 3}
+    assert "sampling defaults" in out
+
+    def images(model, flags, name):
+        rc, _, err = run(capsys, f"generate 'a red circle' -n 3 --seed 1 --model {model} "
+                                 f"{flags} -o {tmp_path}/{name}")
+        assert rc == 0, err
+        return [png(tmp_path / name / f"a-red-circle-{i}.png") for i in range(3)]
+
+    by_default = images(tuned, "", "d")
+    assert all(map(np.array_equal, by_default, images(model_dir, "--temperature 0.5 --top-k 3",
+                                                      "e")))
+    # a flag given on the command line wins over sampling.json
+    overridden = images(tuned, "--temperature 1 --top-k 0", "f")
+    assert all(map(np.array_equal, overridden, images(model_dir, "", "g")))
+    assert not all(map(np.array_equal, by_default, overridden))
+
+    (tuned / "sampling.json").write_text('{"temprature": 0.5}')
+    rc, _, err = run(capsys, f"generate 'a red circle' --model {tuned} -o {tmp_path}/h")
+    assert rc == 2 and "sampling.json" in err and len(err.strip().splitlines()) == 1
 
 
 def test_cluster_cache_is_reused_and_refreshed(model_dir):

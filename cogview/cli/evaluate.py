@@ -152,12 +152,12 @@ def _run_eval(args: argparse.Namespace) -> int:
         config = EvalConfig(**{**base.__dict__, **overrides, "seed": args.seed})
     except ValueError as e:
         raise UserError(f"--n-*: {e}") from None
-    sampling = sampling_config(args)
     try:
         device = torch.device(args.device)
     except RuntimeError as e:
         raise UserError(f"--device {args.device}: {e}") from None
     pipe = load_pipeline(model_path_or_default(args.model, "coglm"), device=device)
+    sampling = sampling_config(args, pipe.sampling)
     held = None
     if args.data is not None:
         limit = max(config.n_captions, config.n_inpaint, config.n_loss, 1)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from cogview.cli.sample import _add_sampling_flags, sampling_flags
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -11,10 +13,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="copy a run's newest checkpoint, without training state, to a model folder",
         description="Copy the newest complete checkpoint of a training run (or one checkpoint "
         "folder) to DEST without its optimizer and RNG state: the folder that generate, "
-        "inpaint, caption, superres and eval read. DEST is replaced atomically.",
+        "inpaint, caption, superres and eval read. DEST is replaced atomically. Sampling "
+        "flags given here are stored as DEST/sampling.json, the model's defaults for "
+        "generate, inpaint and eval (flags given to those commands still win).",
     )
     p.add_argument("run", metavar="RUN", help="training run folder or checkpoint folder")
     p.add_argument("dest", metavar="DEST", help="model folder to write")
+    _add_sampling_flags(p)
     p.set_defaults(func=run_export)
 
 
@@ -27,9 +32,13 @@ def run_export(args: argparse.Namespace) -> int:
         load_checkpoint,
         resolve_checkpoint,
     )
+    from cogview.pipeline import SAMPLING_FILE, write_sampling_defaults
+    from cogview.sampling import SamplingConfig
 
     src = resolve_checkpoint(args.run)
     ck = load_checkpoint(src)  # refuses a corrupt checkpoint before anything is copied
+    sampling = sampling_flags(args)
+    SamplingConfig(**sampling)  # a bad value fails before anything is written
 
     def write(tmp):
         for item in src.iterdir():
@@ -37,11 +46,15 @@ def run_export(args: argparse.Namespace) -> int:
                 continue
             if item.is_dir():
                 shutil.copytree(item, tmp / item.name)
-            else:
+            elif item.name != SAMPLING_FILE or not sampling:
                 shutil.copyfile(item, tmp / item.name)
+        if sampling:
+            write_sampling_defaults(tmp, sampling)
 
     dest = atomic_write_dir(args.dest, write)
     size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())
     print(f"exported {ck.kind} checkpoint of step {ck.step} from {src}")
     print(f"wrote {dest} ({size / 1e6:.1f} MB)")
+    if sampling:
+        print(f"sampling defaults: {sampling}")
     return 0

@@ -57,64 +57,58 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _add_sampling_flags(p: argparse.ArgumentParser, images: bool = True) -> None:
-    g = p.add_argument_group("sampling")
-    g.add_argument(
-        "--temperature", type=float, metavar="T", default=1.0, help="0 = greedy (default: 1)"
+    """Sampling flags. They default to None: a flag not given takes the model folder's
+    sampling.json value, else SamplingConfig's default (see `sampling_config`)."""
+    g = p.add_argument_group(
+        "sampling (a flag not given takes the model's sampling.json value, else the default)"
     )
-    g.add_argument(
-        "--top-k", type=int, metavar="K", default=0, help="keep the k likeliest ids; 0 = off"
-    )
-    g.add_argument("--top-p", type=float, metavar="P", default=1.0, help="nucleus mass; 1 = off")
-    g.add_argument(
-        "--batch-size", type=int, metavar="B", default=32, help="samples per forward pass"
-    )
+    g.add_argument("--temperature", type=float, metavar="T", help="0 = greedy (default: 1)")
+    g.add_argument("--top-k", type=int, metavar="K", help="keep the k likeliest ids; 0 = off")
+    g.add_argument("--top-p", type=float, metavar="P", help="nucleus mass; 1 = off")
+    g.add_argument("--batch-size", type=int, metavar="B",
+                   help="samples per forward pass (default: 32)")
     if not images:
         return
-    g.add_argument(
-        "--cfg",
-        type=float,
-        metavar="SCALE",
-        default=1.0,
-        help="classifier-free guidance scale; 1 = off",
-    )
-    g.add_argument(
-        "--cluster", action="store_true", help="CogView2 cluster sampling over codebook clusters"
-    )
-    g.add_argument(
-        "--n-clusters", type=int, metavar="C", default=32, help="k-means clusters of the codebook"
-    )
-    g.add_argument(
-        "--top-clusters", type=int, metavar="C", default=4, help="clusters to draw from per step"
-    )
-    g.add_argument(
-        "--text-attention-bias",
-        type=float,
-        metavar="B",
-        default=0.0,
-        help="added to image tokens' attention towards text (CogView2); 0 = off",
-    )
+    g.add_argument("--cfg", type=float, metavar="SCALE",
+                   help="classifier-free guidance scale; 1 = off")
+    g.add_argument("--cluster", action=argparse.BooleanOptionalAction,
+                   help="CogView2 cluster sampling over codebook clusters")
+    g.add_argument("--n-clusters", type=int, metavar="C",
+                   help="k-means clusters of the codebook (default: 32)")
+    g.add_argument("--top-clusters", type=int, metavar="C",
+                   help="clusters to draw from per step (default: 4)")
+    g.add_argument("--text-attention-bias", type=float, metavar="B",
+                   help="added to image tokens' attention towards text (CogView2); 0 = off")
 
 
-def sampling_config(args: argparse.Namespace) -> SamplingConfig:
+SAMPLING_FLAGS = {  # SamplingConfig field -> argparse dest
+    "temperature": "temperature",
+    "top_k": "top_k",
+    "top_p": "top_p",
+    "batch_size": "batch_size",
+    "cfg_scale": "cfg",
+    "cluster": "cluster",
+    "n_clusters": "n_clusters",
+    "top_clusters": "top_clusters",
+    "text_attention_bias": "text_attention_bias",
+}
+
+
+def sampling_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The SamplingConfig fields given on the command line."""
+    given = {field: getattr(args, dest, None) for field, dest in SAMPLING_FLAGS.items()}
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def sampling_config(
+    args: argparse.Namespace, model_defaults: dict[str, Any] | None = None
+) -> SamplingConfig:
+    """SamplingConfig defaults, overridden by the model's sampling.json, then by the flags.
+    sampling.json holds image-generation settings: `caption` (no image flags) ignores it."""
     from cogview.sampling import SamplingConfig
 
-    fields = dict(
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        batch_size=args.batch_size,
-    )
-    image_flags = {
-        "cfg_scale": "cfg",
-        "cluster": "cluster",
-        "n_clusters": "n_clusters",
-        "top_clusters": "top_clusters",
-        "text_attention_bias": "text_attention_bias",
-    }
-    for field, flag in image_flags.items():
-        if hasattr(args, flag):  # `caption` has none of them
-            fields[field] = getattr(args, flag)
-    return SamplingConfig(**fields)
+    defaults = dict(model_defaults or {}) if hasattr(args, "cfg") else {}
+    return SamplingConfig(**{**defaults, **sampling_flags(args)})
 
 
 def _load(args: argparse.Namespace) -> Pipeline:
@@ -280,9 +274,9 @@ def run_generate(args: argparse.Namespace) -> int:
     if args.rerank is not None and args.rerank < args.n:
         raise UserError(f"--rerank {args.rerank}: needs at least -n ({args.n}) candidates")
     prompts = read_prompts(args.prompts) if args.prompts else [args.prompt]
-    config = sampling_config(args)
     out = _out_dir(args.out)
     pipe = _load(args)
+    config = sampling_config(args, pipe.sampling)
     sr = load_sr_for(args, pipe)
     tok = pipe.tokenizer
     clusters = model_clusters(pipe, config.n_clusters) if config.cluster else None
@@ -433,7 +427,6 @@ def run_inpaint(args: argparse.Namespace) -> int:
 
     if args.n < 1:
         raise UserError(f"-n must be >= 1, got {args.n}")
-    config = sampling_config(args)
     image = read_image(args.image)  # RGB, any size
     original = np.asarray(image, dtype=np.uint8)  # (H, W, 3)
     height, width = original.shape[:2]
@@ -446,6 +439,7 @@ def run_inpaint(args: argparse.Namespace) -> int:
         mask = resize_mask(mask, (height, width))
     out = _out_dir(args.out)
     pipe = _load(args)
+    config = sampling_config(args, pipe.sampling)
     sr = load_sr_for(args, pipe)
     tok = pipe.tokenizer
     size = pipe.image_size
