@@ -34,7 +34,13 @@ from torch import Tensor
 
 from cogview import detect, shapes
 from cogview.images import from_tensor, to_tensor
-from cogview.sampling import SamplingConfig, generate_captions, generate_images, inpaint
+from cogview.sampling import (
+    SamplingConfig,
+    caption_logprob,
+    generate_captions,
+    generate_images,
+    inpaint,
+)
 
 # attributes reported in this order (others follow alphabetically)
 KEY_ORDER = ("colour", "shape", "size", "position", "relation", "count", "all")
@@ -47,6 +53,7 @@ class EvalConfig:
 
     n_prompts: int = 240  # per prompt set (one object: up to 324; two objects: any number)
     n_per_prompt: int = 1  # images per prompt
+    rerank: int = 1  # text-to-image: candidates per image, the best kept by self-reranking
     n_captions: int = 100  # held-out images to caption
     n_inpaint: int = 100  # held-out images to inpaint
     n_fashion_per_class: int = 20  # generated images per fashion class
@@ -59,6 +66,8 @@ class EvalConfig:
                 raise ValueError(f"{name} must be >= 0, got {value}")
         if self.n_per_prompt < 1:
             raise ValueError("n_per_prompt must be >= 1")
+        if self.rerank < 1:
+            raise ValueError("rerank must be >= 1")
 
 
 QUICK = EvalConfig(
@@ -231,23 +240,33 @@ def eval_text_to_image(
     clusters: Tensor | None = None,
     progress: Progress | None = None,
     what: str = "t2i",
+    rerank: int = 1,
 ) -> dict[str, Any]:
-    """Generate `n_per_prompt` images per prompt, detect, and score against the prompt."""
+    """Generate `n_per_prompt` images per prompt, detect, and score against the prompt. With
+    `rerank` > 1 each image is the best of `rerank` candidates by the model's own
+    log p(prompt | image) (CogView self-reranking)."""
     if not prompts:
         return {"n": 0, "accuracy": {}}
     texts = [p for p, _ in prompts for _ in range(n_per_prompt)]
     attrs = [a for _, a in prompts for _ in range(n_per_prompt)]
-    update = (progress or Progress()).start(len(texts), what)
+    ids = _encode_texts(pipe.tokenizer, texts)
+    candidates = [t for t in ids for _ in range(rerank)]
+    update = (progress or Progress()).start(len(candidates), what)
     codes = generate_images(
         pipe.model,
         pipe.tokenizer,
-        _encode_texts(pipe.tokenizer, texts),
+        candidates,
         pipe.grid,
         sampling,
         generator,
         clusters=clusters,
         progress=update,
     )
+    if rerank > 1:
+        scores = caption_logprob(pipe.model, pipe.tokenizer, codes, candidates,
+                                 sampling.batch_size).view(len(texts), rerank)
+        best = scores.argmax(1) + torch.arange(len(texts), device=scores.device) * rerank
+        codes = codes[best.to(codes.device)]
     images = decode_codes(pipe.vqvae, codes.cpu(), sampling.batch_size)
     # detect.score, with the detections kept for the examples of failures
     found = [detect.detections_to_json(detect.detect(img)) for img in images]
@@ -479,15 +498,15 @@ def run_eval(
             "one_object": timed(
                 "t2i_one_object",
                 lambda: eval_text_to_image(
-                    pipe, one, config.n_per_prompt, sampling, generator,
-                    clusters=clusters, progress=progress, what="t2i (1 object)",
+                    pipe, one, config.n_per_prompt, sampling, generator, clusters=clusters,
+                    progress=progress, what="t2i (1 object)", rerank=config.rerank,
                 ),
             ),
             "two_objects": timed(
                 "t2i_two_objects",
                 lambda: eval_text_to_image(
-                    pipe, two, config.n_per_prompt, sampling, generator,
-                    clusters=clusters, progress=progress, what="t2i (2 objects)",
+                    pipe, two, config.n_per_prompt, sampling, generator, clusters=clusters,
+                    progress=progress, what="t2i (2 objects)", rerank=config.rerank,
                 ),
             ),
         }  # fmt: skip

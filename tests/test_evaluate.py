@@ -172,6 +172,33 @@ def test_eval_same_seed_same_report(tiny, tmp_path):
     assert reports[0]["t2i"] == reports[1]["t2i"]
 
 
+def test_eval_rerank_keeps_the_candidate_the_model_scores_best(tiny, monkeypatch):
+    from cogview import evaluate
+    from cogview.pipeline import load_pipeline
+    from cogview.sampling import SamplingConfig, caption_logprob, generate_images
+
+    pipe = load_pipeline(tiny / "model")
+    prompts = shapes.eval_prompts(1, 3)
+    sampling = SamplingConfig(batch_size=8)
+    kept = []
+    decode = evaluate.decode_codes
+    monkeypatch.setattr(evaluate, "decode_codes",
+                        lambda vq, codes, bs: kept.append(codes) or decode(vq, codes, bs))
+    g = torch.Generator().manual_seed(3)
+    report = evaluate.eval_text_to_image(pipe, prompts, 1, sampling, g, rerank=4)
+    assert report["n"] == 3 and kept[0].shape == (3, 8, 8)
+
+    ids = [pipe.tokenizer.encode_texts([p])[0] for p, _ in prompts]
+    repeated = [t for t in ids for _ in range(4)]
+    candidates = generate_images(pipe.model, pipe.tokenizer, repeated, pipe.grid, sampling,
+                                 torch.Generator().manual_seed(3))
+    scores = caption_logprob(pipe.model, pipe.tokenizer, candidates, repeated).view(3, 4)
+    for i in range(3):
+        best = int(scores[i].argmax())
+        assert torch.equal(kept[0][i], candidates[4 * i + best])
+        assert scores[i, best] == scores[i].max()
+
+
 @pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="dataset-fashion-mnist is not installed")
 def test_eval_fashion_part(tiny, tmp_path):
     from cogview.classifier import PRESETS, Classifier, save_classifier
