@@ -36,9 +36,9 @@ demo: setup
 # The recipe of the shipped default models (shapes, 32 px base, 64 px super-resolution), on a
 # CPU. Every training step resumes where an interrupted run stopped.
 DM := runs/default
-DM_VQ_STEPS ?= 2000
-DM_LM_STEPS ?= 6000
-DM_SR_STEPS ?= 3000
+DM_VQ_STEPS ?= 1000
+DM_LM_STEPS ?= 4000
+DM_SR_STEPS ?= 1500
 default-models: setup
 	test -f data/shapes/info.json || $(BIN)/cogview data shapes --out data/shapes --n 40000 --seed 0
 	test -f data/tokenizer.json || $(BIN)/cogview train-tokenizer data/shapes \
@@ -46,14 +46,15 @@ default-models: setup
 	$(BIN)/cogview train-vqvae --data data/shapes --preset small --out $(DM)/vqvae \
 	  --steps $(DM_VQ_STEPS) --batch-size 64 --lr 2e-3 --sizes 32,64 --save-every 250 --resume
 	$(BIN)/cogview export $(DM)/vqvae $(DM)/vqvae-final
-	$(BIN)/cogview encode data/shapes --vqvae $(DM)/vqvae-final --tokenizer data/tokenizer.json \
+	test -f $(DM)/tokens/info.json || $(BIN)/cogview encode data/shapes --vqvae $(DM)/vqvae-final \
+	  --tokenizer data/tokenizer.json \
 	  --sizes 32,64 --out $(DM)/tokens
 	$(BIN)/cogview train --data $(DM)/tokens --tokenizer data/tokenizer.json \
 	  --vqvae $(DM)/vqvae-final --preset small --out $(DM)/coglm --steps $(DM_LM_STEPS) \
 	  --batch-size 64 --ema 0.999 --save-every 250 --resume
 	$(BIN)/cogview train-sr --data $(DM)/tokens --tokenizer data/tokenizer.json \
 	  --vqvae $(DM)/vqvae-final --preset small --out $(DM)/sr --steps $(DM_SR_STEPS) \
-	  --save-every 250 --resume
+	  --batch-size 32 --save-every 250 --resume
 	$(BIN)/cogview export $(DM)/coglm cogview/defaults/shapes
 	$(BIN)/cogview export $(DM)/sr cogview/defaults/shapes-sr
 

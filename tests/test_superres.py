@@ -410,6 +410,22 @@ def test_generate_and_inpaint_chain_sr(sr_run, base_dir, tmp_path, capsys):
     assert "--sr-steps" in capsys.readouterr().err
 
 
+def test_bare_sr_flag_uses_the_shipped_sr_model(sr_run, base_dir, tmp_path, monkeypatch):
+    from PIL import Image
+
+    import cogview.defaults
+    from cogview.checkpoint import resolve_checkpoint
+
+    monkeypatch.setitem(cogview.defaults.DEFAULTS, "sr", resolve_checkpoint(sr_run["out"]))
+    out = tmp_path / "gen"
+    argv = ["generate", "a red circle", "-n", "1", "--seed", "2", "--model", str(base_dir)]
+    assert main([*argv, "--sr", "-o", str(out / "bare")]) == 0
+    assert main([*argv, "--sr", sr_run["out"], "-o", str(out / "given")]) == 0
+    bare = np.asarray(Image.open(out / "bare" / "a-red-circle-0.png"))
+    assert bare.shape == (64, 64, 3)
+    assert np.array_equal(bare, np.asarray(Image.open(out / "given" / "a-red-circle-0.png")))
+
+
 def test_generate_refuses_sr_of_another_codebook(sr_run, base_dir, tmp_path, capsys):
     from cogview.pretrained import save_vqvae
     from cogview.superres import save_sr, sr_extra

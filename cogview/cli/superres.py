@@ -71,11 +71,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_superres)
 
 
+SHIPPED_SR = ""  # the value of a bare `--sr`
+
+
 def add_sr_flags(p: argparse.ArgumentParser) -> None:
     """`--sr` for commands that make base-resolution images (generate, inpaint)."""
     g = p.add_argument_group("super-resolution")
-    g.add_argument("--sr", metavar="SR_DIR", default=None,
-                   help="super-resolve the results with this SR model folder (e.g. 32 -> 64 px)")
+    g.add_argument("--sr", metavar="SR_DIR", nargs="?", const=SHIPPED_SR, default=None,
+                   help="super-resolve the results (e.g. 32 -> 64 px) with this SR model "
+                   "folder; --sr alone: the shipped default SR model")
     g.add_argument("--sr-steps", type=int, metavar="K", default=None,
                    help="LoPAR passes of --sr, 1 = direct (default 2w-1)")
     g.add_argument("--sr-temperature", type=float, metavar="T", default=SR_TEMPERATURE,
@@ -87,10 +91,10 @@ def load_sr_for(args: argparse.Namespace, pipe):
     codes; None without `--sr`."""
     from cogview.superres import check_sr_fits, lopar_schedule
 
-    if not getattr(args, "sr", None):
+    if getattr(args, "sr", None) is None:
         return None
     device = next(pipe.model.parameters()).device
-    sr = load_sr_flag(args.sr, device)
+    sr = load_sr_flag(None if args.sr == SHIPPED_SR else args.sr, device)
     check_sr_fits(sr, pipe.tokenizer, pipe.vqvae, pipe.grid)
     if args.sr_steps is not None:
         lopar_schedule(sr.model.config.num_orders, args.sr_steps, flag="--sr-steps")
