@@ -25,7 +25,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -54,6 +54,7 @@ class EvalConfig:
     n_prompts: int = 240  # per prompt set (one object: up to 324; two objects: any number)
     n_per_prompt: int = 1  # images per prompt
     rerank: int = 1  # text-to-image: candidates per image, the best kept by self-reranking
+    caption_temperature: float = 0.0  # captioning is scored on the greedy caption by default
     n_captions: int = 100  # held-out images to caption
     n_inpaint: int = 100  # held-out images to inpaint
     n_fashion_per_class: int = 20  # generated images per fashion class
@@ -68,6 +69,7 @@ class EvalConfig:
             raise ValueError("n_per_prompt must be >= 1")
         if self.rerank < 1:
             raise ValueError("rerank must be >= 1")
+
 
 
 QUICK = EvalConfig(
@@ -512,11 +514,12 @@ def run_eval(
         }  # fmt: skip
     if held is not None and len(held):
         scored = held.with_attributes()
+        captioning = replace(sampling, temperature=config.caption_temperature)
         if config.n_captions:
             idx = scored[: config.n_captions]
             report["captioning"] = timed(
                 "captioning",
-                lambda: eval_captioning(pipe, held, idx, sampling, generator, progress=progress),
+                lambda: eval_captioning(pipe, held, idx, captioning, generator, progress=progress),
             )
         if config.n_inpaint:
             idx = scored[: config.n_inpaint]

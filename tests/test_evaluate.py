@@ -172,6 +172,21 @@ def test_eval_same_seed_same_report(tiny, tmp_path):
     assert reports[0]["t2i"] == reports[1]["t2i"]
 
 
+def test_eval_scores_greedy_captions_unless_told(tiny, tmp_path):
+    def captions(*flags):
+        args = ["eval", "--model", str(tiny / "model"), "--data", str(tiny / "shapes"),
+                "--n-prompts", "0", "--n-inpaint", "0", "--n-loss", "0", "--n-captions", "4",
+                "--threads", "1", "--json", str(tmp_path / "r.json"), *flags]
+        assert main(args) == 0
+        examples = json.loads((tmp_path / "r.json").read_text())["captioning"]["examples"]
+        return sorted(e["generated"] for e in examples)  # the seed also orders the images
+
+    # greedy decoding does not depend on the seed; sampling at temperature 1 does
+    assert captions("--seed", "0") == captions("--seed", "1")
+    sampled = [captions("--seed", str(s), "--caption-temperature", "1") for s in range(3)]
+    assert any(x != sampled[0] for x in sampled[1:])
+
+
 def test_eval_rerank_keeps_the_candidate_the_model_scores_best(tiny, monkeypatch):
     from cogview import evaluate
     from cogview.pipeline import load_pipeline

@@ -144,7 +144,8 @@ def _run_eval(args: argparse.Namespace) -> int:
         base = QUICK if args.quick else EvalConfig()
         overrides = {
             k: getattr(args, k)
-            for k in ("n_prompts", "n_per_prompt", "rerank", "n_captions", "n_inpaint", "n_loss")
+            for k in ("n_prompts", "n_per_prompt", "rerank", "n_captions", "caption_temperature",
+                      "n_inpaint", "n_loss")
             if getattr(args, k) is not None
         }
         if args.n_fashion is not None:
@@ -254,6 +255,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--rerank", type=int, metavar="N",
                    help="text-to-image: keep the best of N candidates by self-reranking (1)")
     p.add_argument("--n-captions", type=int, metavar="N", help="held-out images to caption")
+    p.add_argument("--caption-temperature", type=float, metavar="T",
+                   help="temperature of the scored captions (default: 0, greedy)")
     p.add_argument("--n-inpaint", type=int, metavar="N", help="held-out images to inpaint")
     p.add_argument("--n-loss", type=int, metavar="N", help="held-out samples for loss and PSNR")
     p.add_argument("--fashion-model", metavar="DIR", help="CogLM trained on Fashion-MNIST")
