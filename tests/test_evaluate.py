@@ -172,19 +172,35 @@ def test_eval_same_seed_same_report(tiny, tmp_path):
     assert reports[0]["t2i"] == reports[1]["t2i"]
 
 
-def test_eval_scores_greedy_captions_unless_told(tiny, tmp_path):
-    def captions(*flags):
-        args = ["eval", "--model", str(tiny / "model"), "--data", str(tiny / "shapes"),
-                "--n-prompts", "0", "--n-inpaint", "0", "--n-loss", "0", "--n-captions", "4",
-                "--threads", "1", "--json", str(tmp_path / "r.json"), *flags]
-        assert main(args) == 0
-        examples = json.loads((tmp_path / "r.json").read_text())["captioning"]["examples"]
-        return sorted(e["generated"] for e in examples)  # the seed also orders the images
+def test_eval_scores_greedy_captions_unless_told(tiny, monkeypatch):
+    from cogview import evaluate
+    from cogview.cli.evaluate import _load_held_out
+    from cogview.pipeline import load_pipeline
+    from cogview.sampling import SamplingConfig
 
-    # greedy decoding does not depend on the seed; sampling at temperature 1 does
-    assert captions("--seed", "0") == captions("--seed", "1")
-    sampled = [captions("--seed", str(s), "--caption-temperature", "1") for s in range(3)]
+    pipe = load_pipeline(tiny / "model")
+    held = _load_held_out(str(tiny / "shapes"), 32, 8, "test")
+    idx = held.with_attributes()[:4]
+
+    def examples(sampling, seed):
+        g = torch.Generator().manual_seed(seed)
+        return evaluate.eval_captioning(pipe, held, idx, sampling, g)["examples"]
+
+    # greedy captions do not depend on the seed; sampled ones do
+    greedy = SamplingConfig(temperature=0)
+    assert examples(greedy, 0) == examples(greedy, 1)
+    sampled = [examples(SamplingConfig(temperature=1), s) for s in range(3)]
     assert any(x != sampled[0] for x in sampled[1:])
+
+    # run_eval hands captioning the caption temperature, whatever the image sampling is
+    seen = []
+    monkeypatch.setattr(evaluate, "eval_captioning", lambda p, h, i, sampling, *a, **k: (
+        seen.append(sampling.temperature) or {"n": 0, "accuracy": {}, "stated": {}}))
+    config = evaluate.EvalConfig(n_prompts=0, n_captions=2, n_inpaint=0, n_loss=0)
+    evaluate.run_eval(pipe, held, config, SamplingConfig(temperature=0.7))
+    evaluate.run_eval(pipe, held, evaluate.EvalConfig(n_prompts=0, n_captions=2, n_inpaint=0,
+                      n_loss=0, caption_temperature=1.0), SamplingConfig(temperature=0.7))
+    assert seen == [0.0, 1.0]
 
 
 def test_eval_rerank_keeps_the_candidate_the_model_scores_best(tiny, monkeypatch):
