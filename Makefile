@@ -24,7 +24,7 @@ test: setup
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
-# text-to-image, inpainting and captioning with the shipped default model
+# text-to-image, inpainting, captioning and super-resolution with the shipped default models
 DEMO_ASSETS := cogview/defaults/demo
 demo: setup
 	$(BIN)/cogview generate "a red circle at the top left" -n 8 --seed 0 -o demo/generate
@@ -32,6 +32,7 @@ demo: setup
 	$(BIN)/cogview inpaint --image $(DEMO_ASSETS)/scene.png --mask $(DEMO_ASSETS)/mask.png \
 	  --prompt "a small yellow triangle at the bottom right" -n 4 --seed 0 -o demo/inpaint
 	$(BIN)/cogview caption $(DEMO_ASSETS)/scene.png -n 3 --seed 0
+	$(BIN)/cogview generate "a large purple triangle in the center" -n 4 --seed 0 --sr -o demo/sr
 
 # The recipe of the shipped default models (shapes, 32 px base, 64 px super-resolution), on a
 # CPU. Every training step resumes where an interrupted run stopped.
