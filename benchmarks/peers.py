@@ -104,14 +104,6 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 # ---------------------------------------------------------------------------------------------
 # contenders: each gives a training step and a generation call on shared data
 
@@ -336,7 +328,9 @@ def run(args: argparse.Namespace) -> dict:
     contenders: dict[str, tuple] = {}
     ours_fp32 = make_ours(tok, ours, text, codes, gen_text, "fp32")
     contenders["cogview (ours)|fp32"] = (ours, *ours_fp32)
-    bf16 = has_bf16() and not args.no_bf16
+    from cogview.devices import cpu_has_bf16  # on the path since build_ours
+
+    bf16 = cpu_has_bf16() and not args.no_bf16
     if bf16:
         contenders["cogview (ours)|bf16 autocast"] = (
             ours,

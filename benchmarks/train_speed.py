@@ -30,10 +30,11 @@ from typing import Any
 
 import torch
 
+from cogview.devices import cpu_has_bf16
 from cogview.losses import LossConfig
 from cogview.masks import IGNORE, MaskingScheduler, TaskSchedule, TaskSequence
 from cogview.model import CogLM, coglm_config
-from train.lm import CogLMObjective, LoopConfig, cpu_has_bf16, train_loop
+from train.lm import CogLMObjective, LoopConfig, train_loop
 
 TEXT_VOCAB = 1024
 IMAGE_CODES = 512

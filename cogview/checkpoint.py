@@ -77,14 +77,19 @@ def _fsync_dir(path: Path) -> None:
 
 
 def atomic_write_dir(path: str | Path, write: Any) -> Path:
-    """Call `write(tmp_dir)` to fill a temporary folder, then rename it to `path` in one step."""
+    """Call `write(tmp_dir)` to fill a temporary folder, then rename it to `path` in one step.
+    If `write` raises, the temporary folder is removed and `path` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    write(tmp)
+    try:
+        write(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     for f in tmp.iterdir():
         if f.is_file():
             with open(f, "rb") as fh:

@@ -36,7 +36,7 @@ from cogview import detect, shapes
 from cogview.images import from_tensor, to_tensor
 from cogview.sampling import (
     SamplingConfig,
-    caption_logprob,
+    best_candidates,
     generate_captions,
     generate_images,
     inpaint,
@@ -69,7 +69,6 @@ class EvalConfig:
             raise ValueError("n_per_prompt must be >= 1")
         if self.rerank < 1:
             raise ValueError("rerank must be >= 1")
-
 
 
 QUICK = EvalConfig(
@@ -265,10 +264,10 @@ def eval_text_to_image(
         progress=update,
     )
     if rerank > 1:
-        scores = caption_logprob(pipe.model, pipe.tokenizer, codes, candidates,
-                                 sampling.batch_size).view(len(texts), rerank)
-        best = scores.argmax(1) + torch.arange(len(texts), device=scores.device) * rerank
-        codes = codes[best.to(codes.device)]
+        best, _ = best_candidates(pipe.model, pipe.tokenizer, codes, candidates, rerank,
+                                  batch_size=sampling.batch_size)
+        first = torch.arange(len(texts), device=best.device) * rerank  # each group's start
+        codes = codes[(first + best[:, 0]).to(codes.device)]
     images = decode_codes(pipe.vqvae, codes.cpu(), sampling.batch_size)
     # detect.score, with the detections kept for the examples of failures
     found = [detect.detections_to_json(detect.detect(img)) for img in images]

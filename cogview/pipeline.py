@@ -17,6 +17,7 @@ with.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,8 +59,6 @@ class Pipeline:
 def read_sampling_defaults(folder: str | Path) -> dict[str, Any]:
     """The SamplingConfig fields a model folder's sampling.json sets ({} when it has none);
     an unreadable file or an unknown field is an error naming the file."""
-    import json
-
     from cogview.sampling import SamplingConfig, SamplingError
 
     path = Path(folder) / SAMPLING_FILE
@@ -77,8 +76,6 @@ def read_sampling_defaults(folder: str | Path) -> dict[str, Any]:
 
 def write_sampling_defaults(folder: str | Path, values: Mapping[str, Any]) -> Path:
     """Write `values` (SamplingConfig fields) as the folder's sampling.json."""
-    import json
-
     from cogview.sampling import SamplingConfig
 
     SamplingConfig(**values)  # refuse what could not be read back

@@ -629,6 +629,24 @@ def rerank(
         clusters=clusters,
         progress=progress,
     )
-    scores = caption_logprob(model, tokenizer, codes, list(text_ids), config.batch_size)
-    best = scores.argsort(descending=True, stable=True)[:keep]
-    return Reranked(codes=codes[best], scores=scores[best], all_scores=scores)
+    best, scores = best_candidates(model, tokenizer, codes, [list(text_ids)] * n_candidates,
+                                   n_candidates, keep, config.batch_size)
+    return Reranked(codes=codes[best[0]], scores=scores[0, best[0]], all_scores=scores[0])
+
+
+@torch.inference_mode()
+def best_candidates(
+    model: CogLM,
+    tokenizer,
+    codes: Tensor,
+    text_ids: Sequence[Sequence[int]],
+    n_candidates: int,
+    keep: int = 1,
+    batch_size: int = 64,
+) -> tuple[Tensor, Tensor]:
+    """Self-reranking of P groups of `n_candidates` consecutive images (P * n, h, w), each row
+    with its prompt in `text_ids`. Returns the `keep` best of each group, best first, as
+    indices into the group (P, keep), and every score (P, n): mean log p(prompt | image)."""
+    scores = caption_logprob(model, tokenizer, codes, text_ids, batch_size)
+    scores = scores.view(-1, n_candidates)
+    return scores.argsort(dim=1, descending=True, stable=True)[:, :keep], scores

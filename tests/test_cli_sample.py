@@ -127,6 +127,11 @@ def test_model_sampling_defaults_apply_and_flags_override_them(model_dir, tmp_pa
     assert all(map(np.array_equal, overridden, images(model_dir, "", "g")))
     assert not all(map(np.array_equal, by_default, overridden))
 
+    # a bad value: one line, exit 2, and neither DEST nor a half-written folder left behind
+    rc, _, err = run(capsys, f"export {model_dir} {tmp_path}/bad --temperature -1")
+    assert rc == 2 and "--temperature" in err
+    assert not any(p.name.startswith((".bad", "bad")) for p in tmp_path.iterdir())
+
     (tuned / "sampling.json").write_text('{"temprature": 0.5}')
     rc, _, err = run(capsys, f"generate 'a red circle' --model {tuned} -o {tmp_path}/h")
     assert rc == 2 and "sampling.json" in err and len(err.strip().splitlines()) == 1

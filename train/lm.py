@@ -45,6 +45,7 @@ from cogview.checkpoint import (
     step_dir_name,
     step_dirs,
 )
+from cogview.devices import cpu_has_bf16
 from cogview.errors import UserError
 from cogview.losses import LossConfig, LossSums, lm_loss
 from cogview.masks import (
@@ -113,15 +114,6 @@ def lr_at(step: int, cfg: LoopConfig) -> float:
         return cfg.lr * (step + 1) / cfg.warmup
     progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * progress))
-
-
-def cpu_has_bf16() -> bool:
-    """True where the CPU has native bf16 dot products (AVX-512 BF16 or AMX), so autocast pays."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

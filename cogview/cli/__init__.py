@@ -11,6 +11,7 @@ import argparse
 import importlib
 import os
 import sys
+from collections.abc import Callable
 
 from cogview.errors import UserError
 
@@ -24,6 +25,25 @@ COMMAND_MODULES = (
     "cogview.cli.evaluate",
     "cogview.cli.export",
 )
+
+
+def with_threads(
+    threads: int | None, fn: Callable[[argparse.Namespace], int], args: argparse.Namespace
+) -> int:
+    """fn(args) with torch using `threads` CPU threads (None: torch's choice), the caller's
+    setting restored after (tests and notebooks call `main` in their own process)."""
+    import torch
+
+    if threads is None:
+        return fn(args)
+    if threads < 1:
+        raise UserError(f"--threads must be >= 1, got {threads}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return fn(args)
+    finally:
+        torch.set_num_threads(before)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cogview.cli import with_threads
 from cogview.errors import UserError
 
 
@@ -111,32 +112,15 @@ def _load_fashion(args: argparse.Namespace, device: Any, limit: int):
     return FashionEval(pipe, clf, names, prompts, test.images, labels)
 
 
-def _with_threads(threads: int | None, fn: Any, args: argparse.Namespace) -> int:
-    """fn(args) with torch using `threads` CPU threads, the caller's setting restored after
-    (tests and notebooks call `main` in their own process)."""
-    import torch
-
-    if threads is None:
-        return fn(args)
-    if threads < 1:
-        raise UserError(f"--threads must be >= 1, got {threads}")
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        return fn(args)
-    finally:
-        torch.set_num_threads(before)
-
-
 def run_eval_command(args: argparse.Namespace) -> int:
-    return _with_threads(args.threads, _run_eval, args)
+    return with_threads(args.threads, _run_eval, args)
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    import torch
 
     from cogview.cli.sample import model_clusters, sampling_config
     from cogview.defaults import model_path_or_default
+    from cogview.devices import parse_device
     from cogview.evaluate import QUICK, EvalConfig, format_report, run_eval
     from cogview.pipeline import load_pipeline
 
@@ -153,10 +137,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         config = EvalConfig(**{**base.__dict__, **overrides, "seed": args.seed})
     except ValueError as e:
         raise UserError(f"--n-*: {e}") from None
-    try:
-        device = torch.device(args.device)
-    except RuntimeError as e:
-        raise UserError(f"--device {args.device}: {e}") from None
+    device = parse_device(args.device)
     pipe = load_pipeline(model_path_or_default(args.model, "coglm"), device=device)
     sampling = sampling_config(args, pipe.sampling)
     held = None
@@ -199,7 +180,7 @@ def _finite(x: Any) -> Any:
 
 
 def run_train_classifier(args: argparse.Namespace) -> int:
-    return _with_threads(args.threads, _run_train_classifier, args)
+    return with_threads(args.threads, _run_train_classifier, args)
 
 
 def _run_train_classifier(args: argparse.Namespace) -> int:

@@ -33,12 +33,10 @@ def run_export(args: argparse.Namespace) -> int:
         resolve_checkpoint,
     )
     from cogview.pipeline import SAMPLING_FILE, write_sampling_defaults
-    from cogview.sampling import SamplingConfig
 
     src = resolve_checkpoint(args.run)
     ck = load_checkpoint(src)  # refuses a corrupt checkpoint before anything is copied
     sampling = sampling_flags(args)
-    SamplingConfig(**sampling)  # a bad value fails before anything is written
 
     def write(tmp):
         for item in src.iterdir():

@@ -115,14 +115,10 @@ def _load(args: argparse.Namespace) -> Pipeline:
     import torch
 
     from cogview.defaults import model_path_or_default
+    from cogview.devices import parse_device
     from cogview.pipeline import load_pipeline
 
-    try:
-        device = torch.device(args.device)
-        torch.empty(0, device=device)  # a device this torch build cannot use fails here
-    except (RuntimeError, AssertionError) as e:
-        why = str(e).splitlines()[0] if str(e) else e.__class__.__name__
-        raise UserError(f"--device {args.device}: {why}") from None
+    device = parse_device(args.device)
     pipe = load_pipeline(model_path_or_default(args.model, "coglm"), device=device)
     if args.dtype != "float32":
         # the transformer only: weights and KV cache in bf16 halve the memory traffic of

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from cogview.cli.train import add_loop_flags, loop_config
+from cogview.cli.train import add_input_flags, add_loop_flags, loop_config
 from cogview.errors import UserError
 
 # argmax: on held-out shapes, sampling at T=1 cost ~3 dB PSNR against the argmax output
@@ -29,11 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
         allow_abbrev=False,
     )
-    p.add_argument("--data", required=True, help="token shard folder with codes at two sizes")
-    p.add_argument("--tokenizer", required=True, help="tokenizer JSON the shards were made with")
-    p.add_argument("--vqvae", required=True, help="VQVAE checkpoint folder the codes came from")
-    p.add_argument("--preset", default="small", help="model size: tiny, small (default small)")
-    p.add_argument("--out", required=True, help="run folder for checkpoints and metrics")
+    add_input_flags(p, data_help="token shard folder with codes at two sizes",
+                    preset_help="model size: tiny, small (default small)")
     p.add_argument("--low-res", type=int, default=32,
                    help="input image size in pixels: the code grid read (default 32)")
     p.add_argument("--image-size", type=int, default=64,
@@ -181,6 +178,7 @@ def load_sr_flag(path: str | None, device: str, flag: str = "--sr"):
 def run_superres(args: argparse.Namespace) -> int:
     import torch
 
+    from cogview.devices import parse_device
     from cogview.images import fit, from_tensor, read_image, to_tensor
 
     out = Path(args.output)
@@ -188,12 +186,7 @@ def run_superres(args: argparse.Namespace) -> int:
     if fmt is None:
         raise UserError(f"-o {out}: unknown image suffix; use one of {', '.join(IMAGE_SUFFIXES)}")
     image = read_image(args.image)
-    try:
-        device = torch.device(args.device)
-        torch.empty(0, device=device)  # a device this torch build cannot use fails here
-    except (RuntimeError, AssertionError) as e:
-        why = str(e).splitlines()[0] if str(e) else e.__class__.__name__
-        raise UserError(f"--device {args.device}: {why}") from None
+    device = parse_device(args.device)
     sr = load_sr_flag(args.model, device, flag="--model")
     sampling = sr_sampling(args)
     size = sr.low_res_size

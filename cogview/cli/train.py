@@ -23,11 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
         allow_abbrev=False,
     )
-    p.add_argument("--data", required=True, help="token shard folder (cogview encode --out)")
-    p.add_argument("--tokenizer", required=True, help="tokenizer JSON the shards were made with")
-    p.add_argument("--vqvae", required=True, help="VQVAE checkpoint folder the codes came from")
-    p.add_argument("--preset", default="small", help="model size: tiny, small, base, large, xl")
-    p.add_argument("--out", required=True, help="run folder for checkpoints and metrics")
+    add_input_flags(p, data_help="token shard folder (cogview encode --out)",
+                    preset_help="model size: tiny, small, base, large, xl")
     p.add_argument("--tasks", default=DEFAULT_TASKS,
                    help=f"task weights over steps, e.g. '0:t2i=1;2000:t2i=0.6,cap=0.2,inp=0.2' "
                    f"(default '{DEFAULT_TASKS}')")
@@ -37,6 +34,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="which code grid of the shards to train on, in pixels (default 32)")
     add_loop_flags(p)
     p.set_defaults(func=run_train)
+
+
+def add_input_flags(p: argparse.ArgumentParser, *, data_help: str, preset_help: str) -> None:
+    """What a trainer on token shards reads and writes: shards, tokenizer, VQVAE, preset, run."""
+    p.add_argument("--data", required=True, help=data_help)
+    p.add_argument("--tokenizer", required=True, help="tokenizer JSON the shards were made with")
+    p.add_argument("--vqvae", required=True, help="VQVAE checkpoint folder the codes came from")
+    p.add_argument("--preset", default="small", help=preset_help)
+    p.add_argument("--out", required=True, help="run folder for checkpoints and metrics")
 
 
 def add_loop_flags(p: argparse.ArgumentParser) -> None:

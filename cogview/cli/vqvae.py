@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cogview.cli import with_threads
 from cogview.errors import UserError
 
 
@@ -168,14 +169,14 @@ def _require_dir(path: str, flag: str) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    return with_threads(args.threads, _run_train, args)
+
+
+def _run_train(args: argparse.Namespace) -> int:
     from train.vqvae import VQVAETrainConfig, load_image_sets, train_vqvae
     from vqvae.model import vqvae_config
 
     _require_dir(args.data, "--data")
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     try:
         config = VQVAETrainConfig(
             steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
