@@ -48,7 +48,8 @@ class CogLMConfig:
 # named sizes; vocab_size comes from the tokenizer when a model is built
 PRESETS: dict[str, dict] = {
     "tiny": dict(dim=64, n_layers=2, n_heads=4, max_seq_len=512),
-    "small": dict(dim=256, n_layers=6, n_heads=8, max_seq_len=512),
+    "small": dict(dim=256, n_layers=6, n_heads=8, max_seq_len=512),  # ~5M
+    "medium": dict(dim=384, n_layers=8, n_heads=6, max_seq_len=512),  # ~15M
     "base": dict(dim=768, n_layers=14, n_heads=12, max_seq_len=1024),  # ~100M
     "large": dict(dim=1024, n_layers=28, n_heads=16, max_seq_len=1024),  # ~350M
     "xl": dict(dim=2048, n_layers=20, n_heads=16, max_seq_len=1024),  # ~1B

@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         allow_abbrev=False,
     )
     add_input_flags(p, data_help="token shard folder (cogview encode --out)",
-                    preset_help="model size: tiny, small, base, large, xl")
+                    preset_help="model size: tiny, small, medium, base, large, xl")
     p.add_argument("--tasks", default=DEFAULT_TASKS,
                    help=f"task weights over steps, e.g. '0:t2i=1;2000:t2i=0.6,cap=0.2,inp=0.2' "
                    f"(default '{DEFAULT_TASKS}')")
