@@ -24,7 +24,7 @@ PY=${PYTHON:-python3}
 W=${WORK:-/tmp/gpu-work}
 mkdir -p "$OUT" "$W"
 exec > >(tee "$OUT/run.log") 2>&1
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
 WHEELS=${WHEELS:-.whl}
 if [ -d "$WHEELS" ]; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
