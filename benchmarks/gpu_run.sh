@@ -39,18 +39,23 @@ date -u
 ( $PY benchmarks/token_pack.py unpack "$IN/shapes.npz" "$W/shapes" &&
   $PY benchmarks/token_pack.py unpack "$IN/fashion.npz" "$W/fashion" ) > "$W/unpack.log" 2>&1 &
 UNPACK=$!
-timeout 150 $PY benchmarks/gpu.py --json "$W/gpu.json"
-timeout 60 $PY benchmarks/sr_speed.py --device cuda --preset small --batch 1,8 --reps 5
+if [ -z "${SKIP_BENCH:-}" ]; then
+  timeout 150 $PY benchmarks/gpu.py --json "$W/gpu.json"
+  timeout 60 $PY benchmarks/sr_speed.py --device cuda --preset small --batch 1,8 --reps 5
+fi
 wait $UNPACK
 cat "$W/unpack.log"
 date -u
 
 # name -> data, tokenizer, VQVAE, preset
 declare -A RUN=(
-  [shapes-medium]="$W/shapes data/tokenizer.json cogview/defaults/shapes/vqvae medium"
-  [shapes-small]="$W/shapes data/tokenizer.json cogview/defaults/shapes/vqvae small"
+  [shapes-medium]="$W/shapes cogview/defaults/shapes/tokenizer.json cogview/defaults/shapes/vqvae medium"
+  [shapes-small]="$W/shapes cogview/defaults/shapes/tokenizer.json cogview/defaults/shapes/vqvae small"
   [fashion]="$W/fashion $IN/fashion-tokenizer.json $IN/vqvae-fashion small"
 )
+for r in "${!RUN[@]}"; do  # ONLY="a b": train only those
+  [[ -z "${ONLY:-}" || " $ONLY " == *" $r "* ]] || unset "RUN[$r]"
+done
 train() {  # name out steps [timeout]
   read -r data tok vq preset <<< "${RUN[$1]}"
   timeout -s INT "${4:-600}" $PY -m cogview train --data "$data" --tokenizer "$tok" \

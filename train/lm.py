@@ -576,7 +576,7 @@ def train_loop(
     g_state = g.get_state()  # the generator as the next step's draw finds it
     # on a CPU the cores are busy computing: drawing ahead would only compete with them
     if draw_ahead is None:
-        draw_ahead = device.type == "cuda"
+        draw_ahead = False
     batches = BatchAhead(prepare, step, cfg.steps, ahead=draw_ahead)
     try:
         with StopSignals() as signals, batches:
