@@ -6,9 +6,7 @@ In one run, on the GPU the process sees:
 - the bf16 and tf32 peaks of an 8192^3 matmul (CUDA events, median of 10 after warm-up);
 - CogLM training through `train.lm.train_loop` on DeepSpeed (ZeRO 2, bf16, one process) and on
   the plain loop under bf16 autocast, for the small and base presets, with tokens/s and model
-  FLOP utilisation counted as in `benchmarks/train_speed.py`; the plain loop also without the
-  batch drawn ahead in a thread (`draw_ahead=False`), to show what the masking scheduler's CPU
-  work costs a GPU;
+  FLOP utilisation counted as in `benchmarks/train_speed.py`;
 - text-to-image sampling (64 codes per image) with and without the KV cache, small preset.
 
 The LoPAR against raster-AR super-resolution figures come from `benchmarks/sr_speed.py
@@ -69,8 +67,8 @@ def matmul_peaks(n: int = 8192) -> dict[str, float]:
     return peaks
 
 
-def train_rate(preset: str, batch: int, steps: int, backend: str, draw_ahead: bool = True,
-               warmup: int = 5, device: str = "cuda") -> dict[str, float]:
+def train_rate(preset: str, batch: int, steps: int, backend: str, warmup: int = 5,
+               device: str = "cuda") -> dict[str, float]:
     """tokens/s and useful FLOP/s of `steps` timed training steps (after `warmup`)."""
     tok = SyntheticTokenizer()
     torch.manual_seed(0)
@@ -91,12 +89,12 @@ def train_rate(preset: str, batch: int, steps: int, backend: str, draw_ahead: bo
     else:
         engine = LocalBackend(module, loop, torch.device(device))
     with tempfile.TemporaryDirectory() as out:
-        train_loop(counting, loop, out, backend=engine, progress=False, draw_ahead=draw_ahead)
+        train_loop(counting, loop, out, backend=engine, progress=False)
         records = [json.loads(x) for x in (Path(out) / "metrics.jsonl").read_text().splitlines()]
     timed = [r for r in records if "tokens_per_s" in r][warmup:]
     seconds = sum(r["step_s"] for r in timed)
     tokens = sum(r["tokens_per_s"] * r["step_s"] for r in timed)
-    return {"preset": preset, "batch": batch, "backend": backend, "draw_ahead": draw_ahead,
+    return {"preset": preset, "batch": batch, "backend": backend,
             "params_m": model.num_params() / 1e6, "step_ms": 1e3 * seconds / len(timed),
             "tokens_per_s": tokens / seconds,
             "flops_per_s": sum(counting.flops[warmup:]) / seconds}
@@ -138,23 +136,22 @@ def main() -> None:
           flush=True)
 
     rows = []
-    for preset, batch, backend, ahead in (
-        ("small", 256, "deepspeed", True),
-        ("small", 256, "local", True),
-        ("small", 256, "local", False),
-        ("base", 64, "deepspeed", True),
-        ("base", 256, "deepspeed", True),
-        ("base", 256, "local", True),
+    for preset, batch, backend in (
+        ("small", 256, "deepspeed"),
+        ("small", 256, "local"),
+        ("base", 64, "deepspeed"),
+        ("base", 256, "deepspeed"),
+        ("base", 256, "local"),
     ):
         try:
-            r = train_rate(preset, batch, args.steps, backend, ahead)
+            r = train_rate(preset, batch, args.steps, backend)
         except Exception as e:  # one failed row must not lose the others
             print(f"train {preset} batch {batch} {backend}: failed: {e!r}", flush=True)
             continue
         r["mfu_bf16"] = r["flops_per_s"] / peaks["bf16"]
         rows.append(r)
-        print(f"train {preset:<6} {r['params_m']:6.1f}M batch {batch:4d} {backend:<9} "
-              f"ahead {str(ahead):<5}: {r['step_ms']:7.1f} ms/step "
+        print(f"train {preset:<6} {r['params_m']:6.1f}M batch {batch:4d} {backend:<9}: "
+              f"{r['step_ms']:7.1f} ms/step "
               f"{r['tokens_per_s']:10.0f} tokens/s  MFU {r['mfu_bf16']:6.1%}", flush=True)
     report["train"] = rows
 

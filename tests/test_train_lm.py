@@ -184,32 +184,6 @@ def test_resume_after_sigint_equals_uninterrupted_run(inputs, tmp_path):
     assert steps == [1, 2, 3, 4, 5, 6] + [6] * (len(steps) - 6)
 
 
-def test_drawing_ahead_gives_the_same_run_and_resumes_exactly(inputs, tmp_path, monkeypatch):
-    """Batches drawn in a thread one step early (as on a GPU): same losses, same checkpoints."""
-    import functools
-    import threading
-
-    import train.lm as lm
-
-    loop = _loop()
-    plain = train_coglm(_run(inputs, tmp_path / "plain"), loop, progress=False)
-    monkeypatch.setattr(lm, "train_loop", functools.partial(lm.train_loop, draw_ahead=True))
-    threads = []
-
-    def interrupt(step: int) -> None:
-        threads.append(any(t.name == "batch-ahead" for t in threading.enumerate()))
-        if step == 4:
-            os.kill(os.getpid(), signal.SIGINT)
-
-    part = train_coglm(_run(inputs, tmp_path / "ahead"), loop, progress=False, on_step=interrupt)
-    assert part.step == 4 and all(threads)
-    rest = train_coglm(_run(inputs, tmp_path / "ahead"), loop, progress=False, resume=True)
-    assert part.losses + rest.losses == plain.losses
-    a, b = _weights(tmp_path / "plain"), _weights(tmp_path / "ahead")
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    assert not any(t.name == "batch-ahead" for t in threading.enumerate())
-
-
 def test_checkpoint_folder_loads_as_pipeline(inputs, tmp_path):
     from cogview.pipeline import load_pipeline
 

@@ -473,14 +473,12 @@ def train_loop(
     resume: bool = False,
     progress: bool = True,
     on_step: Callable[[int], None] | None = None,
-    draw_ahead: bool | None = None,
 ) -> TrainResult:
     """Train `objective.model` for `cfg.steps` optimizer steps; checkpoints go to `out_dir`.
 
     With `resume`, training continues from the newest complete `step-N` folder in `out_dir`
     and ends with the same weights as an uninterrupted run. `on_step(step)` is called after
-    every optimizer step (tests use it to send signals). `draw_ahead` prepares the next batch
-    in a thread while a step computes (default: on a GPU only); the batches are the same.
+    every optimizer step (tests use it to send signals).
     """
     out_dir = Path(out_dir)
     if backend is None:
@@ -518,7 +516,7 @@ def train_loop(
         training_state = {
             "step": at,
             "world": world,
-            "generator": g_state,
+            "generator": g.get_state(),
             "rng": _rng_state(),
             "loop": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()},
         }
@@ -561,42 +559,27 @@ def train_loop(
         bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", file=sys.stderr,
                    dynamic_ncols=True)
     model.train()
-
-    def prepare(at: int) -> PreparedBatch:
-        samples = objective.draw(at, cfg.batch_size, g)
-        n_tokens, n_targets = objective.count(samples)
-        mine = samples[rank * micro * cfg.grad_accum : (rank + 1) * micro * cfg.grad_accum]
-        micro_batches = []
-        for k in range(cfg.grad_accum):
-            chunk = mine[k * micro : (k + 1) * micro]
-            parts = group(chunk) if backend.multi_backward else [chunk]
-            micro_batches.append([objective.collate(part) for part in parts])
-        return PreparedBatch(micro_batches, n_tokens, n_targets, g.get_state())
-
-    g_state = g.get_state()  # the generator as the next step's draw finds it
-    # on a CPU the cores are busy computing: drawing ahead would only compete with them
-    if draw_ahead is None:
-        draw_ahead = False
-    batches = BatchAhead(prepare, step, cfg.steps, ahead=draw_ahead)
     try:
-        with StopSignals() as signals, batches:
+        with StopSignals() as signals:
             while step < cfg.steps:
                 t0 = time.perf_counter()
                 lr = lr_at(step, cfg)
-                prepared = batches.next(step)
-                n_tokens, n_targets = prepared.n_tokens, prepared.n_targets
+                samples = objective.draw(step, cfg.batch_size, g)
+                n_tokens, n_targets = objective.count(samples)
+                mine = samples[rank * micro * cfg.grad_accum : (rank + 1) * micro * cfg.grad_accum]
                 sums = torch.zeros(n_tasks, device=device)
                 counts = torch.zeros(n_tasks, device=device)
-                for k, parts in enumerate(prepared.micro_batches):
+                for k in range(cfg.grad_accum):
+                    chunk = mine[k * micro : (k + 1) * micro]
+                    parts = group(chunk) if backend.multi_backward else [chunk]
                     for j, part in enumerate(parts):
-                        batch = part.to(device)
+                        batch = objective.collate(part).to(device)
                         total, task_sums, task_counts = backend.forward(batch)
                         # this part's share of the mean over the global batch's targets
                         last = k == cfg.grad_accum - 1 and j == len(parts) - 1
                         backend.backward(total / max(n_targets, 1), boundary=last)
                         sums += task_sums.float()
                         counts += task_counts.float()
-                g_state = prepared.generator_state
                 stats = backend.all_reduce(torch.cat([sums, counts]))
                 loss = float(stats[:n_tasks].sum() / stats[n_tasks:].sum().clamp(min=1))
                 if not math.isfinite(loss):
@@ -641,76 +624,6 @@ def train_loop(
         log.close()
     result.step = step
     return result
-
-
-@dataclass
-class PreparedBatch:
-    """One step's global batch, drawn and collated: micro-batches of parts, on the CPU."""
-
-    micro_batches: list[list[Any]]
-    n_tokens: int
-    n_targets: int
-    generator_state: Tensor  # the batch generator after this draw
-
-
-class BatchAhead:
-    """Steps' batches in order, from `prepare(step)`; with `ahead`, drawn one step early.
-
-    The drawing thread prepares step s+1 while the main thread computes step s (the CPU work of
-    the masking scheduler would otherwise leave a GPU idle). Batches come out in step order and
-    each carries the generator state after its draw, so checkpoints and resumed runs are the same
-    as without it.
-    """
-
-    def __init__(self, prepare: Callable[[int], PreparedBatch], start: int, stop: int,
-                 ahead: bool) -> None:
-        self.prepare, self.next_step, self.stop, self.ahead = prepare, start, stop, ahead
-        self._slot: dict[int, PreparedBatch | BaseException] = {}
-        self._ready = threading.Condition()
-        self._closed = False
-        self._thread: threading.Thread | None = None
-
-    def __enter__(self) -> BatchAhead:
-        if self.ahead and self.next_step < self.stop:
-            self._thread = threading.Thread(target=self._run, name="batch-ahead", daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        with self._ready:
-            self._closed = True
-            self._ready.notify_all()
-        if self._thread is not None:
-            self._thread.join()
-
-    def _run(self) -> None:
-        for at in range(self.next_step, self.stop):
-            try:
-                item: PreparedBatch | BaseException = self.prepare(at)
-            except BaseException as e:  # handed to the main thread, raised there
-                item = e
-            with self._ready:
-                # at most one batch waits: the one after the step being computed
-                while len(self._slot) >= 1 and not self._closed:
-                    self._ready.wait()
-                if self._closed:
-                    return
-                self._slot[at] = item
-                self._ready.notify_all()
-            if isinstance(item, BaseException):
-                return
-
-    def next(self, step: int) -> PreparedBatch:
-        if self._thread is None:
-            return self.prepare(step)
-        with self._ready:
-            while step not in self._slot:
-                self._ready.wait()
-            item = self._slot.pop(step)
-            self._ready.notify_all()
-        if isinstance(item, BaseException):
-            raise item
-        return item
 
 
 def _diverged(value: float, step: int, last: Path | None, what: str = "loss") -> None:
