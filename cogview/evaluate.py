@@ -102,6 +102,7 @@ class FashionEval:
     prompts: list[str]  # one caption per class, index = label
     test_images: Tensor  # uint8 (N, 3, S, S)
     test_labels: Tensor  # (N,)
+    sampling: SamplingConfig | None = None  # the fashion model's; None: the shapes model's
 
 
 class Progress:
@@ -548,7 +549,8 @@ def run_eval(
         report["fashion"] = timed(
             "fashion",
             lambda: eval_fashion(
-                fashion, config.n_fashion_per_class, sampling, generator, progress=progress
+                fashion, config.n_fashion_per_class, fashion.sampling or sampling, generator,
+                progress=progress,
             ),
         )
     report["seconds"] = timings

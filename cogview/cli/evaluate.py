@@ -93,6 +93,8 @@ def _class_prompts(captions: list[str], labels: list[int], n_classes: int) -> li
 
 def _load_fashion(args: argparse.Namespace, device: Any, limit: int):
     from cogview.classifier import load_classifier
+    from cogview.cli.sample import sampling_config
+    from cogview.defaults import model_path_or_default
     from cogview.evaluate import FashionEval
     from cogview.pipeline import load_pipeline
     from train.classifier import labels_of
@@ -100,7 +102,7 @@ def _load_fashion(args: argparse.Namespace, device: Any, limit: int):
 
     if not (args.fashion_data and args.classifier):
         raise UserError("--fashion-model needs --fashion-data SHARDS and --classifier DIR")
-    pipe = load_pipeline(args.fashion_model, device=device)
+    pipe = load_pipeline(model_path_or_default(args.fashion_model), device=device)
     clf, names = load_classifier(args.classifier)
     clf = clf.to(device)
     # the real images: the whole test split for the classifier's accuracy; prompts from it
@@ -109,7 +111,9 @@ def _load_fashion(args: argparse.Namespace, device: Any, limit: int):
         raise UserError(f"--fashion-data {args.fashion_data}: no test images")
     labels = labels_of(test.metas, f"--fashion-data {args.fashion_data}")
     prompts = _class_prompts(test.captions, labels.tolist(), len(names))
-    return FashionEval(pipe, clf, names, prompts, test.images, labels)
+    # sampling flags given win; otherwise the fashion model's own sampling.json
+    return FashionEval(pipe, clf, names, prompts, test.images, labels,
+                       sampling_config(args, pipe.sampling))
 
 
 def run_eval_command(args: argparse.Namespace) -> int:
@@ -224,7 +228,8 @@ def register(subparsers: Any) -> None:
         "Prints a table; --json writes the full report.",
     )
     p.add_argument(
-        "--model", metavar="DIR", help="CogLM folder or training run (default: the shipped one)"
+        "--model", metavar="DIR",
+        help="CogLM folder or training run (default: the shipped shapes model)",
     )
     p.add_argument(
         "--data", metavar="SHARDS", help="shapes shards (folder, .tar, glob) for held-out images"
@@ -240,7 +245,8 @@ def register(subparsers: Any) -> None:
                    help="temperature of the scored captions (default: 0, greedy)")
     p.add_argument("--n-inpaint", type=int, metavar="N", help="held-out images to inpaint")
     p.add_argument("--n-loss", type=int, metavar="N", help="held-out samples for loss and PSNR")
-    p.add_argument("--fashion-model", metavar="DIR", help="CogLM trained on Fashion-MNIST")
+    p.add_argument("--fashion-model", metavar="DIR",
+                   help="CogLM trained on Fashion-MNIST (`fashion`: the shipped one)")
     p.add_argument("--fashion-data", metavar="SHARDS", help="fashion shards (test split used)")
     p.add_argument("--classifier", metavar="DIR", help="checkpoint of cogview train-classifier")
     p.add_argument("--n-fashion", type=int, metavar="N", help="generated images per class")

@@ -43,8 +43,8 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
         metavar="DIR",
-        help="CogLM checkpoint folder (or training run: its newest step); "
-        "default: the model shipped with the package",
+        help="CogLM checkpoint folder (or training run: its newest step), or a shipped model "
+        "by name: shapes, fashion; default: shapes",
     )
     p.add_argument("--device", default="cpu", metavar="DEV", help="torch device (default: cpu)")
     p.add_argument("--seed", type=int, metavar="S", default=0, help="random seed (default: 0)")

@@ -4,8 +4,11 @@ They ship inside the package so that `cogview generate "a red circle at the top 
 right after install. Layout:
 
     cogview/defaults/shapes/      CogLM checkpoint folder (config.json, model.safetensors,
-                                  tokenizer.json, vqvae/)
+                                  tokenizer.json, vqvae/, sampling.json): the default model
     cogview/defaults/shapes-sr/   super-resolution checkpoint folder
+    cogview/defaults/fashion/     CogLM checkpoint folder of a Fashion-MNIST model
+
+A shipped CogLM can be named instead of given as a path: `--model fashion`.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ DEFAULTS = {
     "tokenizer": ROOT / "shapes" / "tokenizer.json",
 }
 FLAGS = {"coglm": "--model", "sr": "--sr", "vqvae": "--vqvae", "tokenizer": "--tokenizer"}
+# shipped CogLM folders by name (`--model fashion`); a folder of that name, if one exists, wins
+NAMED = {"shapes": ROOT / "shapes", "fashion": ROOT / "fashion"}
 
 
 def default_model_path(kind: str = "coglm") -> Path | None:
@@ -32,8 +37,11 @@ def default_model_path(kind: str = "coglm") -> Path | None:
 
 
 def model_path_or_default(path: str | Path | None, kind: str = "coglm") -> Path:
-    """`path` when given, else the shipped default; a clear error when there is neither."""
+    """`path` when given (or the shipped CogLM it names), else the shipped default; a clear
+    error when there is neither."""
     if path is not None:
+        if kind == "coglm" and str(path) in NAMED and not Path(path).exists():
+            return NAMED[str(path)]
         return Path(path)
     found = default_model_path(kind)
     if found is None:
