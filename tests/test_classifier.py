@@ -59,15 +59,6 @@ def test_wrong_number_of_class_names_is_refused(tmp_path):
         save_classifier(tmp_path / "clf", Classifier(PRESETS["tiny"]), NAMES[:3])
 
 
-@pytest.fixture
-def one_thread():
-    # a tiny CNN is faster on one thread, and much faster when other jobs share the cores
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @needs_fashion
 def test_short_training_beats_chance(fashion_shards, tmp_path, one_thread):
     from train.classifier import ClassifierTrainConfig, train_classifier

@@ -24,14 +24,6 @@ SIZE, GRID = 16, (4, 4)
 CAPTIONS = ["a red circle", "a blue square at the top", "two green triangles", "red blue"] * 4
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """A CogLM folder with its tokenizer and VQVAE: 16 px images, 4x4 codes, random weights."""

@@ -10,14 +10,6 @@ from cogview.model import CogLM, CogLMConfig, coglm_config, prefix_lm_mask
 VOCAB = 97
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _inputs(b: int, t: int, g: torch.Generator):
     ids = torch.randint(0, VOCAB, (b, t), generator=g)
     pos = torch.arange(t).expand(b, t)

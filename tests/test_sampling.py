@@ -30,16 +30,6 @@ GREEDY = SamplingConfig(temperature=0.0)
 CAPTIONS = ["a red circle", "a blue square at the top", "two green triangles", "red blue"] * 4
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    # tiny tensors: a second thread only adds synchronisation, and on a shared machine a
-    # descheduled thread stalls every op
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tok() -> UnifiedTokenizer:
     return UnifiedTokenizer.train(CAPTIONS, vocab_size=270, image_codes=16, max_text_len=8)

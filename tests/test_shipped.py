@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from cogview import detect, shapes
@@ -13,14 +12,6 @@ from cogview.defaults import NAMED, default_model_path
 
 pytestmark = pytest.mark.skipif(default_model_path("coglm") is None,
                                 reason="this install has no shipped models")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _images(folder) -> list[np.ndarray]:

@@ -37,15 +37,6 @@ CAPTIONS = ["a red circle at the top left", "a blue square at the bottom right",
 GREEDY = SamplingConfig(temperature=0.0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and far faster on a CPU shared with others."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tok() -> UnifiedTokenizer:
     return UnifiedTokenizer.train(CAPTIONS * 10, vocab_size=280, image_codes=32)

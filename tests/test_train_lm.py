@@ -83,15 +83,6 @@ def make_inputs(root: Path, n_train: int = 48, n_test: int = 8) -> dict[str, str
             "vqvae": str(root / "vqvae")}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a shared CPU they wait for each other."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return make_inputs(tmp_path_factory.mktemp("lm_inputs"))

@@ -27,16 +27,6 @@ TINY_FSQ = dataclasses.replace(TINY, quantizer="fsq", fsq_levels=(5, 3, 3), code
                                codebook_dim=3)
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    # CPU kernels are run-to-run deterministic at a fixed thread count; one thread is also
-    # kinder to the shared test machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def blocks(n: int, size: int, seed: int = 0) -> torch.Tensor:
     """uint8 (n, 3, size, size) images: a flat background with one flat-coloured rectangle."""
     g = np.random.default_rng(seed)

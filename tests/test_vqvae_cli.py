@@ -21,14 +21,6 @@ from vqvae import fingerprint, vqvae_config
 CODES = vqvae_config("tiny").codebook_size
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     """A shapes data set, a tiny VQVAE trained on it for two steps, and a tokenizer."""
