@@ -10,7 +10,7 @@ detector scores colour, shape, size, position (and relation) against the prompt,
 - plain sampling (temperature 1), lower temperatures, top-k;
 - classifier-free guidance at scales 1.5 and 3;
 - cluster sampling (CogView2);
-- self-reranking: the best of 4 candidates by the model's own log p(prompt | image).
+- self-reranking: the best of 4 (or 16) candidates by the model's own log p(prompt | image).
 
 The table goes to stdout as markdown, the full reports to --json. Settings given in the
 model's sampling.json are not applied: each row states every value it uses.
@@ -43,6 +43,7 @@ SETTINGS: dict[str, tuple[dict[str, Any], int]] = {
     "cluster": ({"cluster": True}, 1),
     "rerank 4": ({}, 4),
     "T=0.7, rerank 4": ({"temperature": 0.7}, 4),
+    "T=0.7, rerank 16": ({"temperature": 0.7}, 16),
 }
 
 
