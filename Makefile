@@ -41,7 +41,7 @@ DM_VQ_STEPS ?= 1000
 DM_LM_STEPS ?= 4000
 DM_SR_STEPS ?= 1500
 default-models: setup
-	test -f data/shapes/info.json || $(BIN)/cogview data shapes --out data/shapes --n 40000 --seed 0
+	test -f data/shapes/info.json || $(BIN)/cogview data shapes --out data/shapes --n 20000 --seed 0
 	test -f data/tokenizer.json || $(BIN)/cogview train-tokenizer data/shapes \
 	  --vocab-size 400 --image-codes 512 --out data/tokenizer.json
 	$(BIN)/cogview train-vqvae --data data/shapes --preset small --out $(DM)/vqvae \
