@@ -56,10 +56,28 @@ class Pipeline:
     sampling: dict[str, Any] = field(default_factory=dict)  # the folder's sampling.json
 
 
+# sampling.json keys that are not SamplingConfig fields: they choose among samples
+# ("rerank": keep the best of that many candidates per image, by self-reranking)
+SELECTION_KEYS = ("rerank",)
+
+
+def split_sampling_defaults(values: Mapping[str, Any]) -> tuple[dict[str, Any], int]:
+    """(SamplingConfig fields, candidates per image) of a sampling.json's values; a ValueError
+    or TypeError names what is wrong."""
+    from cogview.sampling import SamplingConfig
+
+    rerank = values.get("rerank", 1)
+    if isinstance(rerank, bool) or not isinstance(rerank, int) or rerank < 1:
+        raise ValueError(f"rerank must be a whole number >= 1, got {rerank!r}")
+    fields = {k: v for k, v in values.items() if k not in SELECTION_KEYS}
+    SamplingConfig(**fields)  # unknown fields and bad values fail here
+    return fields, rerank
+
+
 def read_sampling_defaults(folder: str | Path) -> dict[str, Any]:
-    """The SamplingConfig fields a model folder's sampling.json sets ({} when it has none);
-    an unreadable file or an unknown field is an error naming the file."""
-    from cogview.sampling import SamplingConfig, SamplingError
+    """The settings a model folder's sampling.json holds ({} when it has none): SamplingConfig
+    fields and `rerank`; an unreadable file or an unknown field is an error naming the file."""
+    from cogview.sampling import SamplingError
 
     path = Path(folder) / SAMPLING_FILE
     if not path.is_file():
@@ -68,17 +86,15 @@ def read_sampling_defaults(folder: str | Path) -> dict[str, Any]:
         values = json.loads(path.read_text())
         if not isinstance(values, dict):
             raise ValueError("not a JSON object")
-        SamplingConfig(**values)  # unknown fields and bad values fail here
+        split_sampling_defaults(values)
     except (ValueError, TypeError, SamplingError) as e:
         raise CheckpointError(f"{path}: {str(e).splitlines()[0]}") from None
     return values
 
 
 def write_sampling_defaults(folder: str | Path, values: Mapping[str, Any]) -> Path:
-    """Write `values` (SamplingConfig fields) as the folder's sampling.json."""
-    from cogview.sampling import SamplingConfig
-
-    SamplingConfig(**values)  # refuse what could not be read back
+    """Write `values` (SamplingConfig fields and `rerank`) as the folder's sampling.json."""
+    split_sampling_defaults(values)  # refuse what could not be read back
     path = Path(folder) / SAMPLING_FILE
     path.write_text(json.dumps(dict(values), indent=2) + "\n")
     return path

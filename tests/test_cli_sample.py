@@ -129,6 +129,30 @@ def test_model_sampling_defaults_apply_and_flags_override_them(model_dir, tmp_pa
     assert rc == 2 and "sampling.json" in err and len(err.strip().splitlines()) == 1
 
 
+def test_model_rerank_default_draws_n_times_r_candidates(model_dir, tmp_path, capsys):
+    tuned = tmp_path / "tuned"
+    rc, _, err = run(capsys, f"export {model_dir} {tuned} --temperature 0.5 --rerank 3")
+    assert rc == 0, err
+    assert json.loads((tuned / "sampling.json").read_text()) == {"temperature": 0.5, "rerank": 3}
+
+    def generate(flags, name):
+        rc, _, err = run(capsys, f"generate 'a red circle' -n 2 --seed 1 --model {tuned} "
+                                 f"{flags} -o {tmp_path}/{name}")
+        assert rc == 0, err
+        return err, [png(tmp_path / name / f"a-red-circle-{i}.png") for i in range(2)]
+
+    err, by_default = generate("", "d")
+    assert "kept 2 of 6" in err
+    err, explicit = generate("--rerank 6", "e")  # the same draw, asked for by the flag
+    assert "kept 2 of 6" in err and all(map(np.array_equal, by_default, explicit))
+    err, _ = generate("--rerank 0", "f")
+    assert "kept" not in err
+
+    (tuned / "sampling.json").write_text('{"rerank": 0}')
+    rc, _, err = run(capsys, f"generate 'a red circle' --model {tuned} -o {tmp_path}/g")
+    assert rc == 2 and "sampling.json" in err and "rerank" in err
+
+
 def test_cluster_cache_is_reused_and_refreshed(model_dir):
     from safetensors import safe_open
 

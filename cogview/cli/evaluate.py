@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -144,6 +145,8 @@ def _run_eval(args: argparse.Namespace) -> int:
     device = parse_device(args.device)
     pipe = load_pipeline(model_path_or_default(args.model, "coglm"), device=device)
     sampling = sampling_config(args, pipe.sampling)
+    if args.rerank is None and "rerank" in pipe.sampling:  # the model's sampling.json
+        config = dataclasses.replace(config, rerank=pipe.sampling["rerank"])
     held = None
     if args.data is not None:
         limit = max(config.n_captions, config.n_inpaint, config.n_loss, 1)
@@ -239,7 +242,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--n-prompts", type=int, metavar="N", help="prompts per t2i prompt set")
     p.add_argument("--n-per-prompt", type=int, metavar="K", help="images per prompt")
     p.add_argument("--rerank", type=int, metavar="N",
-                   help="text-to-image: keep the best of N candidates by self-reranking (1)")
+                   help="text-to-image: keep the best of N candidates by self-reranking "
+                   "(default: the model's sampling.json, else 1)")
     p.add_argument("--n-captions", type=int, metavar="N", help="held-out images to caption")
     p.add_argument("--caption-temperature", type=float, metavar="T",
                    help="temperature of the scored captions (default: 0, greedy)")

@@ -20,6 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("run", metavar="RUN", help="training run folder or checkpoint folder")
     p.add_argument("dest", metavar="DEST", help="model folder to write")
     _add_sampling_flags(p)
+    p.add_argument("--rerank", type=int, metavar="R",
+                   help="store self-reranking as a default: each image the best of R candidates")
     p.set_defaults(func=run_export)
 
 
@@ -37,6 +39,8 @@ def run_export(args: argparse.Namespace) -> int:
     src = resolve_checkpoint(args.run)
     ck = load_checkpoint(src)  # refuses a corrupt checkpoint before anything is copied
     sampling = sampling_flags(args)
+    if args.rerank is not None:
+        sampling["rerank"] = args.rerank
 
     def write(tmp):
         for item in src.iterdir():

@@ -105,10 +105,12 @@ def sampling_config(
 ) -> SamplingConfig:
     """SamplingConfig defaults, overridden by the model's sampling.json, then by the flags.
     sampling.json holds image-generation settings: `caption` (no image flags) ignores it."""
+    from cogview.pipeline import SELECTION_KEYS
     from cogview.sampling import SamplingConfig
 
     defaults = dict(model_defaults or {}) if hasattr(args, "cfg") else {}
-    return SamplingConfig(**{**defaults, **sampling_flags(args)})
+    fields = {k: v for k, v in defaults.items() if k not in SELECTION_KEYS}
+    return SamplingConfig(**{**fields, **sampling_flags(args)})
 
 
 def _load(args: argparse.Namespace) -> Pipeline:
@@ -267,8 +269,9 @@ def run_generate(args: argparse.Namespace) -> int:
         raise UserError('no prompt: give a PROMPT ("" for unconditional) or --prompts FILE')
     if args.n < 1:
         raise UserError(f"-n must be >= 1, got {args.n}")
-    if args.rerank is not None and args.rerank < args.n:
-        raise UserError(f"--rerank {args.rerank}: needs at least -n ({args.n}) candidates")
+    if args.rerank is not None and args.rerank != 0 and args.rerank < args.n:
+        raise UserError(f"--rerank {args.rerank}: needs at least -n ({args.n}) candidates "
+                        "(0 turns reranking off)")
     prompts = read_prompts(args.prompts) if args.prompts else [args.prompt]
     out = _out_dir(args.out)
     pipe = _load(args)
@@ -278,7 +281,11 @@ def run_generate(args: argparse.Namespace) -> int:
     clusters = model_clusters(pipe, config.n_clusters) if config.cluster else None
     g = _generator(args, pipe)
 
-    per_prompt = args.rerank or args.n
+    # candidates per prompt: --rerank, else the model's best-of-R per image (sampling.json)
+    candidates = args.rerank
+    if candidates is None and pipe.sampling.get("rerank", 1) > 1:
+        candidates = args.n * pipe.sampling["rerank"]
+    per_prompt = candidates or args.n
     written: list[Path] = []
     stems: set[str] = set()
     # notes and warnings about the prompts come before the progress bar starts
@@ -293,7 +300,7 @@ def run_generate(args: argparse.Namespace) -> int:
         stems.add(stem)
         jobs.append((stem, encode_prompt(tok, prompt)))
     bar = _progress(per_prompt * len(prompts), "img")
-    if args.rerank:
+    if candidates:
         results = []
         for stem, ids in jobs:
             best = rerank(
@@ -303,14 +310,14 @@ def run_generate(args: argparse.Namespace) -> int:
                 pipe.grid,
                 config,
                 g,
-                args.rerank,
+                candidates,
                 args.n,
                 clusters=clusters,
                 progress=bar.update,
             )
             results.append(best.codes)
             bar.write(
-                f"{stem}: kept {args.n} of {args.rerank} by log p(prompt | image): "
+                f"{stem}: kept {args.n} of {candidates} by log p(prompt | image): "
                 + ", ".join(f"{s:.3f}" for s in best.scores.tolist()),
                 file=sys.stderr,
             )
@@ -573,7 +580,8 @@ def register(subparsers: Any) -> None:
         type=int,
         metavar="N",
         help="draw N candidates per prompt and keep the n the model scores best by "
-        "log p(prompt | image) (CogView self-reranking)",
+        "log p(prompt | image) (CogView self-reranking); 0: off. Default: the model's "
+        "sampling.json `rerank` R (n x R candidates), else off",
     )
     p.add_argument("-o", "--out", required=True, metavar="OUT", help="output folder")
     _add_model_flags(p)
