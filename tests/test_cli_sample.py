@@ -129,7 +129,11 @@ def test_model_sampling_defaults_apply_and_flags_override_them(model_dir, tmp_pa
     assert rc == 2 and "sampling.json" in err and len(err.strip().splitlines()) == 1
 
 
-def test_model_rerank_default_draws_n_times_r_candidates(model_dir, tmp_path, capsys):
+def test_model_rerank_default_keeps_the_best_of_r_per_image(model_dir, tmp_path, capsys):
+    from cogview.cli.sample import _decode
+    from cogview.pipeline import load_pipeline
+    from cogview.sampling import SamplingConfig, best_candidates, generate_images
+
     tuned = tmp_path / "tuned"
     rc, _, err = run(capsys, f"export {model_dir} {tuned} --temperature 0.5 --rerank 3")
     assert rc == 0, err
@@ -142,11 +146,21 @@ def test_model_rerank_default_draws_n_times_r_candidates(model_dir, tmp_path, ca
         return err, [png(tmp_path / name / f"a-red-circle-{i}.png") for i in range(2)]
 
     err, by_default = generate("", "d")
+    assert "best of 3" in err
+    # the same as drawing 2 x 3 candidates and keeping the best of each group of three
+    pipe = load_pipeline(tuned)
+    ids = [pipe.tokenizer.encode_text("a red circle")] * 6
+    g = torch.Generator().manual_seed(1)
+    codes = generate_images(pipe.model, pipe.tokenizer, ids, pipe.grid,
+                            SamplingConfig(temperature=0.5), g)
+    best, _ = best_candidates(pipe.model, pipe.tokenizer, codes, ids, 3)
+    expected = _decode(pipe, codes[torch.tensor([0, 3]) + best[:, 0]], 32)
+    assert all(map(np.array_equal, by_default, expected))
+    err, plain = generate("--rerank 0", "f")
+    assert "best of" not in err and "kept" not in err
+    assert not all(map(np.array_equal, by_default, plain))
+    err, _ = generate("--rerank 6", "e")
     assert "kept 2 of 6" in err
-    err, explicit = generate("--rerank 6", "e")  # the same draw, asked for by the flag
-    assert "kept 2 of 6" in err and all(map(np.array_equal, by_default, explicit))
-    err, _ = generate("--rerank 0", "f")
-    assert "kept" not in err
 
     (tuned / "sampling.json").write_text('{"rerank": 0}')
     rc, _, err = run(capsys, f"generate 'a red circle' --model {tuned} -o {tmp_path}/g")

@@ -260,8 +260,10 @@ def read_prompts(path: str) -> list[str]:
 
 
 def run_generate(args: argparse.Namespace) -> int:
+    import torch
+
     from cogview.images import save_grid
-    from cogview.sampling import generate_images, rerank
+    from cogview.sampling import best_candidates, generate_images, rerank
 
     if args.prompt is not None and args.prompts:
         raise UserError("give a PROMPT or --prompts FILE, not both")
@@ -281,11 +283,11 @@ def run_generate(args: argparse.Namespace) -> int:
     clusters = model_clusters(pipe, config.n_clusters) if config.cluster else None
     g = _generator(args, pipe)
 
-    # candidates per prompt: --rerank, else the model's best-of-R per image (sampling.json)
-    candidates = args.rerank
-    if candidates is None and pipe.sampling.get("rerank", 1) > 1:
-        candidates = args.n * pipe.sampling["rerank"]
-    per_prompt = candidates or args.n
+    # --rerank N: N candidates per prompt, the n best kept; without it, the model's
+    # sampling.json may ask for each image to be the best of its own group of R candidates
+    candidates = args.rerank or None
+    group = pipe.sampling.get("rerank", 1) if args.rerank is None else 1
+    per_prompt = candidates or args.n * group
     written: list[Path] = []
     stems: set[str] = set()
     # notes and warnings about the prompts come before the progress bar starts
@@ -324,7 +326,7 @@ def run_generate(args: argparse.Namespace) -> int:
     else:
         # every image of every prompt in one stream of batches: prompts of different
         # lengths share a batch (left-padded)
-        all_ids = [ids for _, ids in jobs for _ in range(args.n)]
+        all_ids = [ids for _, ids in jobs for _ in range(args.n * group)]
         codes = generate_images(
             pipe.model,
             tok,
@@ -335,6 +337,13 @@ def run_generate(args: argparse.Namespace) -> int:
             clusters=clusters,
             progress=bar.update,
         )
+        if group > 1:
+            best, _ = best_candidates(pipe.model, tok, codes, all_ids, group,
+                                      batch_size=config.batch_size)
+            first = torch.arange(best.shape[0], device=best.device) * group
+            codes = codes[(first + best[:, 0]).to(codes.device)]
+            bar.write(f"each image the best of {group} by log p(prompt | image) (the model's "
+                      "sampling.json; --rerank 0 turns it off)", file=sys.stderr)
         results = list(codes.split(args.n))
     for (stem, ids), codes in zip(jobs, results, strict=True):
         if sr is not None:
@@ -581,7 +590,7 @@ def register(subparsers: Any) -> None:
         metavar="N",
         help="draw N candidates per prompt and keep the n the model scores best by "
         "log p(prompt | image) (CogView self-reranking); 0: off. Default: the model's "
-        "sampling.json `rerank` R (n x R candidates), else off",
+        "sampling.json `rerank` R (each image the best of its own R candidates), else off",
     )
     p.add_argument("-o", "--out", required=True, metavar="OUT", help="output folder")
     _add_model_flags(p)
