@@ -36,7 +36,7 @@ from cogview import detect, shapes
 from cogview.images import from_tensor, to_tensor
 from cogview.sampling import (
     SamplingConfig,
-    best_candidates,
+    best_of_groups,
     generate_captions,
     generate_images,
     inpaint,
@@ -264,11 +264,8 @@ def eval_text_to_image(
         clusters=clusters,
         progress=update,
     )
-    if rerank > 1:
-        best, _ = best_candidates(pipe.model, pipe.tokenizer, codes, candidates, rerank,
-                                  batch_size=sampling.batch_size)
-        first = torch.arange(len(texts), device=best.device) * rerank  # each group's start
-        codes = codes[(first + best[:, 0]).to(codes.device)]
+    codes = best_of_groups(pipe.model, pipe.tokenizer, codes, candidates, rerank,
+                           batch_size=sampling.batch_size)
     images = decode_codes(pipe.vqvae, codes.cpu(), sampling.batch_size)
     # detect.score, with the detections kept for the examples of failures
     found = [detect.detections_to_json(detect.detect(img)) for img in images]

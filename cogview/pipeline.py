@@ -53,43 +53,39 @@ class Pipeline:
     image_size: int  # pixels of the base images (the side of a square image)
     grid: tuple[int, int]  # (h, w) image codes per image
     meta: dict[str, Any]  # the checkpoint's extra JSON, plus "path" and "step"
-    sampling: dict[str, Any] = field(default_factory=dict)  # the folder's sampling.json
-
-
-# sampling.json keys that are not SamplingConfig fields: they choose among samples
-# ("rerank": keep the best of that many candidates per image, by self-reranking)
-SELECTION_KEYS = ("rerank",)
+    sampling: dict[str, Any] = field(default_factory=dict)  # sampling.json's SamplingConfig fields
+    rerank: int = 1  # sampling.json's "rerank": each image the best of this many candidates
 
 
 def split_sampling_defaults(values: Mapping[str, Any]) -> tuple[dict[str, Any], int]:
-    """(SamplingConfig fields, candidates per image) of a sampling.json's values; a ValueError
-    or TypeError names what is wrong."""
+    """(SamplingConfig fields, candidates per image) of a sampling.json's values: every key is
+    a SamplingConfig field except "rerank" (each image the best of that many candidates, by
+    self-reranking); a ValueError or TypeError names what is wrong."""
     from cogview.sampling import SamplingConfig
 
-    rerank = values.get("rerank", 1)
+    fields = dict(values)
+    rerank = fields.pop("rerank", 1)
     if isinstance(rerank, bool) or not isinstance(rerank, int) or rerank < 1:
         raise ValueError(f"rerank must be a whole number >= 1, got {rerank!r}")
-    fields = {k: v for k, v in values.items() if k not in SELECTION_KEYS}
     SamplingConfig(**fields)  # unknown fields and bad values fail here
     return fields, rerank
 
 
-def read_sampling_defaults(folder: str | Path) -> dict[str, Any]:
-    """The settings a model folder's sampling.json holds ({} when it has none): SamplingConfig
-    fields and `rerank`; an unreadable file or an unknown field is an error naming the file."""
+def read_sampling_defaults(folder: str | Path) -> tuple[dict[str, Any], int]:
+    """A model folder's sampling.json, split as by `split_sampling_defaults` (({}, 1) when it
+    has none); an unreadable file or an unknown field is an error naming the file."""
     from cogview.sampling import SamplingError
 
     path = Path(folder) / SAMPLING_FILE
     if not path.is_file():
-        return {}
+        return {}, 1
     try:
         values = json.loads(path.read_text())
         if not isinstance(values, dict):
             raise ValueError("not a JSON object")
-        split_sampling_defaults(values)
+        return split_sampling_defaults(values)
     except (ValueError, TypeError, SamplingError) as e:
         raise CheckpointError(f"{path}: {str(e).splitlines()[0]}") from None
-    return values
 
 
 def write_sampling_defaults(folder: str | Path, values: Mapping[str, Any]) -> Path:
@@ -234,6 +230,7 @@ def load_pipeline(path: str | Path, device: str | torch.device = "cpu") -> Pipel
     model = CogLM(config)
     load_state_strict(model, ckpt.state_dict, source=str(ckpt.path))
     grid = ckpt.extra["grid"]
+    sampling, rerank = read_sampling_defaults(ckpt.path)
     return Pipeline(
         model=model.to(device).eval(),
         tokenizer=tok,
@@ -241,5 +238,6 @@ def load_pipeline(path: str | Path, device: str | torch.device = "cpu") -> Pipel
         image_size=int(ckpt.extra["image_size"]),
         grid=(int(grid[0]), int(grid[1])),
         meta={**ckpt.extra, "path": str(ckpt.path), "step": ckpt.step},
-        sampling=read_sampling_defaults(ckpt.path),
+        sampling=sampling,
+        rerank=rerank,
     )

@@ -650,3 +650,21 @@ def best_candidates(
     scores = caption_logprob(model, tokenizer, codes, text_ids, batch_size)
     scores = scores.view(-1, n_candidates)
     return scores.argsort(dim=1, descending=True, stable=True)[:, :keep], scores
+
+
+def best_of_groups(
+    model: CogLM,
+    tokenizer,
+    codes: Tensor,
+    text_ids: Sequence[Sequence[int]],
+    n_candidates: int,
+    batch_size: int = 64,
+) -> Tensor:
+    """The best image (P, h, w) of each of P groups of `n_candidates` consecutive candidates
+    (`best_candidates` with keep=1); the codes unchanged when `n_candidates` is 1."""
+    if n_candidates == 1:
+        return codes
+    best, _ = best_candidates(model, tokenizer, codes, text_ids, n_candidates,
+                              batch_size=batch_size)
+    first = torch.arange(best.shape[0], device=best.device) * n_candidates  # each group's start
+    return codes[(first + best[:, 0]).to(codes.device)]

@@ -145,8 +145,8 @@ def _run_eval(args: argparse.Namespace) -> int:
     device = parse_device(args.device)
     pipe = load_pipeline(model_path_or_default(args.model, "coglm"), device=device)
     sampling = sampling_config(args, pipe.sampling)
-    if args.rerank is None and "rerank" in pipe.sampling:  # the model's sampling.json
-        config = dataclasses.replace(config, rerank=pipe.sampling["rerank"])
+    if args.rerank is None:  # the model's sampling.json
+        config = dataclasses.replace(config, rerank=pipe.rerank)
     held = None
     if args.data is not None:
         limit = max(config.n_captions, config.n_inpaint, config.n_loss, 1)

@@ -105,12 +105,10 @@ def sampling_config(
 ) -> SamplingConfig:
     """SamplingConfig defaults, overridden by the model's sampling.json, then by the flags.
     sampling.json holds image-generation settings: `caption` (no image flags) ignores it."""
-    from cogview.pipeline import SELECTION_KEYS
     from cogview.sampling import SamplingConfig
 
     defaults = dict(model_defaults or {}) if hasattr(args, "cfg") else {}
-    fields = {k: v for k, v in defaults.items() if k not in SELECTION_KEYS}
-    return SamplingConfig(**{**fields, **sampling_flags(args)})
+    return SamplingConfig(**{**defaults, **sampling_flags(args)})
 
 
 def _load(args: argparse.Namespace) -> Pipeline:
@@ -260,10 +258,8 @@ def read_prompts(path: str) -> list[str]:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    import torch
-
     from cogview.images import save_grid
-    from cogview.sampling import best_candidates, generate_images, rerank
+    from cogview.sampling import best_of_groups, generate_images, rerank
 
     if args.prompt is not None and args.prompts:
         raise UserError("give a PROMPT or --prompts FILE, not both")
@@ -286,7 +282,7 @@ def run_generate(args: argparse.Namespace) -> int:
     # --rerank N: N candidates per prompt, the n best kept; without it, the model's
     # sampling.json may ask for each image to be the best of its own group of R candidates
     candidates = args.rerank or None
-    group = pipe.sampling.get("rerank", 1) if args.rerank is None else 1
+    group = pipe.rerank if args.rerank is None else 1
     per_prompt = candidates or args.n * group
     written: list[Path] = []
     stems: set[str] = set()
@@ -337,11 +333,8 @@ def run_generate(args: argparse.Namespace) -> int:
             clusters=clusters,
             progress=bar.update,
         )
+        codes = best_of_groups(pipe.model, tok, codes, all_ids, group, config.batch_size)
         if group > 1:
-            best, _ = best_candidates(pipe.model, tok, codes, all_ids, group,
-                                      batch_size=config.batch_size)
-            first = torch.arange(best.shape[0], device=best.device) * group
-            codes = codes[(first + best[:, 0]).to(codes.device)]
             bar.write(f"each image the best of {group} by log p(prompt | image) (the model's "
                       "sampling.json; --rerank 0 turns it off)", file=sys.stderr)
         results = list(codes.split(args.n))

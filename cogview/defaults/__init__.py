@@ -26,7 +26,7 @@ DEFAULTS = {
 }
 FLAGS = {"coglm": "--model", "sr": "--sr", "vqvae": "--vqvae", "tokenizer": "--tokenizer"}
 # shipped CogLM folders by name (`--model fashion`); a folder of that name, if one exists, wins
-NAMED = {"shapes": ROOT / "shapes", "fashion": ROOT / "fashion"}
+NAMED = {"shapes": DEFAULTS["coglm"], "fashion": ROOT / "fashion"}
 
 
 def default_model_path(kind: str = "coglm") -> Path | None:
