@@ -205,15 +205,17 @@ def caption_score(truth: dict[str, Any], stated: dict[str, Any]) -> dict[str, bo
     caption as the expectation, so a caption's relation is checked against the true cells);
     "count" asks for as many objects as the scene has. "all" additionally needs the
     caption to state what every training caption states: colour and shape of each object, and
-    the position (one object) or a relation (two objects); the size is optional, as in the
-    data.
+    the position (one object) or, for two objects, a relation or the position of each; the
+    size is optional, as in the data.
     """
     result = shapes.compare(stated, truth)
     objs = stated["objects"]
-    required = ["colour", "shape"] + (["position"] if len(truth["objects"]) == 1 else [])
-    complete = all(k in o for o in objs for k in required)
+    complete = all(k in o for o in objs for k in ("colour", "shape"))
+    placed = all("position" in o for o in objs)
     if len(truth["objects"]) == 2:
-        complete = complete and stated.get("relation") is not None
+        complete = complete and (stated.get("relation") is not None or placed)
+    else:
+        complete = complete and placed
     result["all"] = bool(result["all"] and complete)
     return result
 
@@ -223,7 +225,6 @@ def _stated(stated: dict[str, Any]) -> dict[str, bool]:
     objs = stated["objects"] or [{}]
     out = {k: all(k in o for o in objs) for k in shapes.ATTRIBUTES}
     if len(objs) == 2:
-        out.pop("position")
         out["relation"] = stated.get("relation") is not None
     return out
 

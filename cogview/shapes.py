@@ -213,13 +213,15 @@ def _pick(rng: np.random.Generator, options: list[str] | tuple[str, ...]) -> str
     return options[int(rng.integers(len(options)))]
 
 
-def caption(scene: Scene, rng: np.random.Generator) -> str:
+def caption(scene: Scene, rng: np.random.Generator, positions: float = 0.0) -> str:
     """A caption in one of several phrasings, true of the scene.
 
     One object: colour, shape and position, with the size in about 70% of captions (so that a
     prompt like "a red circle at the top left" is in distribution). Two objects: both
     descriptions and one relation that holds between them, either object named first; sizes in
-    about 75% of captions (both or neither).
+    about 75% of captions (both or neither). With probability `positions` a two-object caption
+    names each object's position instead ("a red circle at the top left and a blue square in
+    the center"); at 0 no random number is drawn for it, so captions stay as they were.
     """
     objs = scene.objects
     if len(objs) == 1:
@@ -239,6 +241,14 @@ def caption(scene: Scene, rng: np.random.Generator) -> str:
         return f"a picture of {desc} {pos}"
     if len(objs) == 2:
         first, second = (objs[0], objs[1]) if rng.random() < 0.5 else (objs[1], objs[0])
+        if positions and rng.random() < positions:
+            with_size = bool(rng.random() < 0.75)
+            d1, d2 = _describe(first, rng, with_size), _describe(second, rng, with_size)
+            p1 = _pick(rng, _position_phrases(first.position)[0])
+            p2 = _pick(rng, _position_phrases(second.position)[0])
+            if rng.random() < 0.5:
+                return f"{d1} {p1} and {d2} {p2}"
+            return f"there is {d1} {p1} and {d2} {p2}"
         relation = _pick(rng, relations_between(first, second))
         with_size = bool(rng.random() < 0.75)
         d1, d2 = _describe(first, rng, with_size), _describe(second, rng, with_size)
@@ -253,6 +263,7 @@ def caption(scene: Scene, rng: np.random.Generator) -> str:
 
 
 _WORD = re.compile(r"[a-z]+")
+_AND = re.compile(r"\band\b")
 _RELATION_PATTERN = re.compile(
     r"\b("
     + "|".join(sorted((w for ws in _RELATION_WORDS.values() for w in ws), key=len, reverse=True))
@@ -292,7 +303,8 @@ def parse_caption(text: str) -> dict[str, Any]:
     lowered = text.lower()
     match = _RELATION_PATTERN.search(lowered)
     if match is None:
-        return {"objects": [_parse_object(lowered, with_position=True)], "relation": None}
+        parts = _AND.split(lowered, maxsplit=1)  # "<object> <position> and <object> <position>"
+        return {"objects": [_parse_object(p, with_position=True) for p in parts], "relation": None}
     left, right = lowered[: match.start()], lowered[match.end() :]
     return {
         "objects": [_parse_object(left, False), _parse_object(right, False)],

@@ -67,8 +67,9 @@ def test_true_captions_score_all_correct_and_wrong_ones_do_not():
     for n_objects in (1, 2, 1, 2) * 10:
         scene = shapes.sample_scene(rng, n_objects)
         truth = shapes.scene_to_json(scene)
-        text = shapes.caption(scene, rng)
-        assert caption_score(truth, shapes.parse_caption(text))["all"], text
+        for positions in (0.0, 1.0):
+            text = shapes.caption(scene, rng, positions)
+            assert caption_score(truth, shapes.parse_caption(text))["all"], text
     truth = shapes.scene_to_json(shapes.sample_scene(np.random.default_rng(2), 1))
     obj = truth["objects"][0]
     wrong_colour = next(c for c in shapes.COLOURS_LIST if c != obj["colour"])
@@ -77,6 +78,26 @@ def test_true_captions_score_all_correct_and_wrong_ones_do_not():
     # a caption that leaves out the position is not all-correct, though nothing it says is wrong
     s = caption_score(truth, shapes.parse_caption(f"a {obj['colour']} {obj['shape']}"))
     assert s["colour"] and s["shape"] and not s["all"]
+
+
+def test_two_object_captions_with_positions_are_scored_by_position():
+    scene = shapes.Scene((
+        shapes.ShapeObject("red", "circle", "small", 0, 0),
+        shapes.ShapeObject("blue", "square", "large", 2, 1),
+    ))  # fmt: skip
+    truth = shapes.scene_to_json(scene)
+    right = "a blue square at the bottom and a red circle in the upper left corner"
+    assert shapes.parse_caption(right)["objects"] == [
+        {"colour": "blue", "shape": "square", "position": "bottom"},
+        {"colour": "red", "shape": "circle", "position": "top left"},
+    ]
+    assert caption_score(truth, shapes.parse_caption(right))["all"]
+    swapped = "a blue square at the top left and a red circle at the bottom"
+    s = caption_score(truth, shapes.parse_caption(swapped))
+    assert s["colour"] and s["shape"] and not s["position"] and not s["all"]
+    # one position left out: neither a relation nor both positions, so not complete
+    s = caption_score(truth, shapes.parse_caption("a blue square and a red circle at the top left"))
+    assert not s["all"]
 
 
 def test_object_cells_cover_every_pixel_of_the_object():

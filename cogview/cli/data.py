@@ -51,6 +51,14 @@ def register(subparsers: Any) -> None:
         metavar="F",
         help="fraction of two-object scenes (0.5; 0 = one object only, 1 = two only)",
     )
+    p.add_argument(
+        "--positions",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="fraction of two-object captions that name each object's position instead of a "
+        "relation (0)",
+    )
     p.set_defaults(func=run_shapes)
 
     p = sources.add_parser(
@@ -145,6 +153,7 @@ def run_shapes(args: argparse.Namespace) -> int:
         shard_size=args.shard_size,
         test_fraction=args.test_fraction,
         two_fraction=args.two_fraction,
+        positions=args.positions,
     )
     _report(info, args.out, time.perf_counter() - start)
     return 0

@@ -46,7 +46,7 @@ def split_counts(n: int, test_fraction: float) -> tuple[int, int]:
 
 
 def _shapes_samples(
-    split: str, n: int, size: int, seed: int, two_fraction: float
+    split: str, n: int, size: int, seed: int, two_fraction: float, positions: float
 ) -> Iterator[ShardSample]:
     from cogview import shapes
     from cogview.images import encode_png
@@ -55,7 +55,7 @@ def _shapes_samples(
         rng = _rng(seed, split, i)
         n_objects = 2 if rng.random() < two_fraction else 1
         scene = shapes.sample_scene(rng, n_objects)
-        text = shapes.caption(scene, rng)
+        text = shapes.caption(scene, rng, positions)
         image = shapes.render(scene, size)
         yield ShardSample(_key(split, i), encode_png(image), text, shapes.scene_to_json(scene))
 
@@ -69,13 +69,19 @@ def build_shapes(
     shard_size: int = DEFAULT_SHARD_SIZE,
     test_fraction: float = 0.05,
     two_fraction: float = 0.5,
+    positions: float = 0.0,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Rendered shapes scenes with captions and attribute JSON; returns info.json's content."""
+    """Rendered shapes scenes with captions and attribute JSON; returns info.json's content.
+
+    `positions` is the fraction of two-object captions that name both objects' positions
+    instead of a relation (`shapes.caption`)."""
     if size < 8:
         raise UserError(f"--size must be at least 8 px, got {size}")
     if not 0 <= two_fraction <= 1:
         raise UserError(f"--two-fraction must be in [0, 1], got {two_fraction}")
+    if not 0 <= positions <= 1:
+        raise UserError(f"--positions must be in [0, 1], got {positions}")
     n_train, n_test = split_counts(n, test_fraction)
     info = {
         "source": "shapes",
@@ -84,9 +90,11 @@ def build_shapes(
         "two_fraction": two_fraction,
         "test_fraction": test_fraction,
     }
+    if positions:
+        info["positions"] = positions
     splits = {
-        "train": _shapes_samples("train", n_train, size, seed, two_fraction),
-        "test": _shapes_samples("test", n_test, size, seed, two_fraction),
+        "train": _shapes_samples("train", n_train, size, seed, two_fraction, positions),
+        "test": _shapes_samples("test", n_test, size, seed, two_fraction, positions),
     }
     totals = {"train": n_train, "test": n_test}
     return write_dataset(out, splits, info, shard_size=shard_size, totals=totals, progress=progress)
