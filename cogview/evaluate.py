@@ -225,6 +225,7 @@ def _stated(stated: dict[str, Any]) -> dict[str, bool]:
     objs = stated["objects"] or [{}]
     out = {k: all(k in o for o in objs) for k in shapes.ATTRIBUTES}
     if len(objs) == 2:
+        out.pop("position")
         out["relation"] = stated.get("relation") is not None
     return out
 

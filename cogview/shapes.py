@@ -195,6 +195,12 @@ def _describe(obj: ShapeObject, rng: np.random.Generator, with_size: bool) -> st
     return "a " + " ".join(words)
 
 
+def _describe_pair(a: ShapeObject, b: ShapeObject, rng: np.random.Generator) -> tuple[str, str]:
+    """Descriptions of two objects, both with their sizes (75%) or neither."""
+    with_size = bool(rng.random() < 0.75)
+    return _describe(a, rng, with_size), _describe(b, rng, with_size)
+
+
 def _position_phrases(position: str) -> tuple[list[str], list[str]]:
     """(phrases with a preposition, bare phrases) for a position name."""
     if position == "center":
@@ -242,16 +248,14 @@ def caption(scene: Scene, rng: np.random.Generator, positions: float = 0.0) -> s
     if len(objs) == 2:
         first, second = (objs[0], objs[1]) if rng.random() < 0.5 else (objs[1], objs[0])
         if positions and rng.random() < positions:
-            with_size = bool(rng.random() < 0.75)
-            d1, d2 = _describe(first, rng, with_size), _describe(second, rng, with_size)
+            d1, d2 = _describe_pair(first, second, rng)
             p1 = _pick(rng, _position_phrases(first.position)[0])
             p2 = _pick(rng, _position_phrases(second.position)[0])
             if rng.random() < 0.5:
                 return f"{d1} {p1} and {d2} {p2}"
             return f"there is {d1} {p1} and {d2} {p2}"
         relation = _pick(rng, relations_between(first, second))
-        with_size = bool(rng.random() < 0.75)
-        d1, d2 = _describe(first, rng, with_size), _describe(second, rng, with_size)
+        d1, d2 = _describe_pair(first, second, rng)
         rel = _pick(rng, _RELATION_WORDS[relation])
         template = int(rng.integers(3))
         if template == 0:
