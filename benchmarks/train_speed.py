@@ -76,8 +76,9 @@ class SyntheticTokenizer:
     def task_id(self, name: str) -> int:
         return self._special(name)
 
-    def codes_to_ids(self, codes: torch.Tensor) -> torch.Tensor:
-        return codes.long() + self.image_range.start
+    def codes_to_ids(self, codes: Any) -> Any:
+        """Codes (int64 numpy array or tensor) -> ids, as UnifiedTokenizer.codes_to_ids."""
+        return codes + self.image_range.start
 
 
 @dataclass
@@ -125,6 +126,21 @@ class Counting:
         return samples
 
 
+def scheduler_ms(tasks: str, n: int = 256, reps: int = 10) -> float:
+    """Milliseconds for the masking scheduler to build and pad `n` samples (best of `reps`):
+    the host's share of a step, which a GPU step does not hide."""
+    tok = SyntheticTokenizer()
+    data = synthetic_data(tok, n)
+    sched = MaskingScheduler(tok, schedule=TaskSchedule.parse(tasks), text_dropout=0.1)
+    g = torch.Generator().manual_seed(0)
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        sched.batch(data.text_ids, data.codes[4 * GRID], 0, g)
+        best = min(best, time.perf_counter() - t0)
+    return 1000 * best
+
+
 def run(args: argparse.Namespace, precision: str, tasks: str, grouped: bool) -> dict[str, float]:
     tok = SyntheticTokenizer()
     torch.manual_seed(0)
@@ -163,6 +179,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     print(f"threads {torch.get_num_threads()}, CPU bf16 instructions: {cpu_has_bf16()}, "
           f"load average {os.getloadavg()[0]:.1f}")
+    print(f"masking scheduler ({args.mix}): {scheduler_ms(args.mix):.1f} ms per 256 samples")
     peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
     print(f"matmul peak (2048^3): fp32 {peak['fp32'] / 1e9:.1f} GFLOP/s, "
           f"bf16 {peak['bf16'] / 1e9:.1f} GFLOP/s")

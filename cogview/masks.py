@@ -13,10 +13,13 @@ Builders are pure functions from tokens to a `TaskSequence`; `collate` pads sequ
 
 from __future__ import annotations
 
+import bisect
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -68,44 +71,59 @@ def grid_cells(h: int, w: int) -> Tensor:
 
 
 def _sequence(
-    tokens: list[Tensor], cells: list[Tensor], prefix_len: int, n_targets: int, task: str
+    tokens: list[np.ndarray], cells: list[np.ndarray], prefix_len: int, n_targets: int, task: str
 ) -> TaskSequence:
-    """Join the parts of a full sequence S; inputs are S[:-1], labels S[1:] on the targets."""
-    full = torch.cat(tokens)
-    full_cell = torch.cat(cells)
-    n = full.numel()
-    labels = full[1:].clone()
+    """Join the parts of a full sequence S; inputs are S[:-1], labels S[1:] on the targets.
+
+    Built on numpy arrays: a training batch is hundreds of these small sequences, and torch's
+    per-operation overhead made building them cost as much as a small model's GPU step.
+    """
+    full = np.concatenate(tokens)
+    full_cell = np.concatenate(cells)
+    n = full.size
+    labels = full[1:].copy()
     labels[: n - 1 - n_targets] = IGNORE
-    is_image_target = torch.zeros(n - 1, dtype=torch.bool)
+    is_image_target = np.zeros(n - 1, dtype=bool)
     is_image_target[n - 1 - n_targets :] = full_cell[n - n_targets :, 0] > 0
-    next_cell = torch.where(is_image_target[:, None], full_cell[1:], 0)
+    next_cell = np.where(is_image_target[:, None], full_cell[1:], 0)
     return TaskSequence(
-        ids=full[:-1],
+        ids=torch.from_numpy(full[:-1]),
         pos=torch.arange(n - 1),
-        cell=full_cell[:-1],
-        next_cell=next_cell,
-        labels=labels,
+        cell=torch.from_numpy(full_cell[:-1]),
+        next_cell=torch.from_numpy(next_cell),
+        labels=torch.from_numpy(labels),
         prefix_len=prefix_len,
         task=task,
     )
 
 
-def _ids(values: Sequence[int] | Tensor) -> Tensor:
-    return torch.as_tensor(values, dtype=torch.long).flatten()
+def _ids(values: Sequence[int] | Tensor | np.ndarray) -> np.ndarray:
+    return np.asarray(values, dtype=np.int64).reshape(-1)
 
 
-def _no_cells(n: int) -> Tensor:
-    return torch.zeros(n, 2, dtype=torch.long)
+def _no_cells(n: int) -> np.ndarray:
+    return np.zeros((n, 2), dtype=np.int64)
+
+
+@functools.lru_cache(maxsize=16)
+def _cells(h: int, w: int) -> np.ndarray:
+    """`grid_cells` as a read-only numpy array, made once per grid."""
+    cells = grid_cells(h, w).numpy()
+    cells.flags.writeable = False
+    return cells
+
+
+def _image_ids(tok, codes: Tensor | np.ndarray) -> np.ndarray:
+    return tok.codes_to_ids(_ids(codes))
 
 
 def text_to_image(tok, text_ids: Sequence[int], codes: Tensor) -> TaskSequence:
     """`<t2i> text <boi> | codes`; `codes` (h, w) are codebook indices."""
     h, w = codes.shape
-    text = _ids(text_ids)
-    prefix = torch.cat([_ids([tok.task_id("t2i")]), text, _ids([tok.boi_id])])
-    image = tok.codes_to_ids(codes.flatten().long())
+    prefix = np.concatenate([_ids([tok.task_id("t2i")]), _ids(text_ids), _ids([tok.boi_id])])
+    image = _image_ids(tok, codes)
     return _sequence(
-        [prefix, image], [_no_cells(prefix.numel()), grid_cells(h, w)], prefix.numel(), h * w, "t2i"
+        [prefix, image], [_no_cells(prefix.size), _cells(h, w)], prefix.size, h * w, "t2i"
     )
 
 
@@ -113,15 +131,15 @@ def captioning(tok, text_ids: Sequence[int], codes: Tensor) -> TaskSequence:
     """`<cap> <boi> codes <eoi> <bot> | text <eot>`."""
     h, w = codes.shape
     start = _ids([tok.task_id("cap"), tok.boi_id])
-    image = tok.codes_to_ids(codes.flatten().long())
+    image = _image_ids(tok, codes)
     middle = _ids([tok.eoi_id, tok.bot_id])
-    text = torch.cat([_ids(text_ids), _ids([tok.eot_id])])
-    prefix_len = start.numel() + image.numel() + middle.numel()
+    text = np.concatenate([_ids(text_ids), _ids([tok.eot_id])])
+    prefix_len = start.size + image.size + middle.size
     return _sequence(
         [start, image, middle, text],
-        [_no_cells(2), grid_cells(h, w), _no_cells(2), _no_cells(text.numel())],
+        [_no_cells(2), _cells(h, w), _no_cells(2), _no_cells(text.size)],
         prefix_len,
-        text.numel(),
+        text.size,
         "cap",
     )
 
@@ -132,39 +150,43 @@ def inpainting(tok, text_ids: Sequence[int], codes: Tensor, mask: Tensor) -> Tas
     `mask` (h, w) is True where a cell is regenerated; each target carries its own cell.
     """
     h, w = codes.shape
-    flat_mask = mask.flatten().bool()
-    cells = grid_cells(h, w)
-    image = tok.codes_to_ids(codes.flatten().long())
-    visible = torch.where(flat_mask, tok.mask_id, image)
-    head = torch.cat([_ids([tok.task_id("inp")]), _ids(text_ids), _ids([tok.boi_id])])
+    flat_mask = np.asarray(mask, dtype=bool).reshape(-1)
+    cells = _cells(h, w)
+    image = _image_ids(tok, codes)
+    visible = np.where(flat_mask, tok.mask_id, image)
+    head = np.concatenate([_ids([tok.task_id("inp")]), _ids(text_ids), _ids([tok.boi_id])])
     targets = image[flat_mask]
     parts = [head, visible, _ids([tok.eoi_id]), targets]
-    part_cells = [_no_cells(head.numel()), cells, _no_cells(1), cells[flat_mask]]
-    prefix_len = head.numel() + visible.numel() + 1
-    return _sequence(parts, part_cells, prefix_len, targets.numel(), "inp")
+    part_cells = [_no_cells(head.size), cells, _no_cells(1), cells[flat_mask]]
+    prefix_len = head.size + visible.size + 1
+    return _sequence(parts, part_cells, prefix_len, targets.size, "inp")
 
 
 def collate(samples: Sequence[TaskSequence], pad_id: int) -> TaskBatch:
     """Right-pad sequences to the longest; padding is never a target and never in a prefix."""
     t = max(s.ids.numel() for s in samples)
     b = len(samples)
-    batch = TaskBatch(
-        ids=torch.full((b, t), pad_id, dtype=torch.long),
-        pos=torch.zeros(b, t, dtype=torch.long),
-        cell=torch.zeros(b, t, 2, dtype=torch.long),
-        next_cell=torch.zeros(b, t, 2, dtype=torch.long),
-        labels=torch.full((b, t), IGNORE, dtype=torch.long),
+    ids = np.full((b, t), pad_id, dtype=np.int64)
+    pos = np.zeros((b, t), dtype=np.int64)
+    cell = np.zeros((b, t, 2), dtype=np.int64)
+    next_cell = np.zeros((b, t, 2), dtype=np.int64)
+    labels = np.full((b, t), IGNORE, dtype=np.int64)
+    for i, s in enumerate(samples):  # filled through numpy: per-row torch copies cost 5x more
+        n = s.ids.numel()
+        ids[i, :n] = s.ids.numpy()
+        pos[i, :n] = s.pos.numpy()
+        cell[i, :n] = s.cell.numpy()
+        next_cell[i, :n] = s.next_cell.numpy()
+        labels[i, :n] = s.labels.numpy()
+    return TaskBatch(
+        ids=torch.from_numpy(ids),
+        pos=torch.from_numpy(pos),
+        cell=torch.from_numpy(cell),
+        next_cell=torch.from_numpy(next_cell),
+        labels=torch.from_numpy(labels),
         prefix_len=torch.tensor([s.prefix_len for s in samples]),
         task=torch.tensor([TASKS.index(s.task) for s in samples]),
     )
-    for i, s in enumerate(samples):
-        n = s.ids.numel()
-        batch.ids[i, :n] = s.ids
-        batch.pos[i, :n] = s.pos
-        batch.cell[i, :n] = s.cell
-        batch.next_cell[i, :n] = s.next_cell
-        batch.labels[i, :n] = s.labels
-    return batch
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,6 +246,14 @@ def strokes_mask(h: int, w: int, g: torch.Generator) -> Tensor:
             dr, dc = steps[_randint(0, 7, g)].tolist()
             r, c = min(max(r + dr, 0), h - 1), min(max(c + dc, 0), w - 1)
     return mask
+
+
+def _draw(bounds: np.ndarray, g: torch.Generator) -> int:
+    """Index drawn with probability proportional to the steps of the cumulative weights
+    `bounds`: one uniform number (a multinomial call per sample cost more than the sample)."""
+    u = float(torch.rand(1, generator=g, dtype=torch.float64)) * float(bounds[-1])
+    # bisect_right steps over equal bounds, so a zero-weight entry is never drawn
+    return min(bisect.bisect_right(bounds.tolist(), u), len(bounds) - 1)
 
 
 MASK_MAKERS = {
@@ -325,13 +355,11 @@ class MaskingScheduler:
 
     def pick_task(self, step: int, g: torch.Generator) -> str:
         weights = self.schedule.weights(step)
-        probs = torch.tensor([weights[t] for t in TASKS])
-        return TASKS[int(torch.multinomial(probs, 1, generator=g))]
+        return TASKS[_draw(np.cumsum([weights[t] for t in TASKS]), g)]
 
     def make_mask(self, h: int, w: int, g: torch.Generator) -> Tensor:
         kinds = list(self.mask_weights)
-        probs = torch.tensor([self.mask_weights[k] for k in kinds], dtype=torch.float)
-        kind = kinds[int(torch.multinomial(probs, 1, generator=g))]
+        kind = kinds[_draw(np.cumsum([self.mask_weights[k] for k in kinds]), g)]
         return MASK_MAKERS[kind](h, w, g)
 
     def build(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -139,6 +140,20 @@ def test_scheduler_draws_tasks_with_the_scheduled_frequencies(tok, sample):
     drawn = [sched.pick_task(1000, g) for _ in range(n)]
     for task, want in (("t2i", 0.5), ("cap", 0.3), ("inp", 0.2)):
         assert drawn.count(task) / n == pytest.approx(want, abs=0.04)
+
+
+def test_mask_kinds_follow_their_weights_and_a_zero_weight_is_never_drawn(tok):
+    only_half = MaskingScheduler(tok, mask_weights={"rectangle": 0, "patches": 0, "half": 1,
+                                                    "strokes": 0})
+    g = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        mask = only_half.make_mask(8, 8, g)
+        assert int(mask.sum()) == 32 and (mask.all(0).any() or mask.all(1).any())
+    mixed = MaskingScheduler(tok, mask_weights={"rectangle": 3, "patches": 0, "half": 1,
+                                                "strokes": 0})
+    halves = [int(mixed.make_mask(8, 8, g).sum()) == 32 for _ in range(2000)]
+    # a rectangle spans 2..6 rows and 2..6 columns of 8, so it never has a half's 32 cells
+    assert np.mean(halves) == pytest.approx(0.25, abs=0.04)
 
 
 def test_text_dropout_drops_the_caption_of_t2i(tok, sample):
