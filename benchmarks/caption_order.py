@@ -6,8 +6,9 @@ Captions the two-object scenes among the first `--n` held-out images greedily (a
 eval` does) and splits them by the object named first: the one that comes first in reading
 order (top to bottom, then left to right: the first the image codes reach) or the other. A
 model that states the relation of the reading-order-first object to the other, whichever it
-names first, is right on the first group and wrong on most of the second. Captions that name
-positions instead of a relation are counted on their own, with their all-correct rate.
+names first, is right on the first group and wrong on most of the second. Captions without a
+relation (each object's position instead, or one object only) are counted on their own, with
+their all-correct rate.
 
 With `--candidates K` it also asks whether reranking captions would help: for each scene the
 greedy caption and K captions sampled at temperature 1, and how often one of them is
@@ -85,7 +86,7 @@ def main() -> None:
             picks["caption likelihood"] += right[int(by_caption.argmax())]
             picks["image likelihood"] += right[int(by_image.argmax())]
         if stated["relation"] is None:
-            counts[("positions, no relation", score["all"])] += 1
+            counts[("no relation stated", score["all"])] += 1
             continue
         first = min(truth["objects"], key=lambda o: (o["row"], o["col"]))
         named = stated["objects"][0]
@@ -98,12 +99,12 @@ def main() -> None:
 
     rows = {}
     for group in ("reading-order first named first", "the other named first",
-                  "positions, no relation"):
+                  "no relation stated"):
         right, wrong = counts[(group, True)], counts[(group, False)]
         n = right + wrong
         rows[group] = {"n": n, "right": right / n if n else None}
         pct = f"{100 * right / n:.1f}%" if n else "-"
-        what = "all correct" if group.startswith("positions") else "relation right"
+        what = "all correct" if group.startswith("no relation") else "relation right"
         print(f"{group:34s} {n:4d} captions, {what} {pct}")
     for name, n_right in picks.items():
         print(f"two-object captions all correct, {name}: {100 * n_right / len(idx):.1f}%")
