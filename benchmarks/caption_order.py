@@ -30,18 +30,12 @@ from cogview.cli.evaluate import _load_held_out
 from cogview.defaults import model_path_or_default
 from cogview.evaluate import caption_score, encode_images
 from cogview.pipeline import load_pipeline
-from cogview.sampling import SamplingConfig, caption_logprob, generate_captions
-
-
-@torch.inference_mode()
-def image_logprob(pipe, codes: torch.Tensor, texts: list[list[int]]) -> torch.Tensor:
-    """Mean log p(image codes | text) of one image (h, w) under each text, teacher-forced."""
-    tok = pipe.tokenizer
-    batch = masks.collate([masks.text_to_image(tok, t, codes) for t in texts], tok.pad_id)
-    logits = pipe.model(**batch.model_inputs()).float()
-    keep = batch.labels != masks.IGNORE
-    logp = logits.log_softmax(-1).gather(-1, batch.labels.clamp(min=0)[..., None])[..., 0]
-    return (logp * keep).sum(1) / keep.sum(1)
+from cogview.sampling import (
+    SamplingConfig,
+    caption_logprob,
+    generate_captions,
+    target_logprob,
+)
 
 
 def main() -> None:
@@ -80,7 +74,9 @@ def main() -> None:
             by_caption = caption_logprob(
                 pipe.model, tok, codes[k].expand(len(cands), -1, -1), cands
             )
-            by_image = image_logprob(pipe, codes[k], cands)
+            by_image = target_logprob(  # mean log p(image codes | caption)
+                pipe.model, [masks.text_to_image(tok, c, codes[k]) for c in cands], tok.pad_id
+            )
             picks["greedy"] += right[0]
             picks["oracle"] += any(right)
             picks["caption likelihood"] += right[int(by_caption.argmax())]

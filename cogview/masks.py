@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+import itertools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
@@ -248,12 +249,13 @@ def strokes_mask(h: int, w: int, g: torch.Generator) -> Tensor:
     return mask
 
 
-def _draw(bounds: np.ndarray, g: torch.Generator) -> int:
-    """Index drawn with probability proportional to the steps of the cumulative weights
-    `bounds`: one uniform number (a multinomial call per sample cost more than the sample)."""
-    u = float(torch.rand(1, generator=g, dtype=torch.float64)) * float(bounds[-1])
+def _draw(weights: Sequence[float], g: torch.Generator) -> int:
+    """Index drawn with probability proportional to `weights`: one uniform number against the
+    running sums (a multinomial call per sample cost more than building the sample)."""
+    bounds = list(itertools.accumulate(weights))
+    u = float(torch.rand(1, generator=g, dtype=torch.float64)) * bounds[-1]
     # bisect_right steps over equal bounds, so a zero-weight entry is never drawn
-    return min(bisect.bisect_right(bounds.tolist(), u), len(bounds) - 1)
+    return min(bisect.bisect_right(bounds, u), len(bounds) - 1)
 
 
 MASK_MAKERS = {
@@ -355,11 +357,11 @@ class MaskingScheduler:
 
     def pick_task(self, step: int, g: torch.Generator) -> str:
         weights = self.schedule.weights(step)
-        return TASKS[_draw(np.cumsum([weights[t] for t in TASKS]), g)]
+        return TASKS[_draw([weights[t] for t in TASKS], g)]
 
     def make_mask(self, h: int, w: int, g: torch.Generator) -> Tensor:
         kinds = list(self.mask_weights)
-        kind = kinds[_draw(np.cumsum([self.mask_weights[k] for k in kinds]), g)]
+        kind = kinds[_draw([self.mask_weights[k] for k in kinds], g)]
         return MASK_MAKERS[kind](h, w, g)
 
     def build(

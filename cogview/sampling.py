@@ -582,11 +582,20 @@ def caption_logprob(
         texts = [[int(i) for i in texts]] * b
     if len(texts) != b:
         raise SamplingError(f"{len(texts)} texts for {b} images")
+    seqs = [masks.captioning(tokenizer, texts[i], codes[i].cpu()) for i in range(b)]
+    return target_logprob(model, seqs, tokenizer.pad_id, batch_size)
+
+
+@torch.inference_mode()
+def target_logprob(
+    model: CogLM, seqs: Sequence[masks.TaskSequence], pad_id: int, batch_size: int = 64
+) -> Tensor:
+    """Mean log p of each task sequence's targets (B,), teacher-forced, one batched forward per
+    `batch_size` sequences; probabilities are over the whole vocabulary, as in training."""
     device = next(model.parameters()).device
     out = []
-    for chunk in _chunks(b, batch_size):
-        seqs = [masks.captioning(tokenizer, texts[i], codes[i].cpu()) for i in chunk]
-        batch = masks.collate(seqs, tokenizer.pad_id).to(device)
+    for chunk in _chunks(len(seqs), batch_size):
+        batch = masks.collate([seqs[i] for i in chunk], pad_id).to(device)
         logits = model(**batch.model_inputs()).float()  # (B, T, V)
         keep = batch.labels != masks.IGNORE
         logp = logits.log_softmax(-1).gather(-1, batch.labels.clamp(min=0)[..., None])[..., 0]
