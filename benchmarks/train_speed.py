@@ -86,6 +86,10 @@ class Split:
     codes: dict[int, torch.Tensor]
     text_ids: list[list[int]]
 
+    @property
+    def targets(self) -> list[list[int]]:  # captioning learns the captions themselves
+        return self.text_ids
+
 
 def synthetic_data(tok: SyntheticTokenizer, n: int = 1024) -> Split:
     g = torch.Generator().manual_seed(0)

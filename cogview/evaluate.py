@@ -83,9 +83,15 @@ class HeldOut:
     images: Tensor  # uint8 (N, 3, S, S)
     captions: list[str]
     attributes: list[dict[str, Any] | None]  # None where a sample carries no attributes
+    targets: list[str | None] | None = None  # captioning targets where not the caption
 
     def __len__(self) -> int:
         return len(self.captions)
+
+    def caption_targets(self) -> list[str]:
+        """What captioning learns for each sample: its target, or else its caption."""
+        targets = self.targets or [None] * len(self.captions)
+        return [t or c for t, c in zip(targets, self.captions, strict=True)]
 
     def with_attributes(self) -> list[int]:
         """Indices of the samples that have attributes (and so can be scored)."""
@@ -456,7 +462,7 @@ def vqvae_psnr(
 # ---------------------------------------------------------------------------------------------
 # the whole report
 
-LossFn = Callable[[Any, Tensor, list[list[int]]], dict[str, float]]
+LossFn = Callable[[Any, Tensor, list[list[int]], list[list[int]]], dict[str, float]]
 
 
 def run_eval(
@@ -472,8 +478,9 @@ def run_eval(
 ) -> dict[str, Any]:
     """Every part of the evaluation that `config` asks for; a JSON-able dict.
 
-    `loss_fn(pipe, codes (N, h, w), text_ids)` returns held-out losses per task (the trainer's
-    evaluation); without it, or without held-out data, those parts are left out.
+    `loss_fn(pipe, codes (N, h, w), text_ids, target_ids)` returns held-out losses per task
+    (the trainer's evaluation; captioning scored on the targets); without it, or without
+    held-out data, those parts are left out.
     """
     device = _device(pipe)
     generator = torch.Generator(device=device).manual_seed(config.seed)
@@ -542,7 +549,8 @@ def run_eval(
             if loss_fn is not None:
                 codes = encode_images(pipe.vqvae, images)
                 text_ids = _encode_texts(pipe.tokenizer, held.captions[: config.n_loss])
-                losses = timed("held_out_loss", lambda: loss_fn(pipe, codes, text_ids))
+                targets = _encode_texts(pipe.tokenizer, held.caption_targets()[: config.n_loss])
+                losses = timed("held_out_loss", lambda: loss_fn(pipe, codes, text_ids, targets))
                 report["held_out_loss"] = {"n": len(images), **losses}
     if fashion is not None and config.n_fashion_per_class:
         report["fashion"] = timed(

@@ -365,15 +365,22 @@ class MaskingScheduler:
         return MASK_MAKERS[kind](h, w, g)
 
     def build(
-        self, text_ids: Sequence[int], codes: Tensor, step: int, g: torch.Generator
+        self,
+        text_ids: Sequence[int],
+        codes: Tensor,
+        step: int,
+        g: torch.Generator,
+        target_ids: Sequence[int] | None = None,
     ) -> TaskSequence:
+        """One sample's sequence; a captioning sample learns `target_ids` when given (another
+        phrasing of the same caption), else the caption itself."""
         task = self.pick_task(step, g)
         if task != "cap" and float(torch.rand(1, generator=g)) < self.text_dropout:
             text_ids = []
         if task == "t2i":
             return text_to_image(self.tokenizer, text_ids, codes)
         if task == "cap":
-            return captioning(self.tokenizer, text_ids, codes)
+            return captioning(self.tokenizer, text_ids if target_ids is None else target_ids, codes)
         return inpainting(self.tokenizer, text_ids, codes, self.make_mask(*codes.shape, g))
 
     def batch(

@@ -219,7 +219,9 @@ def _pick(rng: np.random.Generator, options: list[str] | tuple[str, ...]) -> str
     return options[int(rng.integers(len(options)))]
 
 
-def caption(scene: Scene, rng: np.random.Generator, positions: float = 0.0) -> str:
+def caption(
+    scene: Scene, rng: np.random.Generator, positions: float = 0.0, reading_order: bool = False
+) -> str:
     """A caption in one of several phrasings, true of the scene.
 
     One object: colour, shape and position, with the size in about 70% of captions (so that a
@@ -228,6 +230,13 @@ def caption(scene: Scene, rng: np.random.Generator, positions: float = 0.0) -> s
     about 75% of captions (both or neither). With probability `positions` a two-object caption
     names each object's position instead ("a red circle at the top left and a blue square in
     the center"); at 0 no random number is drawn for it, so captions stay as they were.
+
+    With `reading_order` a two-object caption names first the object that comes first in
+    reading order (the one the image codes reach first). It draws the same numbers, so with a
+    generator in the same state it gives the same phrasing as without, the objects swapped and
+    the relation inverted when they were named the other way ("a blue square below a red
+    circle" -> "a red circle above a blue square"): the caption that `reading_order_target`
+    makes the captioning task learn.
     """
     objs = scene.objects
     if len(objs) == 1:
@@ -247,6 +256,8 @@ def caption(scene: Scene, rng: np.random.Generator, positions: float = 0.0) -> s
         return f"a picture of {desc} {pos}"
     if len(objs) == 2:
         first, second = (objs[0], objs[1]) if rng.random() < 0.5 else (objs[1], objs[0])
+        if reading_order:
+            first, second = sorted(objs, key=lambda o: (o.row, o.col))
         if positions and rng.random() < positions:
             d1, d2 = _describe_pair(first, second, rng)
             p1 = _pick(rng, _position_phrases(first.position)[0])
@@ -264,6 +275,30 @@ def caption(scene: Scene, rng: np.random.Generator, positions: float = 0.0) -> s
             return f"{d1} is {rel} {d2}"
         return f"there is {d1} {rel} {d2}"
     raise ValueError(f"a scene has 1 or 2 objects, got {len(objs)}")
+
+
+def reading_order_target(
+    scene: Scene, rng: np.random.Generator, positions: float = 0.0
+) -> tuple[str, str | None]:
+    """(caption, captioning target): the caption `caption` gives, and for a two-object caption
+    that names the objects against reading order, the same caption in reading order (None
+    when the caption already is).
+
+    Learning to caption two objects in free order asks the model to tie the relation word to
+    whichever object it named first; it learns to state the relation of the object its image
+    codes reach first, and with the other named first gets the relation right in about a
+    quarter of captions (benchmarks/caption_order.py). Its captioning targets in reading order
+    remove that choice; text-to-image keeps every order.
+    """
+    state = rng.bit_generator.state
+    text = caption(scene, rng, positions)
+    if len(scene.objects) < 2:
+        return text, None
+    after = rng.bit_generator.state
+    rng.bit_generator.state = state
+    target = caption(scene, rng, positions, reading_order=True)
+    rng.bit_generator.state = after  # the caller's stream as if only `caption` had drawn
+    return text, (target if target != text else None)
 
 
 _WORD = re.compile(r"[a-z]+")

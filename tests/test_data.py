@@ -94,6 +94,24 @@ def test_shapes_samples_are_consistent(shapes_set):
     assert 10 < n_two < 47  # --two-fraction 0.5
 
 
+def test_shapes_captioning_targets_are_optional_and_leave_the_captions_alone(tmp_path, shapes_set):
+    free = tmp_path / "free"
+    assert main(["data", "shapes", "--out", str(free), "--n", "60", "--shard-size", "25",
+                 "--free-order-targets"]) == 0
+    with_targets = list(iter_samples(str(shapes_set)))
+    without = list(iter_samples(str(free)))
+    assert [s.caption for s in with_targets] == [s.caption for s in without]
+    assert all(s.target is None for s in without)
+    targets = [s for s in with_targets if s.target is not None]
+    assert targets and all(len(s.meta["objects"]) == 2 for s in targets)
+    for s in targets:
+        assert s.target != s.caption
+        assert shapes.compare(shapes.parse_caption(s.target), s.meta)["all"], s.target
+    info = json.loads((shapes_set / "info.json").read_text())
+    assert info["caption_targets"] == "reading order"
+    assert "caption_targets" not in json.loads((free / "info.json").read_text())
+
+
 def test_iter_samples_shuffle_is_a_seeded_permutation(shapes_set):
     def keys(**kw):
         return [s.key for s in iter_samples(str(shapes_set), decode_images=False, **kw)]

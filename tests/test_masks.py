@@ -156,6 +156,24 @@ def test_mask_kinds_follow_their_weights_and_a_zero_weight_is_never_drawn(tok):
     assert np.mean(halves) == pytest.approx(0.25, abs=0.04)
 
 
+def test_captioning_learns_the_target_and_the_other_tasks_the_caption(tok, sample):
+    text, codes, _ = sample
+    target = list(reversed(text))
+    sched = MaskingScheduler(tok, TaskSchedule.constant(t2i=1, cap=1, inp=1), text_dropout=0.0)
+    g = torch.Generator().manual_seed(0)
+    for given, learnt in ((target, target), (None, text)):
+        seen = set()
+        for _ in range(60):
+            seq = sched.build(text, codes, 0, g, target_ids=given)
+            seen.add(seq.task)
+            ids = seq.ids.tolist()
+            if seq.task == "cap":  # the labels: the target, then <eot>
+                assert seq.labels[seq.labels != IGNORE].tolist() == [*learnt, tok.eot_id]
+            else:
+                assert ids[1 : 1 + len(text)] == text  # <task> then the caption
+        assert seen == {"t2i", "cap", "inp"}
+
+
 def test_text_dropout_drops_the_caption_of_t2i(tok, sample):
     text, codes, _ = sample
     sched = MaskingScheduler(tok, TaskSchedule.constant(t2i=1.0), text_dropout=1.0)

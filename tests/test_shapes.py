@@ -169,3 +169,30 @@ def test_position_captions_leave_the_default_stream_alone():
     assert captions() == captions(positions=0.0)
     with_positions = captions(positions=1.0)
     assert all(" and " in c and shapes.parse_caption(c)["relation"] is None for c in with_positions)
+
+
+def test_reading_order_targets_restate_the_caption_from_the_first_object():
+    """The target names first the object that comes first in reading order, states the same
+    objects and a true relation, and leaves the caption (and the caller's stream) as is."""
+    seed = np.random.default_rng(3)
+    restated = 0
+    for scene in scenes(300, seed=4, n_objects=2):
+        state = seed.bit_generator.state
+        alone = np.random.default_rng()
+        alone.bit_generator.state = state
+        text, target = shapes.reading_order_target(scene, seed)
+        assert text == shapes.caption(scene, alone)
+        assert seed.bit_generator.state == alone.bit_generator.state
+        first = min(scene.objects, key=lambda o: (o.row, o.col))
+        said = shapes.parse_caption(target or text)
+        assert shapes.compare(said, shapes.scene_to_json(scene))["all"], (text, target)
+        named = said["objects"][0]
+        assert (named["colour"], named["shape"]) == (first.colour, first.shape), (text, target)
+        if target is not None:
+            restated += 1
+            stated = shapes.parse_caption(text)
+            assert said["objects"] == stated["objects"][::-1]
+            assert said["relation"] == shapes.INVERSE_RELATION[stated["relation"]]
+    assert 100 < restated < 200  # about half of the captions name the objects the other way
+    one = scenes(20, n_objects=1)
+    assert all(shapes.reading_order_target(s, seed)[1] is None for s in one)

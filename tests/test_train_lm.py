@@ -115,7 +115,7 @@ def test_lr_schedule_warms_up_then_decays_to_min_lr():
 
 class _Split:
     def __init__(self, codes: torch.Tensor, text_ids: list[list[int]]) -> None:
-        self.codes, self.text_ids = {32: codes}, text_ids
+        self.codes, self.text_ids, self.targets = {32: codes}, text_ids, text_ids
 
 
 def test_tiny_model_overfits_one_batch(inputs, tmp_path):

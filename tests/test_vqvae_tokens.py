@@ -23,7 +23,8 @@ from train.data.tokens import (
 
 
 def make_shards(folder, samples_per_split: dict[str, int], long_key: bool = False) -> dict:
-    """Token shards of random codes; returns {split: [(key, codes32, codes64, ids, caption)]}."""
+    """Token shards of random codes, a captioning target in every third sample; returns
+    {split: [(key, codes32, codes64, ids, caption, target or None)]}."""
     rng = np.random.default_rng(0)
     folder.mkdir(parents=True, exist_ok=True)
     written = {}
@@ -36,9 +37,10 @@ def make_shards(folder, samples_per_split: dict[str, int], long_key: bool = Fals
                 c64 = rng.integers(0, 512, (16, 16))
                 ids = rng.integers(0, 900, rng.integers(1, 9)).tolist()
                 caption = f"caption {i} ünïcode"
+                target = ids[::-1] if i % 3 == 1 else None
                 write_sample(tar, key, {32: c32, 64: c64}, ids, caption,
-                             {"i": i} if i % 2 else None)
-                rows.append((key, c32, c64, ids, caption))
+                             {"i": i} if i % 2 else None, target)
+                rows.append((key, c32, c64, ids, caption, target))
         written[split] = rows
     info = {"format": FORMAT, "version": 1, "sizes": [32, 64],
             "grids": {"32": [8, 8], "64": [16, 16]}, "codebook_size": 512}
@@ -56,6 +58,7 @@ def test_round_trip(tmp_path, long_key):
         assert torch.equal(data.codes[64], torch.from_numpy(np.stack([r[2] for r in rows])))
         assert data.codes[32].dtype == torch.int64
         assert data.text_ids == [r[3] for r in rows]
+        assert data.targets == [r[3] if r[5] is None else r[5] for r in rows]
         assert data.captions == [r[4] for r in rows]
         assert data.metas == [{"i": i} if i % 2 else None for i in range(len(rows))]
 

@@ -19,6 +19,7 @@ gradient independent of how the batch is split.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -693,7 +694,8 @@ class CogLMObjective:
     """Text-to-image, captioning and inpainting batches from pre-tokenized data.
 
     `train` and `test` are `train.data.tokens.TokenData` (or anything with `.codes` (a dict of
-    image size -> (N, h, w) codes) and `.text_ids`); the test split gives held-out losses.
+    image size -> (N, h, w) codes), `.text_ids` and the captioning `.targets`); the test split
+    gives held-out losses.
     """
 
     model: CogLM
@@ -736,7 +738,10 @@ class CogLMObjective:
     def draw(self, step: int, n: int, g: torch.Generator) -> list[TaskSequence]:
         idx = torch.randint(len(self.codes), (n,), generator=g).tolist()
         return [
-            self.scheduler.build(self.train.text_ids[i], self.codes[i], step, g) for i in idx
+            self.scheduler.build(
+                self.train.text_ids[i], self.codes[i], step, g, self.train.targets[i]
+            )
+            for i in idx
         ]
 
     def collate(self, samples: Sequence[TaskSequence]) -> Any:
@@ -768,13 +773,16 @@ class CogLMObjective:
             return self._eval_sets
         codes = self.test.codes[self.image_size][: self.eval_samples]  # (n, h, w)
         pairs = list(zip(self.test.text_ids[: len(codes)], codes, strict=True))
+        targets = self.test.targets[: len(codes)]
         g = torch.Generator().manual_seed(EVAL_SEED)
         tok, used = self.tokenizer, self.used_tasks
         if pairs and "t2i" in used:
             self._eval_sets["t2i"] = [text_to_image(tok, t, c) for t, c in pairs]
             self._eval_sets["t2i_nocap"] = [text_to_image(tok, [], c) for _, c in pairs]
         if pairs and "cap" in used:
-            self._eval_sets["cap"] = [captioning(tok, t, c) for t, c in pairs]
+            self._eval_sets["cap"] = [
+                captioning(tok, t, c) for t, (_, c) in zip(targets, pairs, strict=True)
+            ]
         if pairs and "inp" in used:
             masks = [self.scheduler.make_mask(*c.shape, g) for _, c in pairs]
             self._eval_sets["inp"] = [
@@ -809,7 +817,7 @@ def vocab_check(tokenizer: Any, data: Any) -> None:
         if len(codes) and (int(codes.min()) < 0 or int(codes.max()) >= n):
             raise UserError(f"token shards: codes at {size} px outside [0, {n}) of the tokenizer")
     text = tokenizer.text_range
-    for ids in data.text_ids:
+    for ids in itertools.chain(data.text_ids, data.targets):
         if ids and (min(ids) < text.start or max(ids) >= text.stop):
             raise UserError("token shards: caption ids outside the tokenizer's text range")
 

@@ -59,6 +59,13 @@ def register(subparsers: Any) -> None:
         help="fraction of two-object captions that name each object's position instead of a "
         "relation (0)",
     )
+    p.add_argument(
+        "--free-order-targets",
+        action="store_true",
+        help="let captioning learn two-object captions in the order they were written; by "
+        "default its target names the objects in reading order (the captions, and so "
+        "text-to-image, keep both orders)",
+    )
     p.set_defaults(func=run_shapes)
 
     p = sources.add_parser(
@@ -154,6 +161,7 @@ def run_shapes(args: argparse.Namespace) -> int:
         test_fraction=args.test_fraction,
         two_fraction=args.two_fraction,
         positions=args.positions,
+        reading_order_targets=not args.free_order_targets,
     )
     _report(info, args.out, time.perf_counter() - start)
     return 0

@@ -36,14 +36,17 @@ def _progress():
     return Progress(start=start)
 
 
-def held_out_loss_fn(pipe: Any, codes: Any, text_ids: list[list[int]]) -> dict[str, float]:
-    """Mean held-out loss per task, by the trainer's own evaluation (`CogLMObjective`)."""
+def held_out_loss_fn(
+    pipe: Any, codes: Any, text_ids: list[list[int]], target_ids: list[list[int]]
+) -> dict[str, float]:
+    """Mean held-out loss per task, by the trainer's own evaluation (`CogLMObjective`);
+    captioning learns `target_ids`."""
     from types import SimpleNamespace
 
     from cogview.masks import MaskingScheduler, TaskSchedule
     from train.lm import CogLMObjective
 
-    data = SimpleNamespace(codes={pipe.image_size: codes}, text_ids=text_ids)
+    data = SimpleNamespace(codes={pipe.image_size: codes}, text_ids=text_ids, targets=target_ids)
     scheduler = MaskingScheduler(
         pipe.tokenizer, schedule=TaskSchedule.constant(t2i=1, cap=1, inp=1), text_dropout=0.0
     )
@@ -76,7 +79,7 @@ def _load_held_out(data: str, size: int, limit: int, split: str):
     if len(found) == 0:
         raise UserError(f"--data {data}: no {split} images")
     attrs = [m if isinstance(m, dict) and m.get("objects") else None for m in found.metas]
-    return HeldOut(found.images, found.captions, attrs)
+    return HeldOut(found.images, found.captions, attrs, found.targets)
 
 
 def _class_prompts(captions: list[str], labels: list[int], n_classes: int) -> list[str]:

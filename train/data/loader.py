@@ -107,6 +107,7 @@ class Sample:
     meta: dict[str, Any]
     url: str = ""  # the shard it came from
     image_bytes: bytes | None = None  # the encoded image file, as stored
+    target: str | None = None  # the captioning target (`.target.txt`), when not the caption
 
 
 # ----------------------------------------------------------------------------- listing
@@ -269,6 +270,9 @@ def _decode(raw: dict[str, Any], stats: SkipStats, decode_images: bool) -> Sampl
     except UnicodeDecodeError:
         stats.add("bad_caption_encoding", where)
         caption = raw["txt"].decode("utf-8", errors="replace")
+    target = None
+    if "target.txt" in raw:
+        target = raw["target.txt"].decode("utf-8", errors="replace").strip() or None
     meta: dict[str, Any] = {}
     if "json" in raw:
         try:
@@ -276,7 +280,7 @@ def _decode(raw: dict[str, Any], stats: SkipStats, decode_images: bool) -> Sampl
             meta = parsed if isinstance(parsed, dict) else {"value": parsed}
         except (UnicodeDecodeError, ValueError):
             stats.add("bad_json", where)
-    return Sample(raw["__key__"], image, caption.strip(), meta, raw["__url__"], raw[ext])
+    return Sample(raw["__key__"], image, caption.strip(), meta, raw["__url__"], raw[ext], target)
 
 
 def _decode_image(data: bytes) -> Image.Image | None:
@@ -492,6 +496,7 @@ class ImageSet:
     captions: list[str]
     metas: list[dict[str, Any]]
     stats: SkipStats = field(default_factory=SkipStats)
+    targets: list[str | None] = field(default_factory=list)  # captioning targets (Sample.target)
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -538,7 +543,7 @@ def load_images(
     total = _expected_count(paths)
     if limit is not None:
         total = limit if total is None else min(total, limit)
-    arrays, captions, metas = [], [], []
+    arrays, captions, metas, targets = [], [], [], []
     bar = tqdm(
         total=total, desc="loading images", unit="img", file=sys.stderr, disable=not progress
     )
@@ -549,9 +554,10 @@ def load_images(
             arrays.append(fit(sample.image, size))
             captions.append(sample.caption)
             metas.append(sample.meta)
+            targets.append(sample.target)
             bar.update(1)
     if arrays:
         images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     else:
         images = torch.zeros((0, 3, size, size), dtype=torch.uint8)
-    return ImageSet(images, captions, metas, samples.stats)
+    return ImageSet(images, captions, metas, samples.stats, targets)

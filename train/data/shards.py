@@ -39,6 +39,7 @@ class ShardSample:
     caption: str
     meta: dict[str, Any] | None = None
     image_ext: str = "png"
+    target: str | None = None  # what captioning learns to write, when not the caption itself
 
     def to_members(self) -> dict[str, Any]:
         if "." in self.key or "/" in self.key or not self.key:
@@ -50,6 +51,8 @@ class ShardSample:
         }
         if self.meta is not None:
             members["json"] = json_bytes(self.meta)
+        if self.target is not None:
+            members["target.txt"] = self.target.encode("utf-8")
         return members
 
 

@@ -46,7 +46,13 @@ def split_counts(n: int, test_fraction: float) -> tuple[int, int]:
 
 
 def _shapes_samples(
-    split: str, n: int, size: int, seed: int, two_fraction: float, positions: float
+    split: str,
+    n: int,
+    size: int,
+    seed: int,
+    two_fraction: float,
+    positions: float,
+    reading_order: bool,
 ) -> Iterator[ShardSample]:
     from cogview import shapes
     from cogview.images import encode_png
@@ -55,9 +61,10 @@ def _shapes_samples(
         rng = _rng(seed, split, i)
         n_objects = 2 if rng.random() < two_fraction else 1
         scene = shapes.sample_scene(rng, n_objects)
-        text = shapes.caption(scene, rng, positions)
+        text, target = shapes.reading_order_target(scene, rng, positions)
         image = shapes.render(scene, size)
-        yield ShardSample(_key(split, i), encode_png(image), text, shapes.scene_to_json(scene))
+        yield ShardSample(_key(split, i), encode_png(image), text, shapes.scene_to_json(scene),
+                          target=target if reading_order else None)
 
 
 def build_shapes(
@@ -70,12 +77,15 @@ def build_shapes(
     test_fraction: float = 0.05,
     two_fraction: float = 0.5,
     positions: float = 0.0,
+    reading_order_targets: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Rendered shapes scenes with captions and attribute JSON; returns info.json's content.
 
     `positions` is the fraction of two-object captions that name both objects' positions
-    instead of a relation (`shapes.caption`)."""
+    instead of a relation (`shapes.caption`). With `reading_order_targets` a two-object caption
+    that names its objects against reading order gets a captioning target that names them in
+    reading order (`shapes.reading_order_target`); the captions are the same either way."""
     if size < 8:
         raise UserError(f"--size must be at least 8 px, got {size}")
     if not 0 <= two_fraction <= 1:
@@ -92,9 +102,12 @@ def build_shapes(
     }
     if positions:
         info["positions"] = positions
+    if reading_order_targets:
+        info["caption_targets"] = "reading order"
     splits = {
-        "train": _shapes_samples("train", n_train, size, seed, two_fraction, positions),
-        "test": _shapes_samples("test", n_test, size, seed, two_fraction, positions),
+        split: _shapes_samples(split, count, size, seed, two_fraction, positions,
+                               reading_order_targets)
+        for split, count in (("train", n_train), ("test", n_test))
     }
     totals = {"train": n_train, "test": n_test}
     return write_dataset(out, splits, info, shard_size=shard_size, totals=totals, progress=progress)

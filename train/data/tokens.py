@@ -7,6 +7,8 @@ with one sample per key:
     <key>.codes64.npy   uint16 (16, 16)
     <key>.ids.npy       int32 (T,)        caption ids from UnifiedTokenizer.encode_texts
     <key>.txt           the caption
+    <key>.target.npy    int32 (T,)        ids of the captioning target, when the source gives
+                                          one (`.target.txt`); else captioning learns the caption
     <key>.json          attributes, passed through when the source has them
 
 and `info.json` with counts, sizes, grid shapes, the codebook size and the fingerprints of the
@@ -49,6 +51,7 @@ _KEY_EXT = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")
 class TokenData:
     codes: dict[int, Tensor]  # image size -> LongTensor (N, h, w)
     text_ids: list[list[int]]
+    targets: list[list[int]]  # what captioning learns: text_ids[i] unless the source gave one
     captions: list[str]
     metas: list[dict[str, Any] | None]
     keys: list[str]
@@ -79,11 +82,15 @@ def write_sample(
     ids: list[int],
     caption: str,
     meta: dict[str, Any] | None,
+    target_ids: list[int] | None = None,
 ) -> None:
-    """One sample: codes (h, w) per image size, caption ids, caption and attributes."""
+    """One sample: codes (h, w) per image size, caption ids, caption, attributes and the ids of
+    the captioning target when it is not the caption."""
     for size, grid in sorted(codes.items()):
         _add(tar, f"{key}.codes{size}.npy", _npy_bytes(np.asarray(grid, dtype=np.uint16)))
     _add(tar, f"{key}.ids.npy", _npy_bytes(np.asarray(ids, dtype=np.int32)))
+    if target_ids is not None:
+        _add(tar, f"{key}.target.npy", _npy_bytes(np.asarray(target_ids, dtype=np.int32)))
     _add(tar, f"{key}.txt", caption.encode("utf-8"))
     if meta is not None:
         _add(tar, f"{key}.json", json.dumps(meta, sort_keys=True).encode("utf-8"))
@@ -166,9 +173,12 @@ def encode_shards(
                         x = to_tensor(np.stack([fit(s.image, size) for s in batch]))
                         codes[size] = vqvae.encode(x).cpu().numpy()  # (B, h, w)
                     ids = tokenizer.encode_texts([s.caption for s in batch])
+                    has_target = [s for s in batch if s.target is not None]
+                    targets = dict(zip((s.key for s in has_target), tokenizer.encode_texts(
+                        [s.target for s in has_target]), strict=True))
                     for i, s in enumerate(batch):
                         write_sample(tar, s.key, {k: v[i] for k, v in codes.items()}, ids[i],
-                                     s.caption, s.meta or None)
+                                     s.caption, s.meta or None, targets.get(s.key))
                     counts[split] += len(batch)
                     bar.update(len(batch))
             skipped += samples.stats.skipped
@@ -319,7 +329,7 @@ def load_token_shards(path: str | Path, split: str = "train") -> TokenData:
         except (tarfile.TarError, OSError) as e:
             raise UserError(f"{shard}: unreadable token shard ({e})") from e
 
-    keys, text_ids, captions, metas = [], [], [], []
+    keys, text_ids, targets, captions, metas = [], [], [], [], []
     grids: dict[int, list[np.ndarray]] = {s: [] for s in sizes}
     needed = [f"codes{s}.npy" for s in sizes] + ["ids.npy", "txt"]
     for key, parts in samples.items():
@@ -330,6 +340,8 @@ def load_token_shards(path: str | Path, split: str = "train") -> TokenData:
             for s in sizes:
                 grids[s].append(_load_npy(parts[f"codes{s}.npy"]))
             text_ids.append(_load_npy(parts["ids.npy"]).tolist())
+            target = parts.get("target.npy")
+            targets.append(text_ids[-1] if target is None else _load_npy(target).tolist())
             captions.append(parts["txt"].decode("utf-8"))
             metas.append(json.loads(parts["json"]) if "json" in parts else None)
         except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
@@ -342,8 +354,8 @@ def load_token_shards(path: str | Path, split: str = "train") -> TokenData:
             raise UserError(f"{path}: codes{s} grids are not all {grid}")
         stacked = np.stack(grids[s]) if grids[s] else np.zeros((0, *grid))
         codes[s] = torch.from_numpy(stacked.astype(np.int64))
-    return TokenData(codes=codes, text_ids=text_ids, captions=captions, metas=metas, keys=keys,
-                     info=info)
+    return TokenData(codes=codes, text_ids=text_ids, targets=targets, captions=captions,
+                     metas=metas, keys=keys, info=info)
 
 
 def check_compatible(info: dict[str, Any], tokenizer: Any,
