@@ -319,6 +319,7 @@ def test_folder_pairs_and_skips(tmp_path, capsys):
     (src / "sub" / "b.txt").write_bytes("caf\xe9".encode("latin-1"))
     Image.new("RGB", (9, 9)).save(src / "sub" / "deeper" / "c.webp")
     (src / "sub" / "deeper" / "c.txt").write_text("deep")
+    (src / "sub" / "deeper" / "c.target.txt").write_text("deep down\n")
     Image.new("RGB", (9, 9)).save(src / "lonely.png")  # no caption
     (src / "broken.png").write_bytes(b"\x89PNG not really")
     (src / "broken.txt").write_text("never used")
@@ -332,6 +333,7 @@ def test_folder_pairs_and_skips(tmp_path, capsys):
     samples = list(iter_samples(str(out)))
     assert [s.meta["source_path"] for s in samples] == ["a.png", "sub/b.JPG", "sub/deeper/c.webp"]
     assert [s.caption for s in samples] == ["a red picture", "caf\ufffd", "deep"]
+    assert [s.target for s in samples] == [None, None, "deep down"]
     assert samples[0].image.size == (40, 30)  # kept as is without --size
     assert main(["data", "folder", str(tmp_path / "nope"), "--out", str(out)]) == 2
 

@@ -258,7 +258,8 @@ class FolderReport:
 def find_pairs(src: Path) -> tuple[list[tuple[Path, Path]], list[Path]]:
     """(image, caption) pairs under src (nested, sorted), and images that have no caption.
 
-    `dir/name.png` pairs with `dir/name.txt`.
+    `dir/name.png` pairs with `dir/name.txt` (and `dir/name.target.txt`, when there is one, is
+    the captioning target: see `_folder_samples`).
     """
     pairs, orphans = [], []
     for root, dirs, files in os.walk(src):
@@ -308,9 +309,20 @@ def _folder_samples(
             continue
         pixels = fit(image, size) if size else np.asarray(image)
         meta = {"source_path": image_path.relative_to(src).as_posix()}
-        yield ShardSample(_key(split, index), encode_png(pixels), text, meta)
+        yield ShardSample(_key(split, index), encode_png(pixels), text, meta,
+                          target=_read_target(caption_path))
         report.written += 1
         index += 1
+
+
+def _read_target(caption_path: Path) -> str | None:
+    """The text of `name.target.txt` beside `name.txt`: what captioning learns instead of the
+    caption. None when there is none, or it is empty or unreadable."""
+    try:
+        raw = caption_path.with_name(caption_path.stem + ".target.txt").read_bytes()
+    except OSError:
+        return None
+    return raw.decode("utf-8", errors="replace").strip() or None
 
 
 def build_folder(
