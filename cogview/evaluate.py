@@ -261,6 +261,8 @@ def eval_text_to_image(
     attrs = [a for _, a in prompts for _ in range(n_per_prompt)]
     ids = _encode_texts(pipe.tokenizer, texts)
     candidates = [t for t in ids for _ in range(rerank)]
+    restated = [_encode_texts(pipe.tokenizer, shapes.restatements(t)) for t in texts]
+    alternatives = [alts for alts in restated for _ in range(rerank)]
     update = (progress or Progress()).start(len(candidates), what)
     codes = generate_images(
         pipe.model,
@@ -273,7 +275,7 @@ def eval_text_to_image(
         progress=update,
     )
     codes = best_of_groups(pipe.model, pipe.tokenizer, codes, candidates, rerank,
-                           batch_size=sampling.batch_size)
+                           batch_size=sampling.batch_size, alternatives=alternatives)
     images = decode_codes(pipe.vqvae, codes.cpu(), sampling.batch_size)
     # detect.score, with the detections kept for the examples of failures
     found = [detect.detections_to_json(detect.detect(img)) for img in images]

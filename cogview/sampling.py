@@ -603,6 +603,30 @@ def target_logprob(
     return torch.cat(out)
 
 
+@torch.inference_mode()
+def prompt_scores(
+    model: CogLM,
+    tokenizer,
+    codes: Tensor,
+    text_ids: Sequence[Sequence[int]],
+    alternatives: Sequence[Sequence[Sequence[int]]] | None = None,
+    batch_size: int = 64,
+) -> Tensor:
+    """Self-reranking scores (B,): the mean log p(prompt | image) of each image (B, h, w) with
+    its prompt in `text_ids`, or the best over the prompt and the other phrasings of it in
+    `alternatives` (B lists, empty where there are none; `shapes.restatements`)."""
+    if not alternatives or not any(alternatives):
+        return caption_logprob(model, tokenizer, codes, text_ids, batch_size)
+    if len(alternatives) != len(text_ids):
+        raise SamplingError(f"{len(alternatives)} lists of alternatives for {len(text_ids)} texts")
+    rows = [i for i, alts in enumerate(alternatives) for _ in range(len(alts) + 1)]
+    texts = [t for i, alts in enumerate(alternatives) for t in (text_ids[i], *alts)]
+    flat = caption_logprob(model, tokenizer, codes[rows], texts, batch_size)
+    index = torch.tensor(rows, device=flat.device)
+    best = torch.full((len(text_ids),), -math.inf, device=flat.device, dtype=flat.dtype)
+    return best.scatter_reduce(0, index, flat, reduce="amax")
+
+
 @dataclass
 class Reranked:
     codes: Tensor  # (keep, h, w), best first
@@ -623,9 +647,11 @@ def rerank(
     *,
     clusters: Tensor | None = None,
     progress: Callable[[int], None] | None = None,
+    alternatives: Sequence[Sequence[int]] = (),
 ) -> Reranked:
     """CogView self-reranking: sample `n_candidates` images of the prompt, score each by the
-    model's own log p(prompt | image) in captioning mode, keep the best `keep`."""
+    model's own log p(prompt | image) in captioning mode, keep the best `keep`.
+    `alternatives` are other phrasings of the prompt (`prompt_scores`)."""
     if not 1 <= keep <= n_candidates:
         raise SamplingError(f"keep must be in 1..{n_candidates}, got {keep}")
     codes = generate_images(
@@ -639,7 +665,8 @@ def rerank(
         progress=progress,
     )
     best, scores = best_candidates(model, tokenizer, codes, [list(text_ids)] * n_candidates,
-                                   n_candidates, keep, config.batch_size)
+                                   n_candidates, keep, config.batch_size,
+                                   [alternatives] * n_candidates if alternatives else None)
     return Reranked(codes=codes[best[0]], scores=scores[0, best[0]], all_scores=scores[0])
 
 
@@ -652,11 +679,13 @@ def best_candidates(
     n_candidates: int,
     keep: int = 1,
     batch_size: int = 64,
+    alternatives: Sequence[Sequence[Sequence[int]]] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Self-reranking of P groups of `n_candidates` consecutive images (P * n, h, w), each row
-    with its prompt in `text_ids`. Returns the `keep` best of each group, best first, as
-    indices into the group (P, keep), and every score (P, n): mean log p(prompt | image)."""
-    scores = caption_logprob(model, tokenizer, codes, text_ids, batch_size)
+    with its prompt in `text_ids` (and other phrasings of it in `alternatives`). Returns the
+    `keep` best of each group, best first, as indices into the group (P, keep), and every
+    score (P, n): `prompt_scores`."""
+    scores = prompt_scores(model, tokenizer, codes, text_ids, alternatives, batch_size)
     scores = scores.view(-1, n_candidates)
     return scores.argsort(dim=1, descending=True, stable=True)[:, :keep], scores
 
@@ -668,12 +697,13 @@ def best_of_groups(
     text_ids: Sequence[Sequence[int]],
     n_candidates: int,
     batch_size: int = 64,
+    alternatives: Sequence[Sequence[Sequence[int]]] | None = None,
 ) -> Tensor:
     """The best image (P, h, w) of each of P groups of `n_candidates` consecutive candidates
     (`best_candidates` with keep=1); the codes unchanged when `n_candidates` is 1."""
     if n_candidates == 1:
         return codes
     best, _ = best_candidates(model, tokenizer, codes, text_ids, n_candidates,
-                              batch_size=batch_size)
+                              batch_size=batch_size, alternatives=alternatives)
     first = torch.arange(best.shape[0], device=best.device) * n_candidates  # each group's start
     return codes[(first + best[:, 0]).to(codes.device)]

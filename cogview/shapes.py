@@ -400,6 +400,23 @@ def canonical_caption(attributes: dict[str, Any]) -> str:
     return f"{describe(objs[0])} {rel} {describe(objs[1])}"
 
 
+def restatements(text: str) -> list[str]:
+    """The same statement about two objects made from the other object ("a red circle above a
+    blue square" -> "a blue square below a red circle"); [] for text that is not one.
+
+    Self-reranking scores a candidate image by the best of the prompt and its restatements: a
+    model whose captioning learnt to name the objects in reading order
+    (`reading_order_target`) gives a prompt written in the other order a low likelihood
+    whatever the image, and its restatement the likelihood that tells the images apart.
+    """
+    parsed = parse_caption(text)
+    objects, relation = parsed["objects"], parsed["relation"]
+    if relation is None or not all({"colour", "shape"} <= set(o) for o in objects):
+        return []
+    restated = {"objects": objects[::-1], "relation": INVERSE_RELATION[relation]}
+    return [canonical_caption(restated)]
+
+
 def eval_prompts(n_objects: int, n: int | None = None) -> list[tuple[str, dict[str, Any]]]:
     """A fixed prompt set with the attributes each prompt asks for.
 

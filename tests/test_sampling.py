@@ -17,6 +17,7 @@ from cogview.sampling import (
     generate_images,
     guide,
     inpaint,
+    prompt_scores,
     rerank,
     restrict_to,
     sample_logits,
@@ -266,6 +267,23 @@ def test_captions_are_seeded(model, tok):
 
 
 # ------------------------------------------------------------------------------ reranking
+
+
+def test_prompt_scores_take_the_best_phrasing(model, tok):
+    codes = generate_images(model, tok, [tok.encode_text("a red circle")] * 4, GRID,
+                            SamplingConfig(), gen(5))
+    texts = [tok.encode_text(t) for t in ("a red circle", "red blue", "two green", "a red")]
+    others = [[tok.encode_text("two green"), tok.encode_text("blue")], [], [],
+              [tok.encode_text("a blue square")]]
+    plain = caption_logprob(model, tok, codes, texts)
+    assert torch.equal(prompt_scores(model, tok, codes, texts), plain)
+    assert torch.equal(prompt_scores(model, tok, codes, texts, [[]] * 4), plain)
+    got = prompt_scores(model, tok, codes, texts, others, batch_size=3)
+    for i, alts in enumerate(others):
+        each = [caption_logprob(model, tok, codes[i], t) for t in (texts[i], *alts)]
+        assert torch.allclose(got[i], torch.cat(each).max(), atol=1e-6)
+    with pytest.raises(SamplingError, match="alternatives"):
+        prompt_scores(model, tok, codes, texts, others[:2])
 
 
 def test_rerank_keeps_the_best_scored(model, tok):

@@ -196,3 +196,16 @@ def test_reading_order_targets_restate_the_caption_from_the_first_object():
     assert 100 < restated < 200  # about half of the captions name the objects the other way
     one = scenes(20, n_objects=1)
     assert all(shapes.reading_order_target(s, seed)[1] is None for s in one)
+
+
+def test_restatements_say_the_same_from_the_other_object():
+    for prompt, attrs in shapes.eval_prompts(2, 40):
+        (restated,) = shapes.restatements(prompt)
+        said = shapes.parse_caption(restated)
+        assert said["objects"] == attrs["objects"][::-1]
+        assert said["relation"] == shapes.INVERSE_RELATION[attrs["relation"]]
+        assert shapes.compare(attrs, said)["all"]  # the same statement
+        assert shapes.restatements(restated) == [prompt]  # eval prompts are canonical
+    for text in ("a red circle at the top left", "a photo of a sneaker", "",
+                 "a red circle at the top left and a blue square in the center"):
+        assert shapes.restatements(text) == []

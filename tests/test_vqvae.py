@@ -85,6 +85,17 @@ def test_decode_of_encode_equals_forward(config):
     assert torch.allclose(out.quantized[0, :, 0, 0], book[codes[0, 0, 0]])
 
 
+@pytest.mark.parametrize("config", [TINY, TINY_FSQ], ids=["vq", "fsq"])
+def test_encode_in_chunks_gives_the_codes_of_one_batch(config, monkeypatch):
+    import vqvae.model
+
+    model = trained_tiny(config)
+    x = as_float(blocks(10, 32, seed=4))
+    whole = model.encode(x)  # 10 x 1024 pixels: under the default chunk, one batch
+    monkeypatch.setattr(vqvae.model, "CPU_CHUNK_PIXELS", 3 * 32 * 32)  # chunks of 3, 3, 3, 1
+    assert torch.equal(model.encode(x), whole)
+
+
 def test_eval_mode_leaves_codebook_alone():
     model = trained_tiny()
     before = {k: v.clone() for k, v in model.state_dict().items()}

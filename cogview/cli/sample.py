@@ -257,6 +257,13 @@ def read_prompts(path: str) -> list[str]:
     return prompts
 
 
+def restated_ids(tok, prompt: str) -> list[list[int]]:
+    """Text ids of the prompt's restatements (`shapes.restatements`), for self-reranking."""
+    from cogview.shapes import restatements
+
+    return [list(ids) for ids in tok.encode_texts(restatements(prompt))] if prompt else []
+
+
 def run_generate(args: argparse.Namespace) -> int:
     from cogview.images import save_grid
     from cogview.sampling import best_of_groups, generate_images, rerank
@@ -296,11 +303,11 @@ def run_generate(args: argparse.Namespace) -> int:
         while stem in stems:  # two prompts with the same slug
             stem, k = f"{slug(prompt)}-{k}", k + 1
         stems.add(stem)
-        jobs.append((stem, encode_prompt(tok, prompt)))
+        jobs.append((stem, encode_prompt(tok, prompt), restated_ids(tok, prompt)))
     bar = _progress(per_prompt * len(prompts), "img")
     if candidates:
         results = []
-        for stem, ids in jobs:
+        for stem, ids, alternatives in jobs:
             best = rerank(
                 pipe.model,
                 tok,
@@ -312,6 +319,7 @@ def run_generate(args: argparse.Namespace) -> int:
                 args.n,
                 clusters=clusters,
                 progress=bar.update,
+                alternatives=alternatives,
             )
             results.append(best.codes)
             bar.write(
@@ -322,7 +330,8 @@ def run_generate(args: argparse.Namespace) -> int:
     else:
         # every image of every prompt in one stream of batches: prompts of different
         # lengths share a batch (left-padded)
-        all_ids = [ids for _, ids in jobs for _ in range(args.n * group)]
+        all_ids = [ids for _, ids, _ in jobs for _ in range(args.n * group)]
+        all_alternatives = [alts for _, _, alts in jobs for _ in range(args.n * group)]
         codes = generate_images(
             pipe.model,
             tok,
@@ -333,12 +342,13 @@ def run_generate(args: argparse.Namespace) -> int:
             clusters=clusters,
             progress=bar.update,
         )
-        codes = best_of_groups(pipe.model, tok, codes, all_ids, group, config.batch_size)
+        codes = best_of_groups(pipe.model, tok, codes, all_ids, group, config.batch_size,
+                               all_alternatives)
         if group > 1:
             bar.write(f"each image the best of {group} by log p(prompt | image) (the model's "
                       "sampling.json; --rerank 0 turns it off)", file=sys.stderr)
         results = list(codes.split(args.n))
-    for (stem, ids), codes in zip(jobs, results, strict=True):
+    for (stem, ids, _), codes in zip(jobs, results, strict=True):
         if sr is not None:
             images = sr_images(sr, codes, [ids] * len(codes), args, g, config.batch_size)
         else:
