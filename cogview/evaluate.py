@@ -53,7 +53,7 @@ class EvalConfig:
 
     n_prompts: int = 240  # per prompt set (one object: up to 324; two objects: any number)
     n_per_prompt: int = 1  # images per prompt
-    rerank: int = 1  # text-to-image: candidates per image, the best kept by self-reranking
+    rerank: int = 1  # text-to-image, inpainting: candidates per image, the best kept by reranking
     caption_temperature: float = 0.0  # captioning is scored on the greedy caption by default
     n_captions: int = 100  # held-out images to caption
     n_inpaint: int = 100  # held-out images to inpaint
@@ -333,8 +333,10 @@ def eval_inpainting(
     clusters: Tensor | None = None,
     progress: Progress | None = None,
     seed: int = 0,
+    rerank: int = 1,
 ) -> dict[str, Any]:
-    """Mask one object's cells, regenerate them with the caption, composite, and score.
+    """Mask one object's cells, regenerate them with the caption, composite, and score. With
+    `rerank` > 1 the regenerated image is the best of `rerank` by self-reranking.
 
     Which object of a two-object scene is masked is drawn from `seed`."""
     if not indices:
@@ -355,9 +357,12 @@ def eval_inpainting(
         cell_mask = object_cells(target, grid)
         text_ids = _encode_texts(tok, [held.captions[i]])[0]
         new = inpaint(
-            pipe.model, tok, text_ids, codes[k], cell_mask, sampling, generator, 1,
+            pipe.model, tok, text_ids, codes[k], cell_mask, sampling, generator, rerank,
             clusters=clusters,
         )  # fmt: skip
+        restated = _encode_texts(tok, shapes.restatements(held.captions[i]))
+        new = best_of_groups(pipe.model, tok, new, [text_ids] * rerank, rerank,
+                             sampling.batch_size, [restated] * rerank)
         decoded = decode_codes(pipe.vqvae, new.cpu())[0]  # (S, S, 3)
         pixel_mask = cell_mask.repeat_interleave(f, 0).repeat_interleave(f, 1).numpy()  # (S, S)
         truth = truth_images[k]
@@ -542,6 +547,7 @@ def run_eval(
                     clusters=clusters,
                     progress=progress,
                     seed=config.seed,
+                    rerank=config.rerank,
                 ),
             )
         if config.n_loss:

@@ -233,6 +233,40 @@ def test_inpaint_changes_only_masked_pixels(model_dir, tmp_path, capsys):
     assert str(tmp_path / "o" / "in-grid.png") in out
 
 
+def test_inpaint_reranks_like_generate(model_dir, tmp_path, capsys, monkeypatch):
+    from cogview.cli import sample
+    from cogview.images import to_tensor
+    from cogview.pipeline import load_pipeline
+    from cogview.sampling import SamplingConfig, best_candidates, inpaint
+
+    _image_and_mask(tmp_path)
+    tuned = tmp_path / "tuned"
+    assert run(capsys, f"export {model_dir} {tuned} --rerank 3")[0] == 0
+    kept = []
+    decode = sample._decode
+    monkeypatch.setattr(sample, "_decode", lambda pipe, codes, bs: kept.append(codes)
+                        or decode(pipe, codes, bs))
+    base = (f"inpaint --image {tmp_path}/in.png --mask {tmp_path}/mask.png --prompt 'a red "
+            f"circle' -n 2 --seed 4 --model {tuned} -o {tmp_path}/o")
+    rc, _, err = run(capsys, base)
+    assert rc == 0 and "best of 3" in err, err
+    # the same as drawing 2 x 3 versions and keeping the best of each group of three
+    pipe = load_pipeline(tuned)
+    size = pipe.image_size
+    small = np.array(Image.open(tmp_path / "in.png").resize((size, size), Image.BOX))  # 20x28
+    src = pipe.vqvae.encode(to_tensor(small))[0]
+    cells = torch.from_numpy(cell_mask_of(png(tmp_path / "mask.png")[..., 0] > 127, GRID))
+    ids = [pipe.tokenizer.encode_text("a red circle")] * 6
+    versions = inpaint(pipe.model, pipe.tokenizer, ids[0], src, cells, SamplingConfig(),
+                       torch.Generator().manual_seed(4), 6)
+    best, _ = best_candidates(pipe.model, pipe.tokenizer, versions, ids, 3)
+    assert torch.equal(kept[-1], versions[torch.tensor([0, 3]) + best[:, 0]])
+    rc, _, err = run(capsys, base + " --rerank 0")
+    assert rc == 0 and "best of" not in err and kept[-1].shape[0] == 2
+    rc, _, err = run(capsys, base + " --rerank 1")
+    assert rc == 2 and "--rerank 1" in err
+
+
 def test_inpaint_mask_of_another_size_and_alpha_mask(model_dir, tmp_path, capsys):
     image, mask = _image_and_mask(tmp_path)
     big = Image.fromarray((mask * 255).astype(np.uint8)).resize((56, 40), Image.NEAREST)

@@ -245,8 +245,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--n-prompts", type=int, metavar="N", help="prompts per t2i prompt set")
     p.add_argument("--n-per-prompt", type=int, metavar="K", help="images per prompt")
     p.add_argument("--rerank", type=int, metavar="N",
-                   help="text-to-image: keep the best of N candidates by self-reranking "
-                   "(default: the model's sampling.json, else 1)")
+                   help="text-to-image and inpainting: keep the best of N candidates by "
+                   "self-reranking (default: the model's sampling.json, else 1)")
     p.add_argument("--n-captions", type=int, metavar="N", help="held-out images to caption")
     p.add_argument("--caption-temperature", type=float, metavar="T",
                    help="temperature of the scored captions (default: 0, greedy)")

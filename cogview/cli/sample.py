@@ -438,10 +438,13 @@ def run_inpaint(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from cogview.images import read_image, save_grid, to_tensor
-    from cogview.sampling import generate_images, inpaint
+    from cogview.sampling import best_candidates, best_of_groups, generate_images, inpaint
 
     if args.n < 1:
         raise UserError(f"-n must be >= 1, got {args.n}")
+    if args.rerank is not None and args.rerank != 0 and args.rerank < args.n:
+        raise UserError(f"--rerank {args.rerank}: needs at least -n ({args.n}) candidates "
+                        "(0 turns reranking off)")
     image = read_image(args.image)  # RGB, any size
     original = np.asarray(image, dtype=np.uint8)  # (H, W, 3)
     height, width = original.shape[:2]
@@ -484,13 +487,17 @@ def run_inpaint(args: argparse.Namespace) -> int:
     clusters = model_clusters(pipe, config.n_clusters) if config.cluster else None
     g = _generator(args, pipe)
     device = next(pipe.model.parameters()).device
-    bar = _progress(args.n, "img")
+    # as in generate: --rerank N keeps the n best of N; else sampling.json's groups of R
+    candidates = (args.rerank or None) if args.prompt else None
+    group = (pipe.rerank if args.rerank is None else 1) if args.prompt else 1
+    total = candidates or args.n * group
+    bar = _progress(total, "img")
     if mask.all():
         note("the mask is all white: plain generation from the prompt")
         codes = generate_images(
             pipe.model,
             tok,
-            [ids] * args.n,
+            [ids] * total,
             pipe.grid,
             config,
             g,
@@ -513,11 +520,21 @@ def run_inpaint(args: argparse.Namespace) -> int:
             torch.from_numpy(cells),
             config,
             g,
-            args.n,
+            total,
             clusters=clusters,
             progress=bar.update,
         )
     bar.close()
+    alternatives = [restated_ids(tok, args.prompt)] * total
+    if candidates:
+        best, _ = best_candidates(pipe.model, tok, codes, [ids] * total, total, args.n,
+                                  config.batch_size, alternatives)
+        codes = codes[best[0].to(codes.device)]
+    elif group > 1:
+        codes = best_of_groups(pipe.model, tok, codes, [ids] * total, group, config.batch_size,
+                               alternatives)
+        note(f"each version the best of {group} by log p(prompt | image) (the model's "
+             "sampling.json; --rerank 0 turns it off)")
     if sr is not None:  # (n, sr size, sr size, 3)
         generated = sr_images(sr, codes, [ids] * len(codes), args, g, config.batch_size)
     else:
@@ -613,6 +630,14 @@ def register(subparsers: Any) -> None:
     p.add_argument("--mask", required=True, metavar="MASK", help="PNG: white = regenerate")
     p.add_argument("--prompt", default="", help="what the regenerated part shows")
     p.add_argument("-n", type=int, default=4, help="versions to draw (default: 4)")
+    p.add_argument(
+        "--rerank",
+        type=int,
+        metavar="N",
+        help="draw N versions and keep the n the model scores best by log p(prompt | image); "
+        "0: off. Default: the model's sampling.json `rerank` R (each version the best of its "
+        "own R), else off. Not with an empty --prompt",
+    )
     p.add_argument(
         "--show-mask", metavar="FILE", help="write the mask at token resolution to FILE (PNG)"
     )
