@@ -35,14 +35,14 @@ demo: setup
 	$(BIN)/cogview generate "a large purple triangle in the center" -n 4 --seed 0 --sr -o demo/sr
 
 # The recipe of the shipped default models (shapes, 32 px base, 64 px super-resolution), on a
-# CPU; about 1 h 45 min on 2 cores. Every training step resumes where an interrupted run stopped.
+# CPU; about 1 h 50 min on 2 cores. Every training step resumes where an interrupted run stopped.
 # The VQVAE, the tokenizer and the SR model learn from the 20,000 scenes of data/shapes; the
 # CogLM from 200,000 scenes of data/shapes-big (on 20,000 it memorises: training loss half the
 # held-out), whose two-object captions carry reading-order captioning targets.
 DM := runs/default
 DM_VQ_STEPS ?= 1000
 DM_LM_STEPS ?= 3000
-DM_SR_STEPS ?= 1000
+DM_SR_STEPS ?= 1500
 default-models: setup
 	test -f data/shapes/info.json || $(BIN)/cogview data shapes --out data/shapes --n 20000 --seed 0
 	test -f data/tokenizer.json || $(BIN)/cogview train-tokenizer data/shapes \
