@@ -265,6 +265,8 @@ def test_inpaint_reranks_like_generate(model_dir, tmp_path, capsys, monkeypatch)
     assert rc == 0 and "best of" not in err and kept[-1].shape[0] == 2
     rc, _, err = run(capsys, base + " --rerank 1")
     assert rc == 2 and "--rerank 1" in err
+    rc, _, err = run(capsys, base.replace("--prompt 'a red circle'", "") + " --rerank 4")
+    assert rc == 0 and "not reranking" in err and kept[-1].shape[0] == 2
 
 
 def test_inpaint_mask_of_another_size_and_alpha_mask(model_dir, tmp_path, capsys):

@@ -488,6 +488,8 @@ def run_inpaint(args: argparse.Namespace) -> int:
     g = _generator(args, pipe)
     device = next(pipe.model.parameters()).device
     # as in generate: --rerank N keeps the n best of N; else sampling.json's groups of R
+    if args.rerank and not args.prompt:
+        note("--rerank needs a --prompt to score by: not reranking")
     candidates = (args.rerank or None) if args.prompt else None
     group = (pipe.rerank if args.rerank is None else 1) if args.prompt else 1
     total = candidates or args.n * group
