@@ -62,7 +62,7 @@ default-models: setup
 	$(BIN)/cogview train-sr --data $(DM)/tokens --tokenizer data/tokenizer.json \
 	  --vqvae $(DM)/vqvae-final --preset small --out $(DM)/sr --steps $(DM_SR_STEPS) \
 	  --batch-size 32 --save-every 250 --resume
-	$(BIN)/cogview export $(DM)/coglm cogview/defaults/shapes --temperature 0.7 --rerank 4
+	$(BIN)/cogview export $(DM)/coglm cogview/defaults/shapes --temperature 0.7 --rerank 16
 	$(BIN)/cogview export $(DM)/sr cogview/defaults/shapes-sr
 
 # The recipe of the shipped Fashion-MNIST CogLM (32 px, grayscale): VQVAE on 20,000 training
