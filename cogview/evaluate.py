@@ -261,8 +261,6 @@ def eval_text_to_image(
     attrs = [a for _, a in prompts for _ in range(n_per_prompt)]
     ids = _encode_texts(pipe.tokenizer, texts)
     candidates = [t for t in ids for _ in range(rerank)]
-    restated = [_encode_texts(pipe.tokenizer, shapes.restatements(t)) for t in texts]
-    alternatives = [alts for alts in restated for _ in range(rerank)]
     update = (progress or Progress()).start(len(candidates), what)
     codes = generate_images(
         pipe.model,
@@ -275,7 +273,7 @@ def eval_text_to_image(
         progress=update,
     )
     codes = best_of_groups(pipe.model, pipe.tokenizer, codes, candidates, rerank,
-                           batch_size=sampling.batch_size, alternatives=alternatives)
+                           batch_size=sampling.batch_size)
     images = decode_codes(pipe.vqvae, codes.cpu(), sampling.batch_size)
     # detect.score, with the detections kept for the examples of failures
     found = [detect.detections_to_json(detect.detect(img)) for img in images]
@@ -360,9 +358,8 @@ def eval_inpainting(
             pipe.model, tok, text_ids, codes[k], cell_mask, sampling, generator, rerank,
             clusters=clusters,
         )  # fmt: skip
-        restated = _encode_texts(tok, shapes.restatements(held.captions[i]))
         new = best_of_groups(pipe.model, tok, new, [text_ids] * rerank, rerank,
-                             sampling.batch_size, [restated] * rerank)
+                             sampling.batch_size)
         decoded = decode_codes(pipe.vqvae, new.cpu())[0]  # (S, S, 3)
         pixel_mask = cell_mask.repeat_interleave(f, 0).repeat_interleave(f, 1).numpy()  # (S, S)
         truth = truth_images[k]

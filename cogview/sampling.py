@@ -627,6 +627,27 @@ def prompt_scores(
     return best.scatter_reduce(0, index, flat, reduce="amax")
 
 
+def restated_ids(tokenizer, text_ids: Sequence[Sequence[int]]) -> list[list[list[int]]]:
+    """For each prompt, the text ids of its restatements (`shapes.restatements`: a two-object
+    relation said from the other object), [] for the rest; each distinct prompt once.
+
+    A model whose captioning learnt to name two objects in reading order gives a prompt
+    written in the other order a low likelihood whatever the image; its restatement gives
+    the likelihood that tells the images apart."""
+    import warnings
+
+    from cogview.shapes import restatements
+
+    found: dict[tuple[int, ...], list[list[int]]] = {}
+    for ids in map(tuple, text_ids):
+        if ids not in found:
+            texts = restatements(tokenizer.decode_text(ids)) if ids else []
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a restated prompt is cut like the prompt
+                found[ids] = [list(t) for t in tokenizer.encode_texts(texts)] if texts else []
+    return [found[tuple(ids)] for ids in text_ids]
+
+
 @dataclass
 class Reranked:
     codes: Tensor  # (keep, h, w), best first
@@ -647,11 +668,10 @@ def rerank(
     *,
     clusters: Tensor | None = None,
     progress: Callable[[int], None] | None = None,
-    alternatives: Sequence[Sequence[int]] = (),
 ) -> Reranked:
     """CogView self-reranking: sample `n_candidates` images of the prompt, score each by the
-    model's own log p(prompt | image) in captioning mode, keep the best `keep`.
-    `alternatives` are other phrasings of the prompt (`prompt_scores`)."""
+    model's own log p(prompt | image) in captioning mode (`best_candidates`), keep the best
+    `keep`."""
     if not 1 <= keep <= n_candidates:
         raise SamplingError(f"keep must be in 1..{n_candidates}, got {keep}")
     codes = generate_images(
@@ -665,8 +685,7 @@ def rerank(
         progress=progress,
     )
     best, scores = best_candidates(model, tokenizer, codes, [list(text_ids)] * n_candidates,
-                                   n_candidates, keep, config.batch_size,
-                                   [alternatives] * n_candidates if alternatives else None)
+                                   n_candidates, keep, config.batch_size)
     return Reranked(codes=codes[best[0]], scores=scores[0, best[0]], all_scores=scores[0])
 
 
@@ -679,13 +698,13 @@ def best_candidates(
     n_candidates: int,
     keep: int = 1,
     batch_size: int = 64,
-    alternatives: Sequence[Sequence[Sequence[int]]] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Self-reranking of P groups of `n_candidates` consecutive images (P * n, h, w), each row
-    with its prompt in `text_ids` (and other phrasings of it in `alternatives`). Returns the
-    `keep` best of each group, best first, as indices into the group (P, keep), and every
-    score (P, n): `prompt_scores`."""
-    scores = prompt_scores(model, tokenizer, codes, text_ids, alternatives, batch_size)
+    with its prompt in `text_ids`. Returns the `keep` best of each group, best first, as
+    indices into the group (P, keep), and every score (P, n): `prompt_scores` over each prompt
+    and its restatements (`restated_ids`)."""
+    scores = prompt_scores(model, tokenizer, codes, text_ids, restated_ids(tokenizer, text_ids),
+                           batch_size)
     scores = scores.view(-1, n_candidates)
     return scores.argsort(dim=1, descending=True, stable=True)[:, :keep], scores
 
@@ -697,13 +716,12 @@ def best_of_groups(
     text_ids: Sequence[Sequence[int]],
     n_candidates: int,
     batch_size: int = 64,
-    alternatives: Sequence[Sequence[Sequence[int]]] | None = None,
 ) -> Tensor:
     """The best image (P, h, w) of each of P groups of `n_candidates` consecutive candidates
     (`best_candidates` with keep=1); the codes unchanged when `n_candidates` is 1."""
     if n_candidates == 1:
         return codes
     best, _ = best_candidates(model, tokenizer, codes, text_ids, n_candidates,
-                              batch_size=batch_size, alternatives=alternatives)
+                              batch_size=batch_size)
     first = torch.arange(best.shape[0], device=best.device) * n_candidates  # each group's start
     return codes[(first + best[:, 0]).to(codes.device)]

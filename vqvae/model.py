@@ -270,12 +270,10 @@ class VQVAE(nn.Module):
         differently, so a code at a near tie can differ from a one-batch encoding (none of the
         1.28 million codes of 20,000 shapes scenes did; 2 of 64,000 of another 1,000)."""
         self._check_images(images)
+        chunks = [images]
         if images.device.type == "cpu":
-            per_chunk = max(1, CPU_CHUNK_PIXELS // (images.shape[-2] * images.shape[-1]))
-            if images.shape[0] > per_chunk:
-                return torch.cat([self.encode(chunk) for chunk in images.split(per_chunk)])
-        _, codes, _ = self.quantize(self.encoder(images))
-        return codes
+            chunks = images.split(max(1, CPU_CHUNK_PIXELS // (images.shape[-2] * images.shape[-1])))
+        return torch.cat([self.quantize(self.encoder(chunk))[1] for chunk in chunks])
 
     def embed_codes(self, codes: Tensor) -> Tensor:
         """Codes (B, h, w) -> quantized latents (B, d, h, w), as the decoder sees them."""

@@ -257,11 +257,16 @@ def read_prompts(path: str) -> list[str]:
     return prompts
 
 
-def restated_ids(tok, prompt: str) -> list[list[int]]:
-    """Text ids of the prompt's restatements (`shapes.restatements`), for self-reranking."""
-    from cogview.shapes import restatements
+def _check_rerank(args: argparse.Namespace) -> None:
+    if args.rerank is not None and args.rerank != 0 and args.rerank < args.n:
+        raise UserError(f"--rerank {args.rerank}: needs at least -n ({args.n}) candidates "
+                        "(0 turns reranking off)")
 
-    return [list(ids) for ids in tok.encode_texts(restatements(prompt))] if prompt else []
+
+def _rerank_counts(args: argparse.Namespace, pipe: Any) -> tuple[int | None, int]:
+    """(candidates, group): `--rerank N` draws N candidates and keeps the n best; without it,
+    the model's sampling.json may make each image the best of its own group of R."""
+    return (args.rerank or None), (pipe.rerank if args.rerank is None else 1)
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -274,9 +279,7 @@ def run_generate(args: argparse.Namespace) -> int:
         raise UserError('no prompt: give a PROMPT ("" for unconditional) or --prompts FILE')
     if args.n < 1:
         raise UserError(f"-n must be >= 1, got {args.n}")
-    if args.rerank is not None and args.rerank != 0 and args.rerank < args.n:
-        raise UserError(f"--rerank {args.rerank}: needs at least -n ({args.n}) candidates "
-                        "(0 turns reranking off)")
+    _check_rerank(args)
     prompts = read_prompts(args.prompts) if args.prompts else [args.prompt]
     out = _out_dir(args.out)
     pipe = _load(args)
@@ -286,10 +289,7 @@ def run_generate(args: argparse.Namespace) -> int:
     clusters = model_clusters(pipe, config.n_clusters) if config.cluster else None
     g = _generator(args, pipe)
 
-    # --rerank N: N candidates per prompt, the n best kept; without it, the model's
-    # sampling.json may ask for each image to be the best of its own group of R candidates
-    candidates = args.rerank or None
-    group = pipe.rerank if args.rerank is None else 1
+    candidates, group = _rerank_counts(args, pipe)
     per_prompt = candidates or args.n * group
     written: list[Path] = []
     stems: set[str] = set()
@@ -303,11 +303,11 @@ def run_generate(args: argparse.Namespace) -> int:
         while stem in stems:  # two prompts with the same slug
             stem, k = f"{slug(prompt)}-{k}", k + 1
         stems.add(stem)
-        jobs.append((stem, encode_prompt(tok, prompt), restated_ids(tok, prompt)))
+        jobs.append((stem, encode_prompt(tok, prompt)))
     bar = _progress(per_prompt * len(prompts), "img")
     if candidates:
         results = []
-        for stem, ids, alternatives in jobs:
+        for stem, ids in jobs:
             best = rerank(
                 pipe.model,
                 tok,
@@ -319,7 +319,6 @@ def run_generate(args: argparse.Namespace) -> int:
                 args.n,
                 clusters=clusters,
                 progress=bar.update,
-                alternatives=alternatives,
             )
             results.append(best.codes)
             bar.write(
@@ -330,8 +329,7 @@ def run_generate(args: argparse.Namespace) -> int:
     else:
         # every image of every prompt in one stream of batches: prompts of different
         # lengths share a batch (left-padded)
-        all_ids = [ids for _, ids, _ in jobs for _ in range(args.n * group)]
-        all_alternatives = [alts for _, _, alts in jobs for _ in range(args.n * group)]
+        all_ids = [ids for _, ids in jobs for _ in range(args.n * group)]
         codes = generate_images(
             pipe.model,
             tok,
@@ -342,13 +340,12 @@ def run_generate(args: argparse.Namespace) -> int:
             clusters=clusters,
             progress=bar.update,
         )
-        codes = best_of_groups(pipe.model, tok, codes, all_ids, group, config.batch_size,
-                               all_alternatives)
+        codes = best_of_groups(pipe.model, tok, codes, all_ids, group, config.batch_size)
         if group > 1:
             bar.write(f"each image the best of {group} by log p(prompt | image) (the model's "
                       "sampling.json; --rerank 0 turns it off)", file=sys.stderr)
         results = list(codes.split(args.n))
-    for (stem, ids, _), codes in zip(jobs, results, strict=True):
+    for (stem, ids), codes in zip(jobs, results, strict=True):
         if sr is not None:
             images = sr_images(sr, codes, [ids] * len(codes), args, g, config.batch_size)
         else:
@@ -442,9 +439,7 @@ def run_inpaint(args: argparse.Namespace) -> int:
 
     if args.n < 1:
         raise UserError(f"-n must be >= 1, got {args.n}")
-    if args.rerank is not None and args.rerank != 0 and args.rerank < args.n:
-        raise UserError(f"--rerank {args.rerank}: needs at least -n ({args.n}) candidates "
-                        "(0 turns reranking off)")
+    _check_rerank(args)
     image = read_image(args.image)  # RGB, any size
     original = np.asarray(image, dtype=np.uint8)  # (H, W, 3)
     height, width = original.shape[:2]
@@ -487,11 +482,9 @@ def run_inpaint(args: argparse.Namespace) -> int:
     clusters = model_clusters(pipe, config.n_clusters) if config.cluster else None
     g = _generator(args, pipe)
     device = next(pipe.model.parameters()).device
-    # as in generate: --rerank N keeps the n best of N; else sampling.json's groups of R
     if args.rerank and not args.prompt:
         note("--rerank needs a --prompt to score by: not reranking")
-    candidates = (args.rerank or None) if args.prompt else None
-    group = (pipe.rerank if args.rerank is None else 1) if args.prompt else 1
+    candidates, group = _rerank_counts(args, pipe) if args.prompt else (None, 1)
     total = candidates or args.n * group
     bar = _progress(total, "img")
     if mask.all():
@@ -527,14 +520,12 @@ def run_inpaint(args: argparse.Namespace) -> int:
             progress=bar.update,
         )
     bar.close()
-    alternatives = [restated_ids(tok, args.prompt)] * total
     if candidates:
         best, _ = best_candidates(pipe.model, tok, codes, [ids] * total, total, args.n,
-                                  config.batch_size, alternatives)
+                                  config.batch_size)
         codes = codes[best[0].to(codes.device)]
     elif group > 1:
-        codes = best_of_groups(pipe.model, tok, codes, [ids] * total, group, config.batch_size,
-                               alternatives)
+        codes = best_of_groups(pipe.model, tok, codes, [ids] * total, group, config.batch_size)
         note(f"each version the best of {group} by log p(prompt | image) (the model's "
              "sampling.json; --rerank 0 turns it off)")
     if sr is not None:  # (n, sr size, sr size, 3)
