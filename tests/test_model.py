@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cogview.model import CogLM, CogLMConfig, coglm_config, prefix_lm_mask
+from cogview.model import CogLM, CogLMConfig, bf16_cpu_attention, coglm_config, prefix_lm_mask
 
 VOCAB = 97
 
@@ -73,3 +73,42 @@ def test_positions_beyond_max_seq_len_are_refused():
     model = CogLM(CogLMConfig(vocab_size=VOCAB, dim=16, n_layers=1, n_heads=2, max_seq_len=8))
     with pytest.raises(ValueError, match="max_seq_len"):
         model(torch.zeros(1, 9, dtype=torch.long), torch.arange(9)[None])
+
+
+@pytest.mark.parametrize("additive", [False, True])
+def test_bf16_cpu_attention_matches_sdpa(additive):
+    """The CPU bf16 path gives scaled_dot_product_attention's output and gradients (to bf16
+    rounding), with a boolean or an additive mask."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 9, 16, generator=g) for _ in range(3))
+    mask = prefix_lm_mask(torch.tensor([3, 5]), 9)  # (B, 1, T, T) boolean
+    if additive:
+        bias = torch.randn(2, 1, 9, 9, generator=g)
+        mask = torch.zeros(2, 1, 9, 9).masked_fill(~mask, float("-inf")) + bias
+    out_grad = torch.randn(2, 4, 9, 16, generator=g)
+
+    def run(fn, dtype):
+        leaves = [t.detach().to(dtype).requires_grad_() for t in (q, k, v)]
+        y = fn(*leaves)
+        y.float().backward(out_grad)
+        return y.float(), [t.grad.float() for t in leaves]
+
+    ref, ref_grads = run(
+        lambda q, k, v: torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask),
+        torch.float32,
+    )
+    out, grads = run(lambda q, k, v: bf16_cpu_attention(q, k, v, mask), torch.bfloat16)
+    torch.testing.assert_close(out, ref, rtol=0.05, atol=0.05)
+    for got, want in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=0.05, atol=0.1)
+
+
+def test_bf16_model_takes_the_cpu_path_and_agrees_with_fp32():
+    torch.manual_seed(0)
+    model = CogLM(coglm_config("tiny", VOCAB)).eval()
+    ids, pos, cell, next_cell = _inputs(2, 10, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = model(ids, pos, cell, next_cell, prefix_len=torch.tensor([4, 6])).softmax(-1)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(ids, pos, cell, next_cell, prefix_len=torch.tensor([4, 6]))
+    torch.testing.assert_close(out.float().softmax(-1), ref, rtol=0, atol=0.02)
