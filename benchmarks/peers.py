@@ -4,15 +4,19 @@
 
 The shape is the `small` preset: dim 256, 6 layers, 8 heads, 32 text + 64 image tokens (an
 8x8 code grid of 512 codes). Measured, on the same batch for every model:
-- training step: forward, cross-entropy, backward and an AdamW step (ms and tokens/s);
+- training step: forward, loss, backward and an AdamW step (ms and tokens/s);
 - generation: 64 image codes per prompt after a 32-token text prompt, each model with its own
   KV cache (images/s). dalle-pytorch's `generate_images` drops its cache when
   `cond_scale == 1`, so its own cached `forward(..., cache=...)` is driven by a copy of that
-  loop without the VAE decode; x-transformers runs `AutoregressiveWrapper.generate` with
-  `cache_kv=True`; ours runs `cogview.sampling.generate_images`.
+  loop without the VAE decode, and that loop is also timed as shipped; x-transformers runs
+  `AutoregressiveWrapper.generate` with `cache_kv=True`; ours runs
+  `cogview.sampling.generate_images`;
+- the FLOPs of each (torch's FlopCounterMode, attention included), so that a time can be read
+  as a FLOP rate against the matmul peak measured in the same run.
 Contenders run in turns (round robin) and the median of the rounds is reported, so a busy
-neighbour on a shared CPU slows every contender alike. Ratios compare fp32 with fp32; ours is
-also measured under bf16 autocast where the CPU has AVX-512 bf16 (or AMX).
+neighbour on a shared CPU slows every contender alike. Each row is compared with ours at the
+same precision: fp32, and, where the CPU has AVX-512 bf16 (or AMX), bf16 (training under
+autocast, generation with bf16 weights) for ours and dalle-pytorch.
 
 The peers are installed into `benchmarks/.venv-peers` (CPU torch first, then the peers) and
 the script re-executes itself there; this project is imported from the source tree by path.
@@ -30,7 +34,9 @@ import sys
 import time
 import types
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -170,25 +176,50 @@ def build_ours(text_vocab: int):
     return tok, CogLM(config)
 
 
-def make_ours(tok, model, text, codes, gen_text, dtype):
+def bf16_autocast(fn: Callable[[], None]) -> Callable[[], None]:
+    """`fn` under CPU bf16 autocast: how a training step runs in bf16 mixed precision."""
     import torch
+
+    def run() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fn()
+
+    return run
+
+
+def in_bf16(model):
+    """A copy of `model` with bf16 weights: how a model generates in bf16 (autocast in a decode
+    step costs more casts than its one-token matmuls save)."""
+    import copy
+
+    import torch
+
+    return copy.deepcopy(model).to(torch.bfloat16)
+
+
+def make_ours(tok, model, text, codes):
 
     from cogview import masks
     from cogview.losses import lm_loss
-    from cogview.sampling import SamplingConfig, generate_images
 
     seqs = [masks.text_to_image(tok, t.tolist(), c) for t, c in zip(text, codes, strict=True)]
     batch = masks.collate(seqs, tok.pad_id)
     opt = adamw(model.parameters())
-    autocast = dtype == "bf16"
 
     def train_step() -> None:
         model.train()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            loss = lm_loss(model, batch).mean()  # the trainer's loss: logits at targets only
+        loss = lm_loss(model, batch).mean()  # the trainer's loss: logits at targets only
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+
+    return train_step
+
+
+def ours_generate(tok, model, gen_text):
+    import torch
+
+    from cogview.sampling import SamplingConfig, generate_images
 
     grid = (SHAPE["grid"], SHAPE["grid"])
     prompts = [t.tolist() for t in gen_text]
@@ -197,18 +228,15 @@ def make_ours(tok, model, text, codes, gen_text, dtype):
 
     def generate() -> None:
         model.eval()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            out = generate_images(model, tok, prompts, grid, config, gen)
+        out = generate_images(model, tok, prompts, grid, config, gen)
         assert out.shape == (len(prompts), *grid)
 
-    return train_step, generate
+    return generate
 
 
-def make_dalle(dalle_pytorch, text_tokens, text, codes, gen_text, plain: bool):
+def make_dalle(dalle_pytorch, text_tokens, text, codes, plain: bool):
     """DALLE at the shape; `plain` turns off its token shift and rotary embeddings (defaults on)
     so that the block matches a plain pre-LN transformer like ours."""
-    import torch
-
     vae = dalle_pytorch.DiscreteVAE(
         image_size=SHAPE["grid"] * 4,
         num_layers=2,  # f = 4: 32 px -> 8x8 codes
@@ -230,10 +258,7 @@ def make_dalle(dalle_pytorch, text_tokens, text, codes, gen_text, plain: bool):
     params = [p for p in model.parameters() if p.requires_grad]
     opt = adamw(params)
     flat_codes = codes.flatten(1)
-    # dalle-pytorch reserves id 0 of the text for padding
-    text = text.clamp(min=1)
-    gen_text = gen_text.clamp(min=1)
-    from dalle_pytorch.dalle_pytorch import gumbel_sample, top_k
+    text = text.clamp(min=1)  # dalle-pytorch reserves id 0 of the text for padding
 
     def train_step() -> None:
         model.train()
@@ -242,32 +267,35 @@ def make_dalle(dalle_pytorch, text_tokens, text, codes, gen_text, plain: bool):
         loss.backward()
         opt.step()
 
-    n_text, total = model.text_seq_len, model.text_seq_len + model.image_seq_len
+    return model, train_step
 
-    def sample_codes(step_logits) -> None:
-        # DALLE.generate_images' loop without the VAE decode: `step_logits(text, image, cache)`
-        # gives the logits of one step
+
+def dalle_generate(model, gen_text, shipped: bool = False):
+    """64 codes per prompt by DALLE.generate_images' loop without the VAE decode.
+
+    `shipped=False` drives its cached `forward(..., cache=...)` directly: what
+    generate_images would do if the cache reached the model. `shipped=True` goes through
+    `forward_with_cond_scale` as generate_images(use_cache=True) does; at cond_scale 1 that
+    does not pass the cache on, so every step runs the whole sequence again.
+    """
+    import torch
+    from dalle_pytorch.dalle_pytorch import gumbel_sample, top_k
+
+    gen_text = gen_text.clamp(min=1)
+    n_text, total = model.text_seq_len, model.text_seq_len + model.image_seq_len
+    forward = model.forward_with_cond_scale if shipped else model
+
+    @torch.no_grad()
+    def generate() -> None:
         model.eval()
         out, cache = gen_text, {}
         for _ in range(n_text, total):
-            logits = step_logits(out[:, :n_text], out[:, n_text:], cache)[:, -1, :]
+            logits = forward(out[:, :n_text], out[:, n_text:], cache=cache)[:, -1, :]
             sample = gumbel_sample(top_k(logits, thres=0.5), temperature=1.0, dim=-1)
             out = torch.cat((out, (sample - model.num_text_tokens)[:, None]), dim=-1)
         assert out.shape[1] == total
 
-    @torch.no_grad()
-    def generate() -> None:
-        # its cached forward, driven directly: what generate_images would do if the cache
-        # reached the model
-        sample_codes(lambda t, i, cache: model(t, i, cache=cache))
-
-    @torch.no_grad()
-    def generate_as_shipped() -> None:
-        # generate_images(use_cache=True) calls forward_with_cond_scale, which at cond_scale 1
-        # does not pass the cache on: every step runs the whole sequence again
-        sample_codes(lambda t, i, cache: model.forward_with_cond_scale(t, i, cache=cache))
-
-    return model, train_step, generate, generate_as_shipped
+    return generate
 
 
 def make_xtransformers(vocab, text, codes, gen_text):
@@ -304,8 +332,28 @@ def make_xtransformers(vocab, text, codes, gen_text):
 # ---------------------------------------------------------------------------------------------
 
 
+@dataclass
+class Contender:
+    name: str
+    precision: str  # fp32, or bf16: training under autocast, generation with bf16 weights
+    model: Any
+    train: Callable[[], None] | None
+    generate: Callable[[], None]
+
+
 def n_params(model) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def count_flops(fn: Callable[[], None]) -> float:
+    """FLOPs of one call as torch's FlopCounterMode counts them (matmuls and attention).
+    Attention goes through the math backend here, so that every model's is counted."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
+        fn()
+    return float(counter.get_total_flops())
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -324,54 +372,98 @@ def run(args: argparse.Namespace) -> dict:
     text = torch.randint(text_lo, text_hi, (b, n_text))
     codes = torch.randint(0, SHAPE["codes"], (b, g, g))
     gen_text = torch.randint(text_lo, text_hi, (gb, n_text))
+    from sample_speed import matmul_peak  # imports cogview: on the path since build_ours
 
-    contenders: dict[str, tuple] = {}
-    ours_fp32 = make_ours(tok, ours, text, codes, gen_text, "fp32")
-    contenders["cogview (ours)|fp32"] = (ours, *ours_fp32)
-    from cogview.devices import cpu_has_bf16  # on the path since build_ours
+    from cogview.devices import cpu_has_bf16
 
     bf16 = cpu_has_bf16() and not args.no_bf16
+    ours_train = make_ours(tok, ours, text, codes)
+    dalle, dalle_train = make_dalle(dalle_pytorch, text_tokens, text, codes, plain=False)
+    plain, plain_train = make_dalle(dalle_pytorch, text_tokens, text, codes, plain=True)
+    xt, xt_train, xt_gen = make_xtransformers(vocab, text, codes, gen_text)
+    ours_name, dalle_name = "cogview (ours)", "dalle-pytorch (defaults, its cache)"
+    contenders = [
+        Contender(ours_name, "fp32", ours, ours_train, ours_generate(tok, ours, gen_text)),
+        Contender(dalle_name, "fp32", dalle, dalle_train, dalle_generate(dalle, gen_text)),
+        Contender(
+            "dalle-pytorch (defaults, generate_images as shipped)",
+            "fp32",
+            dalle,
+            None,
+            dalle_generate(dalle, gen_text, shipped=True),
+        ),
+        Contender(
+            "dalle-pytorch (no shift, no rotary, its cache)",
+            "fp32",
+            plain,
+            plain_train,
+            dalle_generate(plain, gen_text),
+        ),
+        Contender("x-transformers", "fp32", xt, xt_train, xt_gen),
+    ]
     if bf16:
-        contenders["cogview (ours)|bf16 autocast"] = (
-            ours,
-            *make_ours(tok, ours, text, codes, gen_text, "bf16"),
-        )
-    dalle, dalle_train, dalle_gen, dalle_shipped = make_dalle(
-        dalle_pytorch, text_tokens, text, codes, gen_text, plain=False
-    )
-    contenders["dalle-pytorch (defaults, its cache)|fp32"] = (dalle, dalle_train, dalle_gen)
-    contenders["dalle-pytorch (defaults, generate_images as shipped)|fp32"] = (
-        dalle, None, dalle_shipped,
-    )  # fmt: skip
-    plain, plain_train, plain_gen, _ = make_dalle(
-        dalle_pytorch, text_tokens, text, codes, gen_text, plain=True
-    )
-    contenders["dalle-pytorch (no shift, no rotary, its cache)|fp32"] = (
-        plain, plain_train, plain_gen,
-    )  # fmt: skip
-    contenders["x-transformers|fp32"] = make_xtransformers(vocab, text, codes, gen_text)
+        contenders += [
+            Contender(
+                ours_name,
+                "bf16",
+                ours,
+                bf16_autocast(ours_train),
+                ours_generate(tok, in_bf16(ours), gen_text),
+            ),
+            Contender(
+                dalle_name,
+                "bf16",
+                dalle,
+                bf16_autocast(dalle_train),
+                dalle_generate(in_bf16(dalle), gen_text),
+            ),
+        ]
+    key = {id(c): f"{c.name}|{c.precision}" for c in contenders}
 
+    log("counting FLOPs ...")
+    flops: dict[str, dict[str, float | None]] = {}
+    for c in contenders:
+        if c.precision == "fp32":  # the same arithmetic in bf16
+            flops[c.name] = {
+                "train": count_flops(c.train) if c.train else None,
+                "gen": count_flops(c.generate),
+            }
+    log("measuring the matmul peak ...")
+    peak = {"fp32": matmul_peak(torch.float32)}
+    if bf16:
+        peak["bf16"] = matmul_peak(torch.bfloat16)
     log(f"timing training steps ({args.rounds} rounds) ...")
-    train = median_times({k: v[1] for k, v in contenders.items() if v[1]}, args.rounds)
+    train = median_times({key[id(c)]: c.train for c in contenders if c.train}, args.rounds)
     log(f"timing generation ({args.rounds} rounds) ...")
-    gen = median_times({k: v[2] for k, v in contenders.items()}, args.rounds)
+    gen = median_times({key[id(c)]: c.generate for c in contenders}, args.rounds)
 
     tokens_per_step = b * (n_text + g * g)
-    base_train, base_gen = train["cogview (ours)|fp32"], gen["cogview (ours)|fp32"]
     rows = []
-    for key, (model, *_) in contenders.items():
-        name, precision = key.split("|")
-        step = train.get(key)
-        row = dict(model=name, precision=precision, params=n_params(model))
+    for c in contenders:
+        k, f = key[id(c)], flops[c.name]
+        # > 1: ours at the same precision is that many times faster than this row
+        base_train, base_gen = (
+            train[f"{ours_name}|{c.precision}"],
+            gen[f"{ours_name}|{c.precision}"],
+        )
+        row = dict(
+            model=c.name,
+            precision=c.precision,
+            params=n_params(c.model),
+            train_gflop=f["train"] / 1e9 if f["train"] else None,
+            gen_gflop=f["gen"] / 1e9,
+        )
+        step = train.get(k)
         for clock in ("wall", "cpu"):
             row[f"train_step_ms_{clock}"] = step[clock] * 1e3 if step else None
             row[f"train_tokens_per_s_{clock}"] = tokens_per_step / step[clock] if step else None
-            row[f"gen_images_per_s_{clock}"] = gb / gen[key][clock]
-            # > 1: ours (fp32) is that many times faster than this row
-            row[f"ours_fp32_train_speedup_{clock}"] = (
-                step[clock] / base_train[clock] if step else None
+            row[f"train_gflop_per_s_{clock}"] = (
+                f["train"] / step[clock] / 1e9 if step and f["train"] else None
             )
-            row[f"ours_fp32_gen_speedup_{clock}"] = gen[key][clock] / base_gen[clock]
+            row[f"gen_images_per_s_{clock}"] = gb / gen[k][clock]
+            row[f"gen_gflop_per_s_{clock}"] = f["gen"] / gen[k][clock] / 1e9
+            row[f"ours_train_speedup_{clock}"] = step[clock] / base_train[clock] if step else None
+            row[f"ours_gen_speedup_{clock}"] = gen[k][clock] / base_gen[clock]
         rows.append(row)
     from importlib.metadata import version
 
@@ -383,6 +475,7 @@ def run(args: argparse.Namespace) -> dict:
         bf16=bf16,
         rounds=args.rounds,
         versions=versions,
+        matmul_peak_gflop_per_s={k: {c: v[c] / 1e9 for c in v} for k, v in peak.items()},
         rows=rows,
     )
 
@@ -393,24 +486,30 @@ def markdown(report: dict) -> str:
         f"dim {s['dim']}, {s['depth']} layers, {s['heads']} heads, {s['text_len']} text + "
         f"{s['grid'] ** 2} image tokens, vocab {s['vocab']}; train batch {s['batch']}, "
         f"generation batch {s['gen_batch']}; {report['threads']} thread(s); median of "
-        f"{report['rounds']} rounds; wall clock / CPU time of the process",
+        f"{report['rounds']} rounds; times are CPU time of the process (wall clock in the "
+        "JSON); ratios compare ours with the row at the same precision",
         "",
-        "| model | precision | params | train step ms | gen img/s "
-        "| ours fp32 faster: train | ours fp32 faster: gen |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| model | precision | params | train GFLOP | train step ms | train GFLOP/s "
+        "| gen GFLOP | gen img/s | gen GFLOP/s | ours faster: train | ours faster: gen |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
 
-    def pair(r: dict, key: str, spec: str, suffix: str = "") -> str:
-        a, b = r[f"{key}_wall"], r[f"{key}_cpu"]
-        return "-" if a is None else f"{a:{spec}}{suffix} / {b:{spec}}{suffix}"
+    def fmt(value, spec: str, suffix: str = "") -> str:
+        return "-" if value is None else f"{value:{spec}}{suffix}"
 
     for r in report["rows"]:
         lines.append(
             f"| {r['model']} | {r['precision']} | {r['params'] / 1e6:.2f}M "
-            f"| {pair(r, 'train_step_ms', '.0f')} | {pair(r, 'gen_images_per_s', '.1f')} "
-            f"| {pair(r, 'ours_fp32_train_speedup', '.2f', 'x')} "
-            f"| {pair(r, 'ours_fp32_gen_speedup', '.2f', 'x')} |"
+            f"| {fmt(r['train_gflop'], '.1f')} | {fmt(r['train_step_ms_cpu'], '.0f')} "
+            f"| {fmt(r['train_gflop_per_s_cpu'], '.0f')} | {r['gen_gflop']:.1f} "
+            f"| {r['gen_images_per_s_cpu']:.1f} | {r['gen_gflop_per_s_cpu']:.0f} "
+            f"| {fmt(r['ours_train_speedup_cpu'], '.2f', 'x')} "
+            f"| {fmt(r['ours_gen_speedup_cpu'], '.2f', 'x')} |"
         )
+    peaks = ", ".join(
+        f"{k} {v['cpu']:.0f} GFLOP/s" for k, v in report["matmul_peak_gflop_per_s"].items()
+    )
+    lines += ["", f"Matmul peak of the same run (1024^3, best per CPU second): {peaks}."]
     return "\n".join(lines)
 
 
@@ -423,7 +522,7 @@ def main() -> None:
         "--threads", type=int, default=1, help="torch threads (default 1; 0 = torch default)"
     )
     parser.add_argument("--text-vocab", type=int, default=1024, help="text BPE size asked for")
-    parser.add_argument("--no-bf16", action="store_true", help="skip the bf16 autocast rows")
+    parser.add_argument("--no-bf16", action="store_true", help="skip the bf16 rows")
     parser.add_argument(
         "--json", type=Path, default=ROOT / "out" / "benchmarks" / "peers.json", help="report file"
     )
