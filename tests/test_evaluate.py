@@ -193,6 +193,19 @@ def test_eval_same_seed_same_report(tiny, tmp_path):
     assert reports[0]["t2i"] == reports[1]["t2i"]
 
 
+def test_eval_in_bf16_gives_the_held_out_loss_of_fp32(tiny, tmp_path):
+    losses = {}
+    for dtype in ("float32", "bfloat16"):
+        out = tmp_path / f"{dtype}.json"
+        args = ["eval", "--model", str(tiny / "model"), "--data", str(tiny / "shapes")]
+        args += ["--n-prompts", "0", "--n-captions", "0", "--n-inpaint", "0", "--n-loss", "8"]
+        args += ["--threads", "1", "--dtype", dtype, "--json", str(out)]
+        assert main(args) == 0
+        losses[dtype] = json.loads(out.read_text())["held_out_loss"]
+    for task in ("t2i", "cap", "inp"):
+        assert losses["bfloat16"][task] == pytest.approx(losses["float32"][task], rel=0.03)
+
+
 def test_eval_scores_greedy_captions_unless_told(tiny, monkeypatch):
     from cogview import evaluate
     from cogview.cli.evaluate import _load_held_out

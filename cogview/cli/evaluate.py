@@ -97,16 +97,14 @@ def _class_prompts(captions: list[str], labels: list[int], n_classes: int) -> li
 
 def _load_fashion(args: argparse.Namespace, device: Any, limit: int):
     from cogview.classifier import load_classifier
-    from cogview.cli.sample import sampling_config
-    from cogview.defaults import model_path_or_default
+    from cogview.cli.sample import load_model, sampling_config
     from cogview.evaluate import FashionEval
-    from cogview.pipeline import load_pipeline
     from train.classifier import labels_of
     from train.data.loader import load_images
 
     if not (args.fashion_data and args.classifier):
         raise UserError("--fashion-model needs --fashion-data SHARDS and --classifier DIR")
-    pipe = load_pipeline(model_path_or_default(args.fashion_model), device=device)
+    pipe = load_model(args, args.fashion_model)
     clf, names = load_classifier(args.classifier)
     clf = clf.to(device)
     # the real images: the whole test split for the classifier's accuracy; prompts from it
@@ -126,11 +124,9 @@ def run_eval_command(args: argparse.Namespace) -> int:
 
 def _run_eval(args: argparse.Namespace) -> int:
 
-    from cogview.cli.sample import model_clusters, sampling_config
-    from cogview.defaults import model_path_or_default
+    from cogview.cli.sample import load_model, model_clusters, sampling_config
     from cogview.devices import parse_device
     from cogview.evaluate import QUICK, EvalConfig, format_report, run_eval
-    from cogview.pipeline import load_pipeline
 
     try:
         base = QUICK if args.quick else EvalConfig()
@@ -146,7 +142,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise UserError(f"--n-*: {e}") from None
     device = parse_device(args.device)
-    pipe = load_pipeline(model_path_or_default(args.model, "coglm"), device=device)
+    pipe = load_model(args)
     sampling = sampling_config(args, pipe.sampling)
     if args.rerank is None:  # the model's sampling.json
         config = dataclasses.replace(config, rerank=pipe.rerank)
@@ -223,7 +219,7 @@ THREADS_HELP = "CPU threads for torch (default: torch's choice; 1 is faster on a
 
 
 def register(subparsers: Any) -> None:
-    from cogview.cli.sample import _add_sampling_flags
+    from cogview.cli.sample import _add_sampling_flags, add_dtype_flag
 
     p = subparsers.add_parser(
         "eval",
@@ -264,6 +260,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--device", default="cpu", metavar="DEV", help="torch device (default: cpu)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default: 0)")
     p.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
+    add_dtype_flag(p)
     _add_sampling_flags(p)
     p.set_defaults(func=run_eval_command)
 

@@ -48,6 +48,10 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", default="cpu", metavar="DEV", help="torch device (default: cpu)")
     p.add_argument("--seed", type=int, metavar="S", default=0, help="random seed (default: 0)")
+    add_dtype_flag(p)
+
+
+def add_dtype_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dtype",
         choices=("float32", "bfloat16"),
@@ -111,7 +115,8 @@ def sampling_config(
     return SamplingConfig(**{**defaults, **sampling_flags(args)})
 
 
-def _load(args: argparse.Namespace) -> Pipeline:
+def load_model(args: argparse.Namespace, model: str | None = None) -> Pipeline:
+    """The pipeline of `model` (default: --model) on --device, its transformer in --dtype."""
     import torch
 
     from cogview.defaults import model_path_or_default
@@ -119,7 +124,8 @@ def _load(args: argparse.Namespace) -> Pipeline:
     from cogview.pipeline import load_pipeline
 
     device = parse_device(args.device)
-    pipe = load_pipeline(model_path_or_default(args.model, "coglm"), device=device)
+    path = model_path_or_default(model or args.model, "coglm")
+    pipe = load_pipeline(path, device=device)
     if args.dtype != "float32":
         # the transformer only: weights and KV cache in bf16 halve the memory traffic of
         # decoding; the VQVAE and the sampling arithmetic stay in float32
@@ -282,7 +288,7 @@ def run_generate(args: argparse.Namespace) -> int:
     _check_rerank(args)
     prompts = read_prompts(args.prompts) if args.prompts else [args.prompt]
     out = _out_dir(args.out)
-    pipe = _load(args)
+    pipe = load_model(args)
     config = sampling_config(args, pipe.sampling)
     sr = load_sr_for(args, pipe)
     tok = pipe.tokenizer
@@ -451,7 +457,7 @@ def run_inpaint(args: argparse.Namespace) -> int:
         )
         mask = resize_mask(mask, (height, width))
     out = _out_dir(args.out)
-    pipe = _load(args)
+    pipe = load_model(args)
     config = sampling_config(args, pipe.sampling)
     sr = load_sr_for(args, pipe)
     tok = pipe.tokenizer
@@ -567,7 +573,7 @@ def run_caption(args: argparse.Namespace) -> int:
         raise UserError(f"--max-len must be >= 1, got {args.max_len}")
     config = sampling_config(args)
     pictures = [read_image(path) for path in args.images]  # every file first: fail early
-    pipe = _load(args)
+    pipe = load_model(args)
     tok = pipe.tokenizer
     device = next(pipe.model.parameters()).device
     g = _generator(args, pipe)
