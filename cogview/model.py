@@ -125,11 +125,16 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(self.layer, k, v)  # (B, nh, S, hs) with S = cached + T
         dropout = self.dropout if self.training else 0.0
-        if q.device.type == "cpu" and q.dtype == torch.bfloat16:
+        short = k.shape[-2] <= CPU_MATMUL_ATTENTION_MAX_KEYS
+        if q.device.type == "cpu" and q.dtype == torch.bfloat16 and short:
             y = bf16_cpu_attention(q, k, v, mask, dropout)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         return self.proj(rearrange(y, "b h t d -> b t (h d)"))
+
+
+# up to this many keys, bf16 attention on a CPU is `bf16_cpu_attention`
+CPU_MATMUL_ATTENTION_MAX_KEYS = 128
 
 
 def bf16_cpu_attention(
@@ -137,10 +142,14 @@ def bf16_cpu_attention(
 ) -> Tensor:
     """Attention of bf16 (B, nh, T, hs) queries, as `scaled_dot_product_attention`, for CPUs.
 
-    torch's CPU flash-attention kernel is slow in bf16: forward and backward of one layer of
-    the `small` preset (32 x 96 tokens) take 59 ms against 24 ms in fp32. Two bf16 matmuls
-    around a float32 softmax take 20 ms, and make generation in bf16 1.27x faster.
-    `mask` is boolean (True = attend) or additive, as for `scaled_dot_product_attention`.
+    torch's CPU flash-attention kernel is slow in bf16 over few keys, its backward most of
+    all: forward and backward of one layer of the `small` preset (32 x 96 tokens) take 59 ms
+    against 24 ms in fp32. Two bf16 matmuls around a float32 softmax take 20 ms; the bf16
+    training step of that preset takes 0.73 s against 0.95 s, and generation with bf16 weights
+    is 1.25x faster. Over many keys the float32 scores cost more memory traffic than the
+    kernel loses (super-resolution, about 330 keys: a training step took 1.16 s against
+    0.60 s in the kernel), hence `CPU_MATMUL_ATTENTION_MAX_KEYS`. `mask` is boolean (True = attend) or
+    additive.
     """
     scores = (q @ k.transpose(-2, -1)).float() * q.shape[-1] ** -0.5  # (B, nh, T, S)
     if mask is not None and mask.dtype == torch.bool:

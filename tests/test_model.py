@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cogview.model import CogLM, CogLMConfig, bf16_cpu_attention, coglm_config, prefix_lm_mask
+from cogview.model import (
+    CPU_MATMUL_ATTENTION_MAX_KEYS,
+    CogLM,
+    CogLMConfig,
+    bf16_cpu_attention,
+    coglm_config,
+    prefix_lm_mask,
+)
 
 VOCAB = 97
 
@@ -76,16 +83,17 @@ def test_positions_beyond_max_seq_len_are_refused():
 
 
 @pytest.mark.parametrize("additive", [False, True])
-def test_bf16_cpu_attention_matches_sdpa(additive):
+@pytest.mark.parametrize("t", [9, CPU_MATMUL_ATTENTION_MAX_KEYS])
+def test_bf16_cpu_attention_matches_sdpa(additive, t):
     """The CPU bf16 path gives scaled_dot_product_attention's output and gradients (to bf16
-    rounding), with a boolean or an additive mask."""
+    rounding), with a boolean or an additive mask, up to the most keys it is used for."""
     g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(2, 4, 9, 16, generator=g) for _ in range(3))
-    mask = prefix_lm_mask(torch.tensor([3, 5]), 9)  # (B, 1, T, T) boolean
+    q, k, v = (torch.randn(2, 4, t, 16, generator=g) for _ in range(3))
+    mask = prefix_lm_mask(torch.tensor([3, 5]), t)  # (B, 1, T, T) boolean
     if additive:
-        bias = torch.randn(2, 1, 9, 9, generator=g)
-        mask = torch.zeros(2, 1, 9, 9).masked_fill(~mask, float("-inf")) + bias
-    out_grad = torch.randn(2, 4, 9, 16, generator=g)
+        bias = torch.randn(2, 1, t, t, generator=g)
+        mask = torch.zeros(2, 1, t, t).masked_fill(~mask, float("-inf")) + bias
+    out_grad = torch.randn(2, 4, t, 16, generator=g)
 
     def run(fn, dtype):
         leaves = [t.detach().to(dtype).requires_grad_() for t in (q, k, v)]
