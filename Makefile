@@ -41,7 +41,7 @@ demo: setup
 # held-out), whose two-object captions carry reading-order captioning targets.
 DM := runs/default
 DM_VQ_STEPS ?= 1000
-DM_LM_STEPS ?= 3000
+DM_LM_STEPS ?= 4500
 DM_SR_STEPS ?= 1500
 default-models: setup
 	test -f data/shapes/info.json || $(BIN)/cogview data shapes --out data/shapes --n 20000 --seed 0
