@@ -145,7 +145,7 @@ def bf16_cpu_attention(
     torch's CPU flash-attention kernel is slow in bf16 over few keys, its backward most of
     all: forward and backward of one layer of the `small` preset (32 x 96 tokens) take 59 ms
     against 24 ms in fp32. Two bf16 matmuls around a float32 softmax take 20 ms; the bf16
-    training step of that preset takes 0.73 s against 0.95 s, and generation with bf16 weights
+    training step of that preset takes 0.71 s against 0.95 s, and generation with bf16 weights
     is 1.25x faster. Over many keys the float32 scores cost more memory traffic than the
     kernel loses (super-resolution, about 330 keys: a training step took 1.16 s against
     0.60 s in the kernel), hence `CPU_MATMUL_ATTENTION_MAX_KEYS`. `mask` is boolean (True = attend) or
