@@ -148,8 +148,8 @@ def bf16_cpu_attention(
     training step of that preset takes 0.71 s against 0.95 s, and generation with bf16 weights
     is 1.25x faster. Over many keys the float32 scores cost more memory traffic than the
     kernel loses (super-resolution, about 330 keys: a training step took 1.16 s against
-    0.60 s in the kernel), hence `CPU_MATMUL_ATTENTION_MAX_KEYS`. `mask` is boolean (True = attend) or
-    additive.
+    0.60 s in the kernel), hence `CPU_MATMUL_ATTENTION_MAX_KEYS`. `mask` is boolean
+    (True = attend) or additive.
     """
     scores = (q @ k.transpose(-2, -1)).float() * q.shape[-1] ** -0.5  # (B, nh, T, S)
     if mask is not None and mask.dtype == torch.bool:
