@@ -340,6 +340,10 @@ class Contender:
     train: Callable[[], None] | None
     generate: Callable[[], None]
 
+    @property
+    def key(self) -> str:
+        return f"{self.name}|{self.precision}"
+
 
 def n_params(model) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -418,8 +422,6 @@ def run(args: argparse.Namespace) -> dict:
                 dalle_generate(in_bf16(dalle), gen_text),
             ),
         ]
-    key = {id(c): f"{c.name}|{c.precision}" for c in contenders}
-
     log("counting FLOPs ...")
     flops: dict[str, dict[str, float | None]] = {}
     for c in contenders:
@@ -433,19 +435,17 @@ def run(args: argparse.Namespace) -> dict:
     if bf16:
         peak["bf16"] = matmul_peak(torch.bfloat16)
     log(f"timing training steps ({args.rounds} rounds) ...")
-    train = median_times({key[id(c)]: c.train for c in contenders if c.train}, args.rounds)
+    train = median_times({c.key: c.train for c in contenders if c.train}, args.rounds)
     log(f"timing generation ({args.rounds} rounds) ...")
-    gen = median_times({key[id(c)]: c.generate for c in contenders}, args.rounds)
+    gen = median_times({c.key: c.generate for c in contenders}, args.rounds)
 
     tokens_per_step = b * (n_text + g * g)
     rows = []
     for c in contenders:
-        k, f = key[id(c)], flops[c.name]
+        k, f = c.key, flops[c.name]
         # > 1: ours at the same precision is that many times faster than this row
-        base_train, base_gen = (
-            train[f"{ours_name}|{c.precision}"],
-            gen[f"{ours_name}|{c.precision}"],
-        )
+        base = f"{ours_name}|{c.precision}"
+        base_train, base_gen = train[base], gen[base]
         row = dict(
             model=c.name,
             precision=c.precision,
