@@ -684,9 +684,24 @@ def rerank(
         clusters=clusters,
         progress=progress,
     )
-    best, scores = best_candidates(model, tokenizer, codes, [list(text_ids)] * n_candidates,
-                                   n_candidates, keep, config.batch_size)
-    return Reranked(codes=codes[best[0]], scores=scores[0, best[0]], all_scores=scores[0])
+    return keep_best(model, tokenizer, codes, text_ids, keep, config.batch_size)
+
+
+def keep_best(
+    model: CogLM,
+    tokenizer,
+    codes: Tensor,
+    text_ids: Sequence[int],
+    keep: int,
+    batch_size: int = 64,
+) -> Reranked:
+    """The `keep` best of candidate images (n, h, w) of one prompt by self-reranking
+    (`best_candidates`), best first."""
+    n = codes.shape[0]
+    best, scores = best_candidates(model, tokenizer, codes, [list(text_ids)] * n, n, keep,
+                                   batch_size)
+    return Reranked(codes=codes[best[0].to(codes.device)], scores=scores[0, best[0]],
+                    all_scores=scores[0])
 
 
 @torch.inference_mode()

@@ -275,6 +275,11 @@ def _rerank_counts(args: argparse.Namespace, pipe: Any) -> tuple[int | None, int
     return (args.rerank or None), (pipe.rerank if args.rerank is None else 1)
 
 
+def _group_note(group: int, what: str) -> str:
+    return (f"each {what} the best of {group} by log p(prompt | image) (the model's "
+            "sampling.json; --rerank 0 turns it off)")
+
+
 def run_generate(args: argparse.Namespace) -> int:
     from cogview.images import save_grid
     from cogview.sampling import best_of_groups, generate_images, rerank
@@ -348,8 +353,7 @@ def run_generate(args: argparse.Namespace) -> int:
         )
         codes = best_of_groups(pipe.model, tok, codes, all_ids, group, config.batch_size)
         if group > 1:
-            bar.write(f"each image the best of {group} by log p(prompt | image) (the model's "
-                      "sampling.json; --rerank 0 turns it off)", file=sys.stderr)
+            bar.write(_group_note(group, "image"), file=sys.stderr)
         results = list(codes.split(args.n))
     for (stem, ids), codes in zip(jobs, results, strict=True):
         if sr is not None:
@@ -441,7 +445,7 @@ def run_inpaint(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from cogview.images import read_image, save_grid, to_tensor
-    from cogview.sampling import best_candidates, best_of_groups, generate_images, inpaint
+    from cogview.sampling import best_of_groups, generate_images, inpaint, keep_best
 
     if args.n < 1:
         raise UserError(f"-n must be >= 1, got {args.n}")
@@ -527,13 +531,10 @@ def run_inpaint(args: argparse.Namespace) -> int:
         )
     bar.close()
     if candidates:
-        best, _ = best_candidates(pipe.model, tok, codes, [ids] * total, total, args.n,
-                                  config.batch_size)
-        codes = codes[best[0].to(codes.device)]
+        codes = keep_best(pipe.model, tok, codes, ids, args.n, config.batch_size).codes
     elif group > 1:
         codes = best_of_groups(pipe.model, tok, codes, [ids] * total, group, config.batch_size)
-        note(f"each version the best of {group} by log p(prompt | image) (the model's "
-             "sampling.json; --rerank 0 turns it off)")
+        note(_group_note(group, "version"))
     if sr is not None:  # (n, sr size, sr size, 3)
         generated = sr_images(sr, codes, [ids] * len(codes), args, g, config.batch_size)
     else:
