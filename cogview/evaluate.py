@@ -34,6 +34,8 @@ from torch import Tensor
 
 from cogview import detect, shapes
 from cogview.images import from_tensor, to_tensor
+from cogview.inpainting import context_codes
+from cogview.masks import box_cells
 from cogview.sampling import (
     SamplingConfig,
     best_of_groups,
@@ -56,7 +58,8 @@ class EvalConfig:
     rerank: int = 1  # text-to-image, inpainting: candidates per image, the best kept by reranking
     caption_temperature: float = 0.0  # captioning is scored on the greedy caption by default
     n_captions: int = 100  # held-out images to caption
-    n_inpaint: int = 100  # held-out images to inpaint
+    n_inpaint: int = 100  # held-out images to inpaint (reconstruction)
+    n_edit: int = 100  # held-out two-object scenes to edit, per prompt style
     n_fashion_per_class: int = 20  # generated images per fashion class
     n_loss: int = 256  # held-out samples for the loss per task and the VQVAE PSNR
     seed: int = 0
@@ -72,7 +75,8 @@ class EvalConfig:
 
 
 QUICK = EvalConfig(
-    n_prompts=3, n_per_prompt=1, n_captions=2, n_inpaint=2, n_fashion_per_class=1, n_loss=8
+    n_prompts=3, n_per_prompt=1, n_captions=2, n_inpaint=2, n_edit=2, n_fashion_per_class=1,
+    n_loss=8,
 )
 
 
@@ -92,6 +96,10 @@ class HeldOut:
         """What captioning learns for each sample: its target, or else its caption."""
         targets = self.targets or [None] * len(self.captions)
         return [t or c for t, c in zip(targets, self.captions, strict=True)]
+
+    def images_hwc(self, i: int) -> np.ndarray:
+        """Image i as uint8 (S, S, 3)."""
+        return self.images[i].permute(1, 2, 0).cpu().numpy()
 
     def with_attributes(self) -> list[int]:
         """Indices of the samples that have attributes (and so can be scored)."""
@@ -187,21 +195,10 @@ def _encode_texts(tok: Any, texts: Sequence[str]) -> list[list[int]]:
 
 
 def object_cells(obj: dict[str, Any], grid: tuple[int, int]) -> Tensor:
-    """(h, w) bool: the code cells that the object's bounding box touches.
-
-    The box is exact in image fractions (the renderer centres an object of side
-    `SIZE_FRACTIONS[size]` in its grid cell); every pixel the object colours lies in it, and
-    code cells are aligned with pixels, so the mask covers the whole object.
-    """
-    h, w = grid
-    row, col = (obj["row"], obj["col"]) if "row" in obj else shapes.position_cell(obj["position"])
-    half = shapes.SIZE_FRACTIONS[obj["size"]] / 2
-    cx, cy = (col + 0.5) / shapes.GRID, (row + 0.5) / shapes.GRID
-    ys = torch.arange(h, dtype=torch.float64)
-    xs = torch.arange(w, dtype=torch.float64)
-    in_y = (ys / h < cy + half) & ((ys + 1) / h > cy - half)  # (h,)
-    in_x = (xs / w < cx + half) & ((xs + 1) / w > cx - half)  # (w,)
-    return in_y[:, None] & in_x[None, :]
+    """(h, w) bool: the code cells that the object's bounding box (`shapes.object_box`)
+    touches; every pixel the object colours lies in the box, and code cells are aligned with
+    pixels, so the mask covers the whole object."""
+    return box_cells(shapes.object_box(obj), *grid)
 
 
 def caption_score(truth: dict[str, Any], stated: dict[str, Any]) -> dict[str, bool]:
@@ -321,6 +318,92 @@ def eval_captioning(
     }
 
 
+@dataclass
+class InpaintCase:
+    """One inpainting to score: an image, what to regenerate, the prompt and the truth."""
+
+    image: np.ndarray  # uint8 (S, S, 3)
+    pixel_mask: np.ndarray  # (S, S) bool, True = regenerate
+    prompt: str
+    expected: dict[str, Any]  # attributes the composite should show (shapes attribute dict)
+    region: dict[str, Any]  # the object the mask is about (scored on its own)
+    erased: dict[str, Any] | None = None  # an edit's object that the mask erased
+
+
+def _inpaint_cases(
+    pipe: Any,
+    cases: Sequence[InpaintCase],
+    sampling: SamplingConfig,
+    generator: torch.Generator,
+    *,
+    clusters: Tensor | None,
+    update: Callable[[int], None],
+    rerank: int,
+) -> dict[str, Any]:
+    """Inpaint each case as `cogview inpaint` does (context encoded with the masked cells
+    blanked, the best of `rerank` versions by log p(prompt | image), composited into the
+    original), detect, and score the composite against the case's truth."""
+    tok, grid = pipe.tokenizer, pipe.grid
+    device = _device(pipe)
+    inside, outside_decoded, cells = [], [], []
+    region_scores, scene_scores = [], []
+    exact = True
+    for case in cases:
+        cell_mask = resize_cells(case.pixel_mask, grid)
+        image = to_tensor(case.image).to(device)
+        context = context_codes(pipe.vqvae, image, cell_mask[None].to(device))[0].cpu()
+        text_ids = _encode_texts(tok, [case.prompt])[0] if case.prompt else []
+        new = inpaint(pipe.model, tok, text_ids, context, cell_mask, sampling, generator,
+                      rerank, clusters=clusters)
+        if text_ids:
+            new = best_of_groups(pipe.model, tok, new, [text_ids] * rerank, rerank,
+                                 sampling.batch_size)
+        decoded = decode_codes(pipe.vqvae, new[:1].cpu())[0]  # (S, S, 3)
+        mask, truth = case.pixel_mask, case.image
+        composite = np.where(mask[..., None], decoded, truth)
+        exact = exact and bool(np.array_equal(composite[~mask], truth[~mask]))
+        inside.append(_psnr(composite[mask], truth[mask]))
+        outside_decoded.append(_psnr(decoded[~mask], truth[~mask]))
+        cells.append(int(cell_mask.sum()))
+        found = detect.detections_to_json(detect.detect(composite))
+        want = {k: case.region[k] for k in shapes.ATTRIBUTES}
+        score = shapes.compare({"objects": [want], "relation": None}, found)
+        score.pop("count")
+        score["all"] = all(score[a] for a in shapes.ATTRIBUTES)
+        region_scores.append(score)
+        scene = shapes.compare(case.expected, found)
+        n = len(case.expected["objects"])
+        scene_scores.append({
+            "all": scene["all"],
+            "count": scene["count"],
+            **({"kept": all(v for k, v in scene.items() if k.endswith("_1"))} if n == 2 else {}),
+        })  # fmt: skip
+        update(1)
+    return {
+        "n": len(cases),
+        "mean_masked_cells": _mean(cells),
+        "psnr_inside": _mean(inside),
+        "outside_exact": exact,
+        "psnr_outside_decoded": _mean(outside_decoded),
+        "object_accuracy": accuracy_table(region_scores),
+        "scene": accuracy_table(scene_scores),
+        "scene_all": accuracy_table(scene_scores).get("all", float("nan")),
+    }
+
+
+def resize_cells(pixel_mask: np.ndarray, grid: tuple[int, int]) -> Tensor:
+    """Pixel mask (S, S) -> (h, w) cells to regenerate: every cell that a masked pixel is in."""
+    h, w = grid
+    s_h, s_w = pixel_mask.shape
+    blocks = pixel_mask.reshape(h, s_h // h, w, s_w // w)
+    return torch.from_numpy(blocks.any(axis=(1, 3)))
+
+
+def _cell_pixels(cell_mask: Tensor, size: int) -> np.ndarray:
+    f = size // cell_mask.shape[0]
+    return cell_mask.repeat_interleave(f, 0).repeat_interleave(f, 1).numpy()
+
+
 def eval_inpainting(
     pipe: Any,
     held: HeldOut,
@@ -333,60 +416,136 @@ def eval_inpainting(
     seed: int = 0,
     rerank: int = 1,
 ) -> dict[str, Any]:
-    """Mask one object's cells, regenerate them with the caption, composite, and score. With
-    `rerank` > 1 the regenerated image is the best of `rerank` by self-reranking.
-
-    Which object of a two-object scene is masked is drawn from `seed`."""
+    """Reconstruction: mask one object's cells, regenerate them with the image's own caption,
+    composite, and score whether the same object comes back. With `rerank` > 1 each result is
+    the best of `rerank` versions by self-reranking. Which object of a two-object scene is
+    masked is drawn from `seed`. This measures repair, not editing (`eval_edits`)."""
     if not indices:
         return {"n": 0}
-    tok, grid = pipe.tokenizer, pipe.grid
-    truth_images = _hwc(held.images[list(indices)])  # (n, S, S, 3)
-    codes = encode_images(pipe.vqvae, held.images[list(indices)])
-    f = truth_images.shape[1] // grid[0]
+    images = _hwc(held.images[list(indices)])  # (n, S, S, 3)
+    size = images.shape[1]
     pick = torch.Generator().manual_seed(seed)
-    update = (progress or Progress()).start(len(indices), "inpaint")
-    inside, outside, outside_decoded, cells = [], [], [], []
-    object_scores, scene_scores = [], []
-    exact = True
+    cases = []
     for k, i in enumerate(indices):
         attrs = held.attributes[i]
         objs = attrs["objects"]
         target = objs[int(torch.randint(len(objs), (1,), generator=pick))]
-        cell_mask = object_cells(target, grid)
-        text_ids = _encode_texts(tok, [held.captions[i]])[0]
-        new = inpaint(
-            pipe.model, tok, text_ids, codes[k], cell_mask, sampling, generator, rerank,
-            clusters=clusters,
-        )  # fmt: skip
-        new = best_of_groups(pipe.model, tok, new, [text_ids] * rerank, rerank,
-                             sampling.batch_size)
-        decoded = decode_codes(pipe.vqvae, new.cpu())[0]  # (S, S, 3)
-        pixel_mask = cell_mask.repeat_interleave(f, 0).repeat_interleave(f, 1).numpy()  # (S, S)
-        truth = truth_images[k]
-        composite = np.where(pixel_mask[..., None], decoded, truth)
-        exact = exact and bool(np.array_equal(composite[~pixel_mask], truth[~pixel_mask]))
-        inside.append(_psnr(composite[pixel_mask], truth[pixel_mask]))
-        outside.append(_psnr(composite[~pixel_mask], truth[~pixel_mask]))
-        outside_decoded.append(_psnr(decoded[~pixel_mask], truth[~pixel_mask]))
-        cells.append(int(cell_mask.sum()))
-        found = detect.detections_to_json(detect.detect(composite))
-        want = {k2: target[k2] for k2 in shapes.ATTRIBUTES}
-        score = shapes.compare({"objects": [want], "relation": None}, found)
-        score.pop("count")
-        score["all"] = all(score[a] for a in shapes.ATTRIBUTES)
-        object_scores.append(score)
-        scene_scores.append({"all": shapes.compare(attrs, found)["all"]})
-        update(1)
-    return {
-        "n": len(indices),
-        "mean_masked_cells": float(np.mean(cells)),
-        "psnr_inside": _mean(inside),
-        "psnr_outside": _mean(outside),
-        "outside_exact": exact,
-        "psnr_outside_decoded": _mean(outside_decoded),
-        "object_accuracy": accuracy_table(object_scores),
-        "scene_all": accuracy_table(scene_scores).get("all", float("nan")),
-    }
+        cell_mask = object_cells(target, pipe.grid)
+        cases.append(InpaintCase(images[k], _cell_pixels(cell_mask, size), held.captions[i],
+                                 attrs, target))
+    update = (progress or Progress()).start(len(cases), "inpaint")
+    out = _inpaint_cases(pipe, cases, sampling, generator, clusters=clusters, update=update,
+                         rerank=rerank)
+    out["psnr_outside"] = PSNR_CAP_DB if out["outside_exact"] else float("nan")
+    return out
+
+
+EDIT_STYLES = ("region", "scene", "blob")
+
+
+def _blob(box: Sequence[float], avoid: Sequence[float], size: int,
+          rng: np.random.Generator) -> np.ndarray:
+    """A brush blob (size, size) bool over a box (fractions): a rounded, wobbly shape that
+    covers the box with a margin of 0.5-2 px, not aligned with the code grid, and keeps off
+    the `avoid` box (the kept object) by a pixel, as a careful hand paints."""
+    x0, y0, x1, y1 = (v * size for v in box)
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    ax = (x1 - x0) / 2 + rng.uniform(0.5, 2.0)
+    ay = (y1 - y0) / 2 + rng.uniform(0.5, 2.0)
+    yy, xx = np.mgrid[0:size, 0:size] + 0.5
+    theta = np.arctan2(yy - cy, xx - cx)
+    phase = rng.uniform(0, 2 * np.pi)
+    wobble = 1 + 0.08 * np.sin(3 * theta + phase)
+    # a superellipse of exponent 4: a square with rounded corners, which holds the box
+    r = (np.abs((xx - cx) / ax) ** 4 + np.abs((yy - cy) / ay) ** 4) ** 0.25
+    blob = r <= wobble * 2 ** 0.25
+    a0, b0, a1, b1 = (v * size for v in avoid)
+    keep_off = (xx > a0 - 1) & (xx < a1 + 1) & (yy > b0 - 1) & (yy < b1 + 1)
+    return blob & ~keep_off
+
+
+def edit_cases(
+    held: HeldOut, indices: Sequence[int], size: int, grid: tuple[int, int], style: str, seed: int
+) -> list[InpaintCase]:
+    """Edits of two-object scenes: one object erased and a different object (another shape and
+    another colour, its size drawn) asked for in its place. The mask covers the cells of the
+    larger of the two objects' boxes (a brush blob over it for "blob"); the prompt names the
+    new object alone ("region", "blob") or is the caption of the edited scene ("scene"). The
+    composite should show the new object and the kept one, and nothing else."""
+    if style not in EDIT_STYLES:
+        raise ValueError(f"style must be one of {EDIT_STYLES}, got {style!r}")
+    rng = np.random.default_rng([seed, EDIT_STYLES.index(style)])
+    cases = []
+    for i in indices:
+        attrs = held.attributes[i]
+        objs = [dict(o) for o in attrs["objects"]]
+        gone = int(rng.integers(2))
+        erased, kept = objs[gone], objs[1 - gone]
+        while True:
+            colour = shapes.COLOURS_LIST[int(rng.integers(len(shapes.COLOURS_LIST)))]
+            shape = shapes.SHAPES[int(rng.integers(len(shapes.SHAPES)))]
+            if (colour != erased["colour"] and shape != erased["shape"]
+                    and (colour, shape) != (kept["colour"], kept["shape"])):
+                break
+        new = {"colour": colour, "shape": shape,
+               "size": shapes.SIZES[int(rng.integers(len(shapes.SIZES)))],
+               "position": erased["position"], "row": erased["row"], "col": erased["col"]}
+        larger = max((erased, new), key=lambda o: shapes.SIZE_FRACTIONS[o["size"]])
+        box = shapes.object_box(larger)
+        if style == "blob":
+            mask = _blob(box, shapes.object_box(kept), size, rng)
+        else:
+            mask = _cell_pixels(box_cells(box, *grid), size)
+        if style == "scene":
+            first, second = (new, kept) if rng.random() < 0.5 else (kept, new)
+            a, b = shapes.scene_from_json({"objects": [first, second]}).objects
+            relation = shapes.relations_between(a, b)
+            described = [{k: o[k] for k in ("size", "colour", "shape")} for o in (first, second)]
+            prompt = shapes.canonical_caption(
+                {"objects": described, "relation": relation[int(rng.integers(len(relation)))]}
+            )
+        else:
+            prompt = shapes.canonical_caption({"objects": [new], "relation": None})
+        truth = [{k: o[k] for k in shapes.ATTRIBUTES} for o in (new, kept)]
+        cases.append(InpaintCase(held.images_hwc(i), mask, prompt,
+                                 {"objects": truth, "relation": None}, new, erased))
+    return cases
+
+
+def eval_edits(
+    pipe: Any,
+    held: HeldOut,
+    indices: Sequence[int],
+    sampling: SamplingConfig,
+    generator: torch.Generator,
+    *,
+    styles: Sequence[str] = EDIT_STYLES,
+    clusters: Tensor | None = None,
+    progress: Progress | None = None,
+    seed: int = 0,
+    rerank: int = 1,
+) -> dict[str, Any]:
+    """The edit benchmark (`edit_cases`) for each prompt style: "all" is the new object with
+    every attribute right, the kept object unchanged and no other object. "leak" inpaints the
+    region cases with an empty prompt: how often the erased object comes back unasked (what
+    the context tells the model of it)."""
+    two = [i for i in indices if len(held.attributes[i]["objects"]) == 2]
+    size = int(held.images.shape[-1])
+    out: dict[str, Any] = {"n_scenes": len(two)}
+    for style in styles:
+        cases = edit_cases(held, two, size, pipe.grid, style, seed)
+        update = (progress or Progress()).start(len(cases), f"edit ({style})")
+        out[style] = _inpaint_cases(pipe, cases, sampling, generator, clusters=clusters,
+                                    update=update, rerank=rerank)
+    if two:
+        cases = edit_cases(held, two, size, pipe.grid, "region", seed)
+        unasked = [replace(c, prompt="", region=c.erased) for c in cases]
+        update = (progress or Progress()).start(len(unasked), "edit (leak)")
+        leak = _inpaint_cases(pipe, unasked, sampling, generator, clusters=clusters,
+                              update=update, rerank=1)
+        out["leak"] = {"n": leak["n"],
+                       "erased_redrawn": leak["object_accuracy"].get("all", float("nan"))}
+    return out
 
 
 def eval_fashion(
@@ -547,6 +706,16 @@ def run_eval(
                     rerank=config.rerank,
                 ),
             )
+        if config.n_edit:
+            two = [i for i in scored if len(held.attributes[i]["objects"]) == 2]
+            idx = two[: config.n_edit]
+            report["edits"] = timed(
+                "edits",
+                lambda: eval_edits(
+                    pipe, held, idx, sampling, generator, clusters=clusters, progress=progress,
+                    seed=config.seed, rerank=config.rerank,
+                ),
+            )  # fmt: skip
         if config.n_loss:
             images = held.images[: config.n_loss]
             attrs = held.attributes[: config.n_loss]
@@ -598,16 +767,35 @@ def format_report(report: dict[str, Any]) -> str:
             rows.append(("captioning", f"states {k}", _pct(v)))
     if "inpainting" in report:
         inp = report["inpainting"]
-        rows.append(("inpainting", "n", str(inp["n"])))
+        part = "inpainting (reconstruction)"
+        rows.append((part, "n", str(inp["n"])))
         if inp["n"]:
-            rows.append(("inpainting", "masked cells (mean)", f"{inp['mean_masked_cells']:.1f}"))
-            rows.append(("inpainting", "PSNR inside mask", _db(inp["psnr_inside"])))
+            rows.append((part, "masked cells (mean)", f"{inp['mean_masked_cells']:.1f}"))
+            rows.append((part, "PSNR inside mask", _db(inp["psnr_inside"])))
             exact = "exact" if inp["outside_exact"] else "NOT exact"
-            rows.append(("inpainting", "PSNR outside (composited)", exact))
-            rows.append(("inpainting", "PSNR outside (decoded)", _db(inp["psnr_outside_decoded"])))
+            rows.append((part, "PSNR outside (composited)", exact))
+            rows.append((part, "PSNR outside (decoded)", _db(inp["psnr_outside_decoded"])))
             for k, v in inp["object_accuracy"].items():
-                rows.append(("inpainting", f"object {k}", _pct(v)))
-            rows.append(("inpainting", "scene all", _pct(inp["scene_all"])))
+                rows.append((part, f"object {k}", _pct(v)))
+            rows.append((part, "scene all", _pct(inp["scene_all"])))
+    if "edits" in report:
+        ed = report["edits"]
+        for style in EDIT_STYLES:
+            if style not in ed or not ed[style]["n"]:
+                continue
+            e, part = ed[style], f"edit ({style})"
+            rows.append((part, "n", str(e["n"])))
+            rows.append((part, "masked cells (mean)", f"{e['mean_masked_cells']:.1f}"))
+            rows.append((part, "unmasked pixels", "exact" if e["outside_exact"] else "NOT exact"))
+            rows.append((part, "new object all", _pct(e["object_accuracy"].get("all"))))
+            for k in shapes.ATTRIBUTES:
+                rows.append((part, f"new object {k}", _pct(e["object_accuracy"].get(k))))
+            rows.append((part, "kept object unchanged", _pct(e["scene"].get("kept"))))
+            rows.append((part, "no other object", _pct(e["scene"].get("count"))))
+            rows.append((part, "all (edit right)", _pct(e["scene_all"])))
+        if "leak" in ed:
+            rows.append(("edit (empty prompt)", "erased object redrawn",
+                         _pct(ed["leak"]["erased_redrawn"])))
     if "fashion" in report:
         fa = report["fashion"]
         rows.append(("fashion", "classifier on generated", _pct(fa["generated_accuracy"])))

@@ -17,7 +17,7 @@ import bisect
 import functools
 import itertools
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 
 import numpy as np
@@ -145,16 +145,23 @@ def captioning(tok, text_ids: Sequence[int], codes: Tensor) -> TaskSequence:
     )
 
 
-def inpainting(tok, text_ids: Sequence[int], codes: Tensor, mask: Tensor) -> TaskSequence:
-    """`<inp> text <boi> codes, masked cells as <mask> <eoi> | masked codes in raster order`.
+def inpainting(
+    tok, text_ids: Sequence[int], codes: Tensor, mask: Tensor, context: Tensor | None = None
+) -> TaskSequence:
+    """`<inp> text <boi> context, masked cells as <mask> <eoi> | masked codes in raster order`.
 
-    `mask` (h, w) is True where a cell is regenerated; each target carries its own cell.
+    `mask` (h, w) is True where a cell is regenerated; each target carries its own cell. The
+    kept cells show `context` (h, w): the codes of the image with the masked cells blanked
+    (`cogview.inpainting.context_codes`), which carry nothing of the masked pixels. A code
+    depends on pixels beyond its cell, so kept codes of the whole image (`codes`, the default
+    when no context is given) would show the model the erased content and teach it to copy it.
     """
     h, w = codes.shape
     flat_mask = np.asarray(mask, dtype=bool).reshape(-1)
     cells = _cells(h, w)
     image = _image_ids(tok, codes)
-    visible = np.where(flat_mask, tok.mask_id, image)
+    shown = image if context is None else _image_ids(tok, context)
+    visible = np.where(flat_mask, tok.mask_id, shown)
     head = np.concatenate([_ids([tok.task_id("inp")]), _ids(text_ids), _ids([tok.boi_id])])
     targets = image[flat_mask]
     parts = [head, visible, _ids([tok.eoi_id]), targets]
@@ -246,6 +253,31 @@ def strokes_mask(h: int, w: int, g: torch.Generator) -> Tensor:
             mask[r, c] = True
             dr, dc = steps[_randint(0, 7, g)].tolist()
             r, c = min(max(r + dr, 0), h - 1), min(max(c + dc, 0), w - 1)
+    return mask
+
+
+def box_cells(box: Sequence[float], h: int, w: int) -> Tensor:
+    """(h, w) bool: the cells that a box (x0, y0, x1, y1), in fractions of the image side,
+    touches; cells are aligned with pixels, so the cells hold every pixel of the box."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    ys = torch.arange(h, dtype=torch.float64)
+    xs = torch.arange(w, dtype=torch.float64)
+    in_y = (ys / h < y1) & ((ys + 1) / h > y0)  # (h,)
+    in_x = (xs / w < x1) & ((xs + 1) / w > x0)  # (w,)
+    return in_y[:, None] & in_x[None, :]
+
+
+def region_mask(box: Sequence[float], h: int, w: int, g: torch.Generator) -> Tensor:
+    """The cells of a region (an object's box), each side grown by a cell half the time, as a
+    user paints a little beyond an object."""
+    mask = box_cells(box, h, w)
+    rows, cols = mask.any(1).nonzero().flatten(), mask.any(0).nonzero().flatten()
+    if not len(rows):
+        return mask
+    grow = (torch.rand(4, generator=g) < 0.5).tolist()  # top, bottom, left, right
+    top, bottom = max(int(rows[0]) - grow[0], 0), min(int(rows[-1]) + grow[1], h - 1)
+    left, right = max(int(cols[0]) - grow[2], 0), min(int(cols[-1]) + grow[3], w - 1)
+    mask[top : bottom + 1, left : right + 1] = True
     return mask
 
 
@@ -341,19 +373,51 @@ class TaskSchedule:
         )
 
 
+@dataclass(frozen=True)
+class Region:
+    """A part of a sample's image that a caption of its own describes (an object)."""
+
+    box: tuple[float, float, float, float]  # x0, y0, x1, y1 in fractions of the image side
+    text_ids: tuple[int, ...]  # the region's caption
+
+
+@dataclass
+class Plan:
+    """What the scheduler chose for one sample, before its sequence is built."""
+
+    task: str
+    text_ids: Sequence[int]
+    codes: Tensor  # (h, w)
+    mask: Tensor | None = None  # (h, w) bool, inpainting only
+
+
+ContextFn = Callable[[Tensor, Tensor], Tensor]  # codes (B, h, w), masks (B, h, w) -> context
+
+
 @dataclass
 class MaskingScheduler:
     """Turns (text ids, codes) samples into task sequences, choosing each sample's task.
 
-    The task is drawn from `schedule.weights(step)`; inpainting masks from `mask_weights`; with
-    probability `text_dropout` the text of a text-to-image or inpainting sample is dropped so
-    that the model also learns the unconditional distribution (classifier-free guidance).
+    The task is drawn from `schedule.weights(step)`; with probability `text_dropout` the text
+    of a text-to-image or inpainting sample is dropped so that the model also learns the
+    unconditional distribution (classifier-free guidance).
+
+    Inpainting: a sample with regions (objects with captions of their own) masks one region
+    with probability `region_masks`, and then says what goes there with the region's caption
+    with probability `region_prompts` (the prompt of an edit that names only the new object)
+    or else with the whole image's caption; other masks come from `mask_weights` and use the
+    caption. The kept cells show `context(codes, masks)`: codes of the image with the masked
+    cells blanked (`cogview.inpainting`), computed for the whole batch at once; without it
+    they show the sample's own codes, which leak the masked content.
     """
 
     tokenizer: object
     schedule: TaskSchedule = field(default_factory=lambda: TaskSchedule.constant(t2i=1.0))
     text_dropout: float = 0.1
     mask_weights: dict[str, float] = field(default_factory=lambda: dict.fromkeys(MASK_KINDS, 1.0))
+    region_masks: float = 0.5
+    region_prompts: float = 0.5
+    context: ContextFn | None = None
 
     def pick_task(self, step: int, g: torch.Generator) -> str:
         weights = self.schedule.weights(step)
@@ -364,6 +428,53 @@ class MaskingScheduler:
         kind = kinds[_draw([self.mask_weights[k] for k in kinds], g)]
         return MASK_MAKERS[kind](h, w, g)
 
+    def plan(
+        self,
+        text_ids: Sequence[int],
+        codes: Tensor,
+        step: int,
+        g: torch.Generator,
+        target_ids: Sequence[int] | None = None,
+        regions: Sequence[Region] = (),
+    ) -> Plan:
+        """One sample's task, text and mask; a captioning sample learns `target_ids` when given
+        (another phrasing of the same caption), else the caption itself."""
+        task = self.pick_task(step, g)
+        if task == "cap":
+            return Plan(task, text_ids if target_ids is None else target_ids, codes)
+        mask = None
+        if task == "inp":
+            h, w = codes.shape
+            if regions and float(torch.rand(1, generator=g)) < self.region_masks:
+                region = regions[_randint(0, len(regions) - 1, g)]
+                mask = region_mask(region.box, h, w, g)
+                if float(torch.rand(1, generator=g)) < self.region_prompts:
+                    text_ids = region.text_ids
+            else:
+                mask = self.make_mask(h, w, g)
+        if float(torch.rand(1, generator=g)) < self.text_dropout:
+            text_ids = []
+        return Plan(task, text_ids, codes, mask)
+
+    def sequences(self, plans: Sequence[Plan]) -> list[TaskSequence]:
+        """The plans' sequences; the inpainting contexts of all of them in one call."""
+        inp = [i for i, p in enumerate(plans) if p.task == "inp"]
+        contexts: dict[int, Tensor] = {}
+        if inp and self.context is not None:
+            codes = torch.stack([plans[i].codes for i in inp])
+            cell_masks = torch.stack([plans[i].mask for i in inp])
+            contexts = dict(zip(inp, self.context(codes, cell_masks), strict=True))
+        tok = self.tokenizer
+        out = []
+        for i, p in enumerate(plans):
+            if p.task == "t2i":
+                out.append(text_to_image(tok, p.text_ids, p.codes))
+            elif p.task == "cap":
+                out.append(captioning(tok, p.text_ids, p.codes))
+            else:
+                out.append(inpainting(tok, p.text_ids, p.codes, p.mask, contexts.get(i)))
+        return out
+
     def build(
         self,
         text_ids: Sequence[int],
@@ -371,17 +482,10 @@ class MaskingScheduler:
         step: int,
         g: torch.Generator,
         target_ids: Sequence[int] | None = None,
+        regions: Sequence[Region] = (),
     ) -> TaskSequence:
-        """One sample's sequence; a captioning sample learns `target_ids` when given (another
-        phrasing of the same caption), else the caption itself."""
-        task = self.pick_task(step, g)
-        if task != "cap" and float(torch.rand(1, generator=g)) < self.text_dropout:
-            text_ids = []
-        if task == "t2i":
-            return text_to_image(self.tokenizer, text_ids, codes)
-        if task == "cap":
-            return captioning(self.tokenizer, text_ids if target_ids is None else target_ids, codes)
-        return inpainting(self.tokenizer, text_ids, codes, self.make_mask(*codes.shape, g))
+        """One sample's sequence (`plan`, then `sequences`)."""
+        return self.sequences([self.plan(text_ids, codes, step, g, target_ids, regions)])[0]
 
     def batch(
         self,
@@ -391,5 +495,5 @@ class MaskingScheduler:
         g: torch.Generator,
     ) -> TaskBatch:
         """`texts` B lists of text ids, `codes` (B, h, w) -> a padded batch."""
-        samples = [self.build(t, c, step, g) for t, c in zip(texts, codes, strict=True)]
-        return collate(samples, self.tokenizer.pad_id)
+        plans = [self.plan(t, c, step, g) for t, c in zip(texts, codes, strict=True)]
+        return collate(self.sequences(plans), self.tokenizer.pad_id)

@@ -38,6 +38,11 @@ def load_vqvae(path: str | Path, device: str | torch.device = "cpu") -> VQVAE:
     config = config_from_dict(VQVAEConfig, ckpt.config, source=str(ckpt.path / CONFIG_FILE))
     model = VQVAE(config)
     load_state_strict(model, ckpt.state_dict, source=str(ckpt.path))
+    # a codebook that training never initialised would otherwise be set by k-means from the
+    # first batch it encodes, even in eval mode: a loaded VQVAE is a fixed function
+    for name, buffer in model.named_buffers():
+        if name.endswith("initted"):
+            buffer.fill_(True)
     return model.to(device).eval()
 
 

@@ -354,6 +354,30 @@ def parse_caption(text: str) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- json
 
 
+def object_box(obj: ShapeObject | dict[str, Any]) -> tuple[float, float, float, float]:
+    """Exact bounding box (x0, y0, x1, y1) of an object, in fractions of the image side: the
+    renderer centres an object of side `SIZE_FRACTIONS[size]` in its grid cell, and colours no
+    pixel outside this box."""
+    if isinstance(obj, ShapeObject):
+        row, col, size = obj.row, obj.col, obj.size
+    else:
+        row, col = (obj["row"], obj["col"]) if "row" in obj else position_cell(obj["position"])
+        size = obj["size"]
+    half = SIZE_FRACTIONS[size] / 2
+    cx, cy = (col + 0.5) / GRID, (row + 0.5) / GRID
+    return (cx - half, cy - half, cx + half, cy + half)
+
+
+def regions(scene: Scene, rng: np.random.Generator) -> list[dict[str, Any]]:
+    """One region per object: its box (`object_box`) and a caption of that object alone, in
+    the one-object phrasings of `caption`. Inpainting learns to paint what such a caption
+    names into a masked region (the prompt of an edit that names only the new object)."""
+    return [
+        {"box": [round(v, 6) for v in object_box(o)], "caption": caption(Scene((o,)), rng)}
+        for o in scene.objects
+    ]
+
+
 def scene_to_json(scene: Scene) -> dict[str, Any]:
     """Full attributes of a scene; two-object scenes also list every relation that holds."""
     objects = [

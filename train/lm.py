@@ -19,6 +19,7 @@ gradient independent of how the batch is split.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import json
 import math
@@ -53,6 +54,7 @@ from cogview.masks import (
     IGNORE,
     TASKS,
     MaskingScheduler,
+    Region,
     TaskSchedule,
     TaskSequence,
     captioning,
@@ -694,8 +696,10 @@ class CogLMObjective:
     """Text-to-image, captioning and inpainting batches from pre-tokenized data.
 
     `train` and `test` are `train.data.tokens.TokenData` (or anything with `.codes` (a dict of
-    image size -> (N, h, w) codes), `.text_ids` and the captioning `.targets`); the test split
-    gives held-out losses.
+    image size -> (N, h, w) codes), `.text_ids`, the captioning `.targets` and `.metas`); the
+    test split gives held-out losses. A sample whose attributes list `regions` (each a `box`
+    and a `caption`, as `cogview data shapes` writes them) gives inpainting masks over one
+    region, prompted with the region's caption or the whole caption (`MaskingScheduler`).
     """
 
     model: CogLM
@@ -728,6 +732,7 @@ class CogLMObjective:
                 raise UserError(f"--tasks: {task} samples need {n} positions, the model has "
                                 f"{cfg.max_seq_len}; drop the task or use a smaller --image-size")
         self._eval_sets: dict[str, list[TaskSequence]] | None = None
+        self.regions = sample_regions(self.tokenizer, getattr(self.train, "metas", []))
 
     @property
     def used_tasks(self) -> list[str]:
@@ -737,12 +742,13 @@ class CogLMObjective:
 
     def draw(self, step: int, n: int, g: torch.Generator) -> list[TaskSequence]:
         idx = torch.randint(len(self.codes), (n,), generator=g).tolist()
-        return [
-            self.scheduler.build(
-                self.train.text_ids[i], self.codes[i], step, g, self.train.targets[i]
-            )
+        data, regions = self.train, self.regions
+        plans = [
+            self.scheduler.plan(data.text_ids[i], self.codes[i], step, g, data.targets[i],
+                                regions[i] if regions else ())
             for i in idx
         ]
+        return self.scheduler.sequences(plans)
 
     def collate(self, samples: Sequence[TaskSequence]) -> Any:
         return collate(samples, self.tokenizer.pad_id)
@@ -785,8 +791,11 @@ class CogLMObjective:
             ]
         if pairs and "inp" in used:
             masks = [self.scheduler.make_mask(*c.shape, g) for _, c in pairs]
+            context = self.scheduler.context
+            shown = context(codes, torch.stack(masks)) if context is not None else codes
             self._eval_sets["inp"] = [
-                inpainting(tok, t, c, m) for (t, c), m in zip(pairs, masks, strict=True)
+                inpainting(tok, t, c, m, s)
+                for (t, c), m, s in zip(pairs, masks, shown, strict=True)
             ]
         return self._eval_sets
 
@@ -808,6 +817,31 @@ class CogLMObjective:
 
     def save(self, path: Path, state_dict: dict[str, Tensor], **kwargs: Any) -> Path:
         return self.save_fn(path, state_dict, **kwargs)
+
+
+def sample_regions(tokenizer: Any, metas: Sequence[dict[str, Any] | None]) -> list[list[Region]]:
+    """Each sample's regions (from its attributes' `regions`: a `box` x0, y0, x1, y1 in
+    fractions of the image side, and a `caption`), with the captions tokenized; [] when no
+    sample has any."""
+    found = [(i, r) for i, m in enumerate(metas) if m for r in m.get("regions") or ()]
+    if not found:
+        return []
+    try:
+        boxes = [tuple(float(v) for v in r["box"]) for _, r in found]
+        texts = [str(r["caption"]) for _, r in found]
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"token shards: a sample's regions lack a box or caption ({e})") from e
+    if any(len(b) != 4 for b in boxes):
+        raise UserError("token shards: a region's box is not x0, y0, x1, y1")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # over-long captions are cut to the model's length
+        ids = tokenizer.encode_texts(texts)
+    out: list[list[Region]] = [[] for _ in metas]
+    for (i, _), box, t in zip(found, boxes, ids, strict=True):
+        out[i].append(Region(box, tuple(t)))
+    return out
 
 
 def vocab_check(tokenizer: Any, data: Any) -> None:
@@ -837,6 +871,9 @@ class CogLMTrainConfig:
     poly_eps: float = 1.0
     image_size: int = 32
     eval_samples: int = 256
+    region_masks: float = 0.5
+    region_prompts: float = 0.5
+    init_from: str | None = None  # a CogLM folder (or shipped name) whose weights start the run
 
 
 def load_training_inputs(data: str, tokenizer: str, vqvae: str) -> tuple[Any, Path, str, Any, Any]:
@@ -878,8 +915,10 @@ def train_coglm(
     on_step: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """`cogview train`: load tokenizer, VQVAE and token shards, build the model, run the loop."""
+    from cogview.inpainting import context_from_codes
     from cogview.model import PRESETS, coglm_config
     from cogview.pipeline import coglm_extra, save_coglm
+    from cogview.pretrained import load_vqvae
 
     if run.preset not in PRESETS:
         raise UserError(f"--preset {run.preset!r}; choose from {', '.join(PRESETS)}")
@@ -890,10 +929,15 @@ def train_coglm(
         raise UserError(f"--tasks/--loss: {e}") from e
     if not 0 <= run.text_dropout < 1:
         raise UserError("--text-dropout must lie in [0, 1)")
+    for name in ("region_masks", "region_prompts"):
+        if not 0 <= getattr(run, name) <= 1:
+            raise UserError(f"--{name.replace('_', '-')} must lie in [0, 1]")
     tok, vq_dir, vq_fp, train, test = load_training_inputs(run.data, run.tokenizer, run.vqvae)
 
     torch.manual_seed(loop.seed)  # the same initial weights on every process
     model = CogLM(coglm_config(run.preset, tok.vocab_size))
+    if run.init_from and not resume:
+        init_weights(model, run.init_from, tok, vq_fp)
     grid = tuple(int(x) for x in train.codes[run.image_size].shape[1:]) if (
         run.image_size in train.codes
     ) else (0, 0)
@@ -905,12 +949,36 @@ def train_coglm(
                           tokenizer_file=run.tokenizer, vqvae_path=vq_dir, extra=extra,
                           step=step, training_state=training_state, copy=copy)
 
-    scheduler = MaskingScheduler(tok, schedule=schedule, text_dropout=run.text_dropout)
+    vqvae = load_vqvae(vq_dir).eval()  # on the CPU, where batches are built
+    scheduler = MaskingScheduler(tok, schedule=schedule, text_dropout=run.text_dropout,
+                                 region_masks=run.region_masks, region_prompts=run.region_prompts,
+                                 context=functools.partial(context_from_codes, vqvae))
     objective = CogLMObjective(model=model, tokenizer=tok, train=train, test=test,
                                scheduler=scheduler, image_size=run.image_size, save_fn=save_fn,
                                loss_config=loss_config, eval_samples=run.eval_samples)
     return run_objective(objective, loop, run.out, resume=resume, progress=progress,
                          on_step=on_step)
+
+
+def init_weights(model: CogLM, source: str, tokenizer: Any, vqvae_fingerprint: str) -> None:
+    """Start `model` from the weights of a CogLM folder (or a shipped model's name) of the
+    same shape, vocabulary and VQVAE: a later stage of a recipe. The optimizer, schedule and
+    data order start afresh."""
+    from cogview.checkpoint import CheckpointError
+    from cogview.defaults import model_path_or_default
+    from cogview.pipeline import load_pipeline
+
+    try:
+        pipe = load_pipeline(model_path_or_default(source, "coglm"))
+    except CheckpointError as e:
+        raise UserError(f"--init-from: {e}") from e
+    if asdict(pipe.model.config) != asdict(model.config):
+        raise UserError(f"--init-from {source}: a model of another shape (check --preset)")
+    if pipe.tokenizer.fingerprint != tokenizer.fingerprint:
+        raise UserError(f"--init-from {source}: trained with another tokenizer than --tokenizer")
+    if pipe.meta.get("vqvae_fingerprint") != vqvae_fingerprint:
+        raise UserError(f"--init-from {source}: trained on codes of another VQVAE than --vqvae")
+    model.load_state_dict(pipe.model.state_dict())
 
 
 def run_objective(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -43,12 +44,14 @@ def held_out_loss_fn(
     captioning learns `target_ids`."""
     from types import SimpleNamespace
 
+    from cogview.inpainting import context_from_codes
     from cogview.masks import MaskingScheduler, TaskSchedule
     from train.lm import CogLMObjective
 
     data = SimpleNamespace(codes={pipe.image_size: codes}, text_ids=text_ids, targets=target_ids)
     scheduler = MaskingScheduler(
-        pipe.tokenizer, schedule=TaskSchedule.constant(t2i=1, cap=1, inp=1), text_dropout=0.0
+        pipe.tokenizer, schedule=TaskSchedule.constant(t2i=1, cap=1, inp=1), text_dropout=0.0,
+        context=functools.partial(context_from_codes, pipe.vqvae),
     )
 
     def no_save(*args: Any, **kwargs: Any) -> Path:
@@ -133,7 +136,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         overrides = {
             k: getattr(args, k)
             for k in ("n_prompts", "n_per_prompt", "rerank", "n_captions", "caption_temperature",
-                      "n_inpaint", "n_loss")
+                      "n_inpaint", "n_edit", "n_loss")
             if getattr(args, k) is not None
         }
         if args.n_fashion is not None:
@@ -148,7 +151,8 @@ def _run_eval(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, rerank=pipe.rerank)
     held = None
     if args.data is not None:
-        limit = max(config.n_captions, config.n_inpaint, config.n_loss, 1)
+        # about half of the shapes scenes hold two objects: the edits need twice as many
+        limit = max(config.n_captions, config.n_inpaint, 3 * config.n_edit, config.n_loss, 1)
         held = _load_held_out(args.data, pipe.image_size, limit, args.split)
     fashion = None
     if args.fashion_model:
@@ -246,7 +250,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--n-captions", type=int, metavar="N", help="held-out images to caption")
     p.add_argument("--caption-temperature", type=float, metavar="T",
                    help="temperature of the scored captions (default: 0, greedy)")
-    p.add_argument("--n-inpaint", type=int, metavar="N", help="held-out images to inpaint")
+    p.add_argument("--n-inpaint", type=int, metavar="N",
+                   help="held-out images to inpaint with their own caption (reconstruction)")
+    p.add_argument("--n-edit", type=int, metavar="N",
+                   help="held-out two-object scenes to edit (one object replaced by another), "
+                   "per prompt style")
     p.add_argument("--n-loss", type=int, metavar="N", help="held-out samples for loss and PSNR")
     p.add_argument("--fashion-model", metavar="DIR",
                    help="CogLM trained on Fashion-MNIST (`fashion`: the shipped one)")

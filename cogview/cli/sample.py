@@ -445,6 +445,7 @@ def run_inpaint(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from cogview.images import read_image, save_grid, to_tensor
+    from cogview.inpainting import context_codes
     from cogview.sampling import best_of_groups, generate_images, inpaint, keep_best
 
     if args.n < 1:
@@ -510,8 +511,10 @@ def run_inpaint(args: argparse.Namespace) -> int:
             progress=bar.update,
         )
     else:
-        with torch.inference_mode():
-            src = pipe.vqvae.encode(to_tensor(small).to(device))[0]  # (h, w)
+        # the kept cells' codes, from the image with the masked cells blanked: codes of the
+        # whole image would carry the erased content into the context (cogview.inpainting)
+        src = context_codes(pipe.vqvae, to_tensor(small).to(device),
+                            torch.from_numpy(cells)[None].to(device))[0]  # (h, w)
         if tuple(src.shape) != tuple(pipe.grid):
             raise UserError(
                 f"--model: its VQVAE gives a {tuple(src.shape)} grid at {size} px, the model "

@@ -32,6 +32,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="probability of dropping the caption, for guidance (default 0.1)")
     p.add_argument("--image-size", type=int, default=32,
                    help="which code grid of the shards to train on, in pixels (default 32)")
+    p.add_argument("--region-masks", type=float, default=0.5, metavar="P",
+                   help="inpainting samples whose attributes list regions (objects with captions "
+                   "of their own) mask one region with this probability (default 0.5)")
+    p.add_argument("--region-prompts", type=float, default=0.5, metavar="P",
+                   help="a region mask is prompted with the region's caption with this "
+                   "probability, else with the whole caption (default 0.5)")
+    p.add_argument("--init-from", metavar="MODEL",
+                   help="start from the weights of this CogLM folder or shipped model (same "
+                   "preset, tokenizer and VQVAE); optimizer and schedule start afresh")
     add_loop_flags(p)
     p.set_defaults(func=run_train)
 
@@ -143,6 +152,9 @@ def run_train(args: argparse.Namespace) -> int:
         poly_eps=args.poly_eps,
         image_size=args.image_size,
         eval_samples=args.eval_samples,
+        region_masks=args.region_masks,
+        region_prompts=args.region_prompts,
+        init_from=args.init_from,
     )
     result = train_coglm(run, loop, resume=args.resume, progress=not args.no_progress)
     import os

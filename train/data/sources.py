@@ -63,7 +63,11 @@ def _shapes_samples(
         scene = shapes.sample_scene(rng, n_objects)
         text, target = shapes.reading_order_target(scene, rng, positions)
         image = shapes.render(scene, size)
-        yield ShardSample(_key(split, i), encode_png(image), text, shapes.scene_to_json(scene),
+        meta = shapes.scene_to_json(scene)
+        # region captions from a stream of their own: the captions stay as they were
+        meta["regions"] = shapes.regions(scene, np.random.default_rng([seed, _SPLIT_IDS[split],
+                                                                       i, 1]))
+        yield ShardSample(_key(split, i), encode_png(image), text, meta,
                           target=target if reading_order else None)
 
 
