@@ -339,10 +339,12 @@ def _inpaint_cases(
     clusters: Tensor | None,
     update: Callable[[int], None],
     rerank: int,
+    leaky: bool = False,
 ) -> dict[str, Any]:
     """Inpaint each case as `cogview inpaint` does (context encoded with the masked cells
     blanked, the best of `rerank` versions by log p(prompt | image), composited into the
-    original), detect, and score the composite against the case's truth."""
+    original), detect, and score the composite against the case's truth. `leaky` shows the
+    codes of the whole image instead (the context that leaks; for measuring the leak)."""
     tok, grid = pipe.tokenizer, pipe.grid
     device = _device(pipe)
     inside, outside_decoded, cells = [], [], []
@@ -351,7 +353,10 @@ def _inpaint_cases(
     for case in cases:
         cell_mask = resize_cells(case.pixel_mask, grid)
         image = to_tensor(case.image).to(device)
-        context = context_codes(pipe.vqvae, image, cell_mask[None].to(device))[0].cpu()
+        if leaky:
+            context = pipe.vqvae.encode(image)[0].cpu()
+        else:
+            context = context_codes(pipe.vqvae, image, cell_mask[None].to(device))[0].cpu()
         text_ids = _encode_texts(tok, [case.prompt])[0] if case.prompt else []
         new = inpaint(pipe.model, tok, text_ids, context, cell_mask, sampling, generator,
                       rerank, clusters=clusters)

@@ -236,6 +236,7 @@ def test_inpaint_changes_only_masked_pixels(model_dir, tmp_path, capsys):
 def test_inpaint_reranks_like_generate(model_dir, tmp_path, capsys, monkeypatch):
     from cogview.cli import sample
     from cogview.images import to_tensor
+    from cogview.inpainting import context_codes
     from cogview.pipeline import load_pipeline
     from cogview.sampling import SamplingConfig, best_candidates, inpaint
 
@@ -254,8 +255,8 @@ def test_inpaint_reranks_like_generate(model_dir, tmp_path, capsys, monkeypatch)
     pipe = load_pipeline(tuned)
     size = pipe.image_size
     small = np.array(Image.open(tmp_path / "in.png").resize((size, size), Image.BOX))  # 20x28
-    src = pipe.vqvae.encode(to_tensor(small))[0]
     cells = torch.from_numpy(cell_mask_of(png(tmp_path / "mask.png")[..., 0] > 127, GRID))
+    src = context_codes(pipe.vqvae, to_tensor(small), cells[None])[0]
     ids = [pipe.tokenizer.encode_text("a red circle")] * 6
     versions = inpaint(pipe.model, pipe.tokenizer, ids[0], src, cells, SamplingConfig(),
                        torch.Generator().manual_seed(4), 6)
@@ -384,3 +385,20 @@ def test_no_model_and_no_default_asks_for_model(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(cogview.defaults.DEFAULTS, "coglm", tmp_path / "none")
     rc, _, err = run(capsys, "generate", "x", "-o", tmp_path / "o")
     assert rc == 2 and "--model" in err
+
+
+def test_inpaint_output_does_not_depend_on_the_erased_pixels(model_dir, tmp_path, capsys):
+    """The context is encoded with the masked cells blanked: two images that differ only under
+    the mask give the same results (codes of the whole image would leak the erased content)."""
+    image, mask = _image_and_mask(tmp_path)
+    other = image.copy()
+    other[mask] = 255 - other[mask]
+    Image.fromarray(other).save(tmp_path / "other.png")
+    for name in ("in", "other"):
+        rc, _, err = run(capsys, f"inpaint --image {tmp_path}/{name}.png --mask "
+                                 f"{tmp_path}/mask.png --prompt 'a red circle' -n 2 --seed 3 "
+                                 f"--model {model_dir} -o {tmp_path}/{name}-out")
+        assert rc == 0, err
+    for i in range(2):
+        assert np.array_equal(png(tmp_path / "in-out" / f"in-{i}.png"),
+                              png(tmp_path / "other-out" / f"other-{i}.png"))

@@ -175,6 +175,12 @@ def test_eval_quick_runs_end_to_end(tiny, tmp_path, capsys):
     inp = report["inpainting"]
     assert inp["n"] == 2 and inp["outside_exact"] is True and inp["psnr_outside"] == 100.0
     assert inp["mean_masked_cells"] >= 1 and 0 < inp["psnr_inside"] <= 100
+    edits = report["edits"]
+    assert edits["n_scenes"] == 2 and edits["leak"]["n"] == 2
+    for style in ("region", "scene", "blob"):
+        assert edits[style]["n"] == 2 and edits[style]["outside_exact"] is True
+        assert 0 <= edits[style]["scene_all"] <= edits[style]["scene"]["count"] <= 1
+    assert "edit (blob)" in printed and "erased object redrawn" in printed
     assert set(report["held_out_loss"]) == {"n", "t2i", "t2i_nocap", "cap", "inp"}
     assert all(v > 0 for k, v in report["held_out_loss"].items() if k != "n")
     assert 0 < report["vqvae"]["psnr"] <= 100
@@ -293,3 +299,42 @@ def test_eval_errors_name_the_flag(tiny, tmp_path, capsys):
     args = ["eval", "--model", str(tiny / "model"), "--fashion-model", str(tiny / "model")]
     assert main(args) == 2
     assert "--fashion-data" in capsys.readouterr().err
+
+
+def _two_object_held_out(n: int = 30):
+    from cogview.evaluate import HeldOut
+
+    rng = np.random.default_rng(5)
+    scenes = [shapes.sample_scene(rng, 2) for _ in range(n)]
+    images = torch.from_numpy(np.stack([shapes.render(s, 32) for s in scenes])).permute(0, 3, 1, 2)
+    return HeldOut(images, ["x"] * n, [shapes.scene_to_json(s) for s in scenes])
+
+
+@pytest.mark.parametrize("style", ["region", "scene", "blob"])
+def test_edit_cases_ask_for_another_object_where_one_was(style):
+    from cogview.evaluate import edit_cases
+
+    held = _two_object_held_out()
+    cases = edit_cases(held, range(len(held)), 32, (8, 8), style, seed=0)
+    assert len(cases) == len(held)
+    for i, case in enumerate(cases):
+        new, kept = case.expected["objects"]
+        erased = case.erased
+        assert new["colour"] != erased["colour"] and new["shape"] != erased["shape"]
+        assert (new["colour"], new["shape"]) != (kept["colour"], kept["shape"])
+        assert new["position"] == erased["position"] and case.region == {**new, **case.region}
+        assert kept in [{k: o[k] for k in shapes.ATTRIBUTES} for o in held.attributes[i]["objects"]]
+        # the mask holds every pixel of the erased object and of a new one of either size
+        gone = shapes.render(shapes.scene_from_json({"objects": [erased]}), 32).any(-1)
+        assert case.pixel_mask[gone].all()
+        x0, y0, x1, y1 = (v * 32 for v in shapes.object_box(new))
+        assert case.pixel_mask[int(np.ceil(y0)) : int(y1), int(np.ceil(x0)) : int(x1)].all()
+        # the kept object's pixels are never painted over by a blob
+        if style == "blob":
+            there = shapes.render(shapes.scene_from_json({"objects": [kept]}), 32).any(-1)
+            assert not case.pixel_mask[there].any()
+        stated = shapes.parse_caption(case.prompt)
+        if style == "scene":
+            assert stated["relation"] is not None and len(stated["objects"]) == 2
+        else:
+            assert stated["objects"] == [{k: new[k] for k in shapes.ATTRIBUTES}]

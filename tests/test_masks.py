@@ -179,3 +179,58 @@ def test_text_dropout_drops_the_caption_of_t2i(tok, sample):
     sched = MaskingScheduler(tok, TaskSchedule.constant(t2i=1.0), text_dropout=1.0)
     seq = sched.build(text, codes, 0, torch.Generator().manual_seed(0))
     assert seq.prefix_len == 2  # <t2i> <boi>
+
+
+def test_inpainting_shows_the_context_and_learns_the_true_codes(tok, sample):
+    text, codes, mask = sample
+    context = (codes + 1) % 16  # every kept cell differs from the image's own code
+    seq = inpainting(tok, text, codes, mask, context)
+    n_head = 1 + len(text) + 1
+    shown = seq.ids[n_head : n_head + H * W]
+    flat = mask.flatten()
+    assert torch.all(shown[flat] == tok.mask_id)
+    assert torch.equal(shown[~flat], tok.codes_to_ids(context.flatten()[~flat]))
+    labels = seq.labels[seq.labels != IGNORE]
+    assert torch.equal(labels, tok.codes_to_ids(codes.flatten()[flat]))
+
+
+def test_box_cells_and_region_masks_cover_the_box():
+    from cogview.masks import box_cells, region_mask
+
+    box = (0.3, 0.1, 0.55, 0.45)  # x0, y0, x1, y1: rows 0..1 of 4, columns 1..2 of 5
+    cells = box_cells(box, H, W)
+    assert cells.nonzero().tolist() == [[0, 1], [0, 2], [1, 1], [1, 2]]
+    g = torch.Generator().manual_seed(0)
+    sizes = set()
+    for _ in range(40):
+        m = region_mask(box, H, W, g)
+        assert torch.all(m[cells])  # the whole box, grown by at most a cell on each side
+        rows, cols = m.any(1).nonzero().flatten(), m.any(0).nonzero().flatten()
+        assert int(rows[-1]) <= 2 and 0 <= int(cols[0]) and int(cols[-1]) <= 3
+        assert int(m.sum()) == len(rows) * len(cols)  # a rectangle
+        sizes.add(int(m.sum()))
+    assert len(sizes) > 2
+
+
+def test_scheduler_masks_regions_with_their_own_caption_or_the_whole_one(tok, sample):
+    from cogview.masks import Region, box_cells
+
+    text, codes, _ = sample
+    region = Region((0.3, 0.1, 0.55, 0.45), tuple(tok.encode_texts(["a blue square"])[0]))
+    sched = MaskingScheduler(tok, TaskSchedule.constant(inp=1), text_dropout=0.0,
+                             region_masks=1.0, region_prompts=0.5,
+                             context=lambda c, m: torch.zeros_like(c))
+    g = torch.Generator().manual_seed(0)
+    plans = [sched.plan(text, codes, 0, g, regions=[region]) for _ in range(400)]
+    assert all(torch.all(p.mask[box_cells(region.box, H, W)]) for p in plans)
+    own = np.mean([list(p.text_ids) == list(region.text_ids) for p in plans])
+    assert own == pytest.approx(0.5, abs=0.08)
+    assert all(list(p.text_ids) in (list(region.text_ids), text) for p in plans)
+    # the context function's codes are what the kept cells show
+    seq = sched.sequences(plans[:1])[0]
+    kept = ~plans[0].mask.flatten()
+    n_head = 1 + len(plans[0].text_ids) + 1
+    assert torch.all(seq.ids[n_head : n_head + H * W][kept] == tok.codes_to_ids(0))
+    without = MaskingScheduler(tok, TaskSchedule.constant(inp=1), region_masks=0.0)
+    assert not any(list(without.plan(text, codes, 0, g, regions=[region]).text_ids)
+                   == list(region.text_ids) for _ in range(50))
