@@ -936,7 +936,7 @@ def train_coglm(
 
     torch.manual_seed(loop.seed)  # the same initial weights on every process
     model = CogLM(coglm_config(run.preset, tok.vocab_size))
-    if run.init_from and not resume:
+    if run.init_from:  # a resumed run then loads its checkpoint's weights over these
         init_weights(model, run.init_from, tok, vq_fp)
     grid = tuple(int(x) for x in train.codes[run.image_size].shape[1:]) if (
         run.image_size in train.codes
@@ -956,6 +956,10 @@ def train_coglm(
     objective = CogLMObjective(model=model, tokenizer=tok, train=train, test=test,
                                scheduler=scheduler, image_size=run.image_size, save_fn=save_fn,
                                loss_config=loss_config, eval_samples=run.eval_samples)
+    if (not objective.regions and run.region_masks > 0 and "inp" in objective.used_tasks
+            and int(os.environ.get("RANK", "0")) == 0):
+        print("note: no sample of --data lists regions; inpainting masks are random shapes "
+              "prompted with the whole caption", file=sys.stderr)
     return run_objective(objective, loop, run.out, resume=resume, progress=progress,
                          on_step=on_step)
 

@@ -108,6 +108,7 @@ def build_shapes(
         info["positions"] = positions
     if reading_order_targets:
         info["caption_targets"] = "reading order"
+    info["regions"] = "objects"  # every sample's JSON lists its objects' boxes and captions
     splits = {
         split: _shapes_samples(split, count, size, seed, two_fraction, positions,
                                reading_order_targets)
