@@ -281,3 +281,19 @@ def test_pipeline_refuses_a_foreign_tokenizer_or_vocab_size(inputs, tmp_path):
     (resized / "config.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="token embeddings but its tokenizer"):
         load_pipeline(resized)
+
+
+def test_init_from_starts_a_run_from_another_runs_weights(inputs, tmp_path):
+    from dataclasses import replace
+
+    first = train_coglm(_run(inputs, tmp_path / "a"), _loop(), progress=False)
+    later = replace(_run(inputs, tmp_path / "b"), init_from=str(tmp_path / "a"))
+    # --resume with no checkpoint yet still starts from --init-from (a recipe's later stage)
+    second = train_coglm(later, _loop(steps=1, lr=1e-9, min_lr=0.0), progress=False, resume=True)
+    assert second.losses[0] < first.losses[0] - 0.5
+    a = _weights(tmp_path / "a")
+    b = load_checkpoint(tmp_path / "b" / "step-00000001").state_dict
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)  # lr ~0: still a's weights
+    wrong = replace(later, out=str(tmp_path / "c"), preset="small")
+    with pytest.raises(UserError, match="another shape"):
+        train_coglm(wrong, _loop(steps=1), progress=False)
