@@ -34,9 +34,10 @@ from torch import Tensor
 
 from cogview import detect, shapes
 from cogview.images import from_tensor, to_tensor
-from cogview.inpainting import context_codes
+from cogview.inpainting import blank_codes, context_codes
 from cogview.masks import box_cells
 from cogview.sampling import (
+    RegionView,
     SamplingConfig,
     best_of_groups,
     generate_captions,
@@ -340,6 +341,7 @@ def _inpaint_cases(
     update: Callable[[int], None],
     rerank: int,
     leaky: bool = False,
+    region_view: bool = True,
 ) -> dict[str, Any]:
     """Inpaint each case as `cogview inpaint` does (context encoded with the masked cells
     blanked, the best of `rerank` versions by log p(prompt | image), composited into the
@@ -350,6 +352,7 @@ def _inpaint_cases(
     inside, outside_decoded, cells = [], [], []
     region_scores, scene_scores = [], []
     exact = True
+    blank = blank_codes(pipe.vqvae, pipe.image_size).cpu()
     for case in cases:
         cell_mask = resize_cells(case.pixel_mask, grid)
         image = to_tensor(case.image).to(device)
@@ -361,8 +364,9 @@ def _inpaint_cases(
         new = inpaint(pipe.model, tok, text_ids, context, cell_mask, sampling, generator,
                       rerank, clusters=clusters)
         if text_ids:
+            view = RegionView(cell_mask, blank) if region_view else None
             new = best_of_groups(pipe.model, tok, new, [text_ids] * rerank, rerank,
-                                 sampling.batch_size)
+                                 sampling.batch_size, view)
         decoded = decode_codes(pipe.vqvae, new[:1].cpu())[0]  # (S, S, 3)
         mask, truth = case.pixel_mask, case.image
         composite = np.where(mask[..., None], decoded, truth)

@@ -49,3 +49,10 @@ def context_from_codes(vqvae, codes: Tensor, cell_mask: Tensor) -> Tensor:
     both = vqvae.encode(torch.cat([images, blank_cells(images, cell_mask)]))
     plain, blanked = both.to(codes.device).chunk(2)
     return torch.where(blanked == plain, codes, blanked)
+
+
+@torch.inference_mode()
+def blank_codes(vqvae, size: int) -> Tensor:
+    """Codes (h, w) of an empty image of `size` px (every pixel `FILL`)."""
+    device = next(vqvae.parameters()).device
+    return vqvae.encode(torch.full((1, 3, size, size), FILL, device=device))[0]

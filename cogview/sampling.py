@@ -687,6 +687,25 @@ def rerank(
     return keep_best(model, tokenizer, codes, text_ids, keep, config.batch_size)
 
 
+@dataclass(frozen=True)
+class RegionView:
+    """How self-reranking also looks at an inpainted region alone: the masked cells (h, w)
+    keep their codes and every other cell shows `blank` (h, w), the codes of an empty image.
+
+    A prompt may name only what goes into the region ("a yellow triangle at the bottom
+    right") while the whole image holds more; captioning, trained on whole images, then
+    scores the prompt against an image that shows just the region. Each candidate scores the
+    better of the two views."""
+
+    cell_mask: Tensor  # (h, w) bool
+    blank: Tensor  # (h, w) codes
+
+    def apply(self, codes: Tensor) -> Tensor:
+        """Codes (B, h, w) with every cell outside the region blank."""
+        mask, blank = self.cell_mask.to(codes.device), self.blank.to(codes.device)
+        return torch.where(mask, codes, blank)
+
+
 def keep_best(
     model: CogLM,
     tokenizer,
@@ -694,12 +713,13 @@ def keep_best(
     text_ids: Sequence[int],
     keep: int,
     batch_size: int = 64,
+    region: RegionView | None = None,
 ) -> Reranked:
     """The `keep` best of candidate images (n, h, w) of one prompt by self-reranking
     (`best_candidates`), best first."""
     n = codes.shape[0]
     best, scores = best_candidates(model, tokenizer, codes, [list(text_ids)] * n, n, keep,
-                                   batch_size)
+                                   batch_size, region)
     return Reranked(codes=codes[best[0].to(codes.device)], scores=scores[0, best[0]],
                     all_scores=scores[0])
 
@@ -713,13 +733,19 @@ def best_candidates(
     n_candidates: int,
     keep: int = 1,
     batch_size: int = 64,
+    region: RegionView | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Self-reranking of P groups of `n_candidates` consecutive images (P * n, h, w), each row
     with its prompt in `text_ids`. Returns the `keep` best of each group, best first, as
     indices into the group (P, keep), and every score (P, n): `prompt_scores` over each prompt
-    and its restatements (`restated_ids`)."""
+    and its restatements (`restated_ids`), and with a `region`, the better of that and the
+    prompt's score on the region alone (inpainting)."""
     scores = prompt_scores(model, tokenizer, codes, text_ids, restated_ids(tokenizer, text_ids),
                            batch_size)
+    if region is not None:
+        alone = prompt_scores(model, tokenizer, region.apply(codes), text_ids,
+                              batch_size=batch_size)
+        scores = torch.maximum(scores, alone)
     scores = scores.view(-1, n_candidates)
     return scores.argsort(dim=1, descending=True, stable=True)[:, :keep], scores
 
@@ -731,12 +757,13 @@ def best_of_groups(
     text_ids: Sequence[Sequence[int]],
     n_candidates: int,
     batch_size: int = 64,
+    region: RegionView | None = None,
 ) -> Tensor:
     """The best image (P, h, w) of each of P groups of `n_candidates` consecutive candidates
     (`best_candidates` with keep=1); the codes unchanged when `n_candidates` is 1."""
     if n_candidates == 1:
         return codes
     best, _ = best_candidates(model, tokenizer, codes, text_ids, n_candidates,
-                              batch_size=batch_size)
+                              batch_size=batch_size, region=region)
     first = torch.arange(best.shape[0], device=best.device) * n_candidates  # each group's start
     return codes[(first + best[:, 0]).to(codes.device)]

@@ -236,9 +236,9 @@ def test_inpaint_changes_only_masked_pixels(model_dir, tmp_path, capsys):
 def test_inpaint_reranks_like_generate(model_dir, tmp_path, capsys, monkeypatch):
     from cogview.cli import sample
     from cogview.images import to_tensor
-    from cogview.inpainting import context_codes
+    from cogview.inpainting import blank_codes, context_codes
     from cogview.pipeline import load_pipeline
-    from cogview.sampling import SamplingConfig, best_candidates, inpaint
+    from cogview.sampling import RegionView, SamplingConfig, best_candidates, inpaint
 
     _image_and_mask(tmp_path)
     tuned = tmp_path / "tuned"
@@ -260,7 +260,8 @@ def test_inpaint_reranks_like_generate(model_dir, tmp_path, capsys, monkeypatch)
     ids = [pipe.tokenizer.encode_text("a red circle")] * 6
     versions = inpaint(pipe.model, pipe.tokenizer, ids[0], src, cells, SamplingConfig(),
                        torch.Generator().manual_seed(4), 6)
-    best, _ = best_candidates(pipe.model, pipe.tokenizer, versions, ids, 3)
+    view = RegionView(cells, blank_codes(pipe.vqvae, size))
+    best, _ = best_candidates(pipe.model, pipe.tokenizer, versions, ids, 3, region=view)
     assert torch.equal(kept[-1], versions[torch.tensor([0, 3]) + best[:, 0]])
     rc, _, err = run(capsys, base + " --rerank 0")
     assert rc == 0 and "best of" not in err and kept[-1].shape[0] == 2

@@ -296,3 +296,20 @@ def test_rerank_keeps_the_best_scored(model, tok):
     # the candidates are exactly what generate_images draws with the same seed
     cands = generate_images(model, tok, [text] * 6, GRID, cfg, gen(8))
     assert torch.equal(out.codes[0], cands[int(out.all_scores.argmax())])
+
+
+def test_region_view_scores_the_better_of_the_whole_image_and_the_region_alone(tok, model):
+    from cogview.sampling import RegionView, best_candidates, prompt_scores
+
+    g = torch.Generator().manual_seed(0)
+    codes = torch.randint(0, tok.num_image_codes, (6, *GRID), generator=g)
+    mask = torch.zeros(GRID, dtype=torch.bool)
+    mask[1:3, 1:3] = True
+    view = RegionView(mask, torch.zeros(GRID, dtype=torch.long))
+    alone = view.apply(codes)
+    assert torch.equal(alone[:, mask], codes[:, mask]) and not alone[:, ~mask].any()
+    ids = [tok.encode_text("a red circle")] * 6
+    _, scores = best_candidates(model, tok, codes, ids, 6, region=view)
+    whole = prompt_scores(model, tok, codes, ids)
+    region = prompt_scores(model, tok, alone, ids)
+    assert torch.allclose(scores[0], torch.maximum(whole, region))

@@ -445,8 +445,8 @@ def run_inpaint(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from cogview.images import read_image, save_grid, to_tensor
-    from cogview.inpainting import context_codes
-    from cogview.sampling import best_of_groups, generate_images, inpaint, keep_best
+    from cogview.inpainting import blank_codes, context_codes
+    from cogview.sampling import RegionView, best_of_groups, generate_images, inpaint, keep_best
 
     if args.n < 1:
         raise UserError(f"-n must be >= 1, got {args.n}")
@@ -533,10 +533,13 @@ def run_inpaint(args: argparse.Namespace) -> int:
             progress=bar.update,
         )
     bar.close()
+    # reranking also scores the region alone: the prompt may name only what goes there
+    view = RegionView(torch.from_numpy(cells), blank_codes(pipe.vqvae, size))
     if candidates:
-        codes = keep_best(pipe.model, tok, codes, ids, args.n, config.batch_size).codes
+        codes = keep_best(pipe.model, tok, codes, ids, args.n, config.batch_size, view).codes
     elif group > 1:
-        codes = best_of_groups(pipe.model, tok, codes, [ids] * total, group, config.batch_size)
+        codes = best_of_groups(pipe.model, tok, codes, [ids] * total, group, config.batch_size,
+                               view)
         note(_group_note(group, "version"))
     if sr is not None:  # (n, sr size, sr size, 3)
         generated = sr_images(sr, codes, [ids] * len(codes), args, g, config.batch_size)
