@@ -26,16 +26,15 @@ from collections import Counter
 import torch
 
 from cogview import masks, shapes
-from cogview.cli.evaluate import _load_held_out
-from cogview.defaults import model_path_or_default
+from cogview.api import CogView
 from cogview.evaluate import caption_score, encode_images
-from cogview.pipeline import load_pipeline
 from cogview.sampling import (
     SamplingConfig,
     caption_logprob,
     generate_captions,
     target_logprob,
 )
+from train.data.loader import load_held_out
 
 
 def main() -> None:
@@ -49,13 +48,13 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
-    pipe = load_pipeline(model_path_or_default(args.model, "coglm"))
+    pipe = CogView.from_pretrained(args.model)
     tok = pipe.tokenizer
-    held = _load_held_out(args.data, pipe.image_size, 2 * args.n + 50, "test")
+    held = load_held_out(args.data, pipe.image_size, 2 * args.n + 50, "test")
     idx = [i for i in held.with_attributes()[: args.n] if len(held.attributes[i]["objects"]) == 2]
     codes = encode_images(pipe.vqvae, held.images[idx])
-    greedy = SamplingConfig(**{**pipe.sampling, "temperature": 0.0})
-    sampled = SamplingConfig(**{**pipe.sampling, "temperature": 1.0})
+    greedy = SamplingConfig(**{**pipe.pipeline.sampling, "temperature": 0.0})
+    sampled = SamplingConfig(**{**pipe.pipeline.sampling, "temperature": 1.0})
     generator = torch.Generator().manual_seed(0)
     counts: Counter[tuple[str, bool]] = Counter()
     picks: Counter[str] = Counter()

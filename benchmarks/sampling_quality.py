@@ -26,10 +26,8 @@ from typing import Any
 
 import torch
 
-from cogview.cli.sample import model_clusters
-from cogview.defaults import model_path_or_default
+from cogview.api import CogView
 from cogview.evaluate import EvalConfig, run_eval
-from cogview.pipeline import load_pipeline
 from cogview.sampling import SamplingConfig
 
 # name -> (SamplingConfig fields, candidates per image for self-reranking)
@@ -58,7 +56,7 @@ def main() -> None:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    pipe = load_pipeline(model_path_or_default(args.model, "coglm"))
+    pipe = CogView.from_pretrained(args.model)
     names = args.only or list(SETTINGS)
     unknown = sorted(set(names) - set(SETTINGS))
     if unknown:
@@ -74,10 +72,9 @@ def main() -> None:
         fields, rerank = SETTINGS[name]
         sampling = SamplingConfig(**fields)
         config = EvalConfig(n_prompts=args.n_prompts, rerank=rerank, n_captions=0, n_inpaint=0,
-                            n_fashion_per_class=0, n_loss=0, seed=args.seed)
-        clusters = model_clusters(pipe, sampling.n_clusters) if sampling.cluster else None
+                            n_edit=0, n_fashion_per_class=0, n_loss=0, seed=args.seed)
         t0 = time.perf_counter()
-        report = run_eval(pipe, None, config, sampling, clusters=clusters)
+        report = run_eval(pipe, None, config, sampling)
         seconds = time.perf_counter() - t0
         reports[name] = report
         one = report["t2i"]["one_object"]["accuracy"]

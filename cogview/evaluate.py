@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -34,15 +35,10 @@ from torch import Tensor
 
 from cogview import detect, shapes
 from cogview.images import from_tensor, to_tensor
-from cogview.inpainting import blank_codes, context_codes
 from cogview.masks import box_cells
 from cogview.sampling import (
-    RegionView,
     SamplingConfig,
-    best_of_groups,
     generate_captions,
-    generate_images,
-    inpaint,
 )
 
 # attributes reported in this order (others follow alphabetically)
@@ -111,7 +107,7 @@ class HeldOut:
 class FashionEval:
     """What the fashion part needs: a fashion CogLM, a classifier and real test images."""
 
-    pipeline: Any  # cogview.pipeline.Pipeline of a model trained on Fashion-MNIST
+    pipeline: Any  # cogview.api.CogView of a model trained on Fashion-MNIST
     classifier: Any  # cogview.classifier.Classifier
     class_names: list[str]
     prompts: list[str]  # one caption per class, index = label
@@ -245,7 +241,6 @@ def eval_text_to_image(
     sampling: SamplingConfig,
     generator: torch.Generator,
     *,
-    clusters: Tensor | None = None,
     progress: Progress | None = None,
     what: str = "t2i",
     rerank: int = 1,
@@ -257,22 +252,12 @@ def eval_text_to_image(
         return {"n": 0, "accuracy": {}}
     texts = [p for p, _ in prompts for _ in range(n_per_prompt)]
     attrs = [a for _, a in prompts for _ in range(n_per_prompt)]
-    ids = _encode_texts(pipe.tokenizer, texts)
-    candidates = [t for t in ids for _ in range(rerank)]
-    update = (progress or Progress()).start(len(candidates), what)
-    codes = generate_images(
-        pipe.model,
-        pipe.tokenizer,
-        candidates,
-        pipe.grid,
-        sampling,
-        generator,
-        clusters=clusters,
-        progress=update,
-    )
-    codes = best_of_groups(pipe.model, pipe.tokenizer, codes, candidates, rerank,
-                           batch_size=sampling.batch_size)
-    images = decode_codes(pipe.vqvae, codes.cpu(), sampling.batch_size)
+    update = (progress or Progress()).start(len(texts) * rerank, what)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # over-long prompts are cut to the model's length
+        out = pipe.generate([p for p, _ in prompts], n_per_prompt, rerank=rerank,
+                            generator=generator, progress=update, **asdict(sampling))
+    images = np.concatenate([o.arrays for o in out])
     # detect.score, with the detections kept for the examples of failures
     found = [detect.detections_to_json(detect.detect(img)) for img in images]
     scores = [shapes.compare(a, d) for a, d in zip(attrs, found, strict=True)]
@@ -337,43 +322,26 @@ def _inpaint_cases(
     sampling: SamplingConfig,
     generator: torch.Generator,
     *,
-    clusters: Tensor | None,
     update: Callable[[int], None],
     rerank: int,
-    leaky: bool = False,
-    region_view: bool = True,
 ) -> dict[str, Any]:
-    """Inpaint each case as `cogview inpaint` does (context encoded with the masked cells
-    blanked, the best of `rerank` versions by log p(prompt | image), composited into the
-    original), detect, and score the composite against the case's truth. `leaky` shows the
-    codes of the whole image instead (the context that leaks; for measuring the leak)."""
-    tok, grid = pipe.tokenizer, pipe.grid
-    device = _device(pipe)
+    """Inpaint each case as `cogview inpaint` does (`CogView.inpaint`: context encoded with the
+    masked cells blanked, the best of `rerank` versions by self-reranking, composited into the
+    original), detect, and score the composite against the case's truth."""
     inside, outside_decoded, cells = [], [], []
     region_scores, scene_scores = [], []
     exact = True
-    blank = blank_codes(pipe.vqvae, pipe.image_size).cpu()
     for case in cases:
-        cell_mask = resize_cells(case.pixel_mask, grid)
-        image = to_tensor(case.image).to(device)
-        if leaky:
-            context = pipe.vqvae.encode(image)[0].cpu()
-        else:
-            context = context_codes(pipe.vqvae, image, cell_mask[None].to(device))[0].cpu()
-        text_ids = _encode_texts(tok, [case.prompt])[0] if case.prompt else []
-        new = inpaint(pipe.model, tok, text_ids, context, cell_mask, sampling, generator,
-                      rerank, clusters=clusters)
-        if text_ids:
-            view = RegionView(cell_mask, blank) if region_view else None
-            new = best_of_groups(pipe.model, tok, new, [text_ids] * rerank, rerank,
-                                 sampling.batch_size, view)
-        decoded = decode_codes(pipe.vqvae, new[:1].cpu())[0]  # (S, S, 3)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # over-long prompts are cut to the model's length
+            result = pipe.inpaint(case.image, case.pixel_mask, case.prompt, 1, rerank=rerank,
+                                  generator=generator, **asdict(sampling))
+        composite, decoded = result.arrays[0], pipe.decode(result.codes[:1])[0]  # (S, S, 3)
         mask, truth = case.pixel_mask, case.image
-        composite = np.where(mask[..., None], decoded, truth)
         exact = exact and bool(np.array_equal(composite[~mask], truth[~mask]))
         inside.append(_psnr(composite[mask], truth[mask]))
         outside_decoded.append(_psnr(decoded[~mask], truth[~mask]))
-        cells.append(int(cell_mask.sum()))
+        cells.append(int(resize_cells(mask, pipe.grid).sum()))
         found = detect.detections_to_json(detect.detect(composite))
         want = {k: case.region[k] for k in shapes.ATTRIBUTES}
         score = shapes.compare({"objects": [want], "relation": None}, found)
@@ -420,7 +388,6 @@ def eval_inpainting(
     sampling: SamplingConfig,
     generator: torch.Generator,
     *,
-    clusters: Tensor | None = None,
     progress: Progress | None = None,
     seed: int = 0,
     rerank: int = 1,
@@ -443,8 +410,7 @@ def eval_inpainting(
         cases.append(InpaintCase(images[k], _cell_pixels(cell_mask, size), held.captions[i],
                                  attrs, target))
     update = (progress or Progress()).start(len(cases), "inpaint")
-    out = _inpaint_cases(pipe, cases, sampling, generator, clusters=clusters, update=update,
-                         rerank=rerank)
+    out = _inpaint_cases(pipe, cases, sampling, generator, update=update, rerank=rerank)
     out["psnr_outside"] = PSNR_CAP_DB if out["outside_exact"] else float("nan")
     return out
 
@@ -529,7 +495,6 @@ def eval_edits(
     generator: torch.Generator,
     *,
     styles: Sequence[str] = EDIT_STYLES,
-    clusters: Tensor | None = None,
     progress: Progress | None = None,
     seed: int = 0,
     rerank: int = 1,
@@ -544,14 +509,13 @@ def eval_edits(
     for style in styles:
         cases = edit_cases(held, two, size, pipe.grid, style, seed)
         update = (progress or Progress()).start(len(cases), f"edit ({style})")
-        out[style] = _inpaint_cases(pipe, cases, sampling, generator, clusters=clusters,
-                                    update=update, rerank=rerank)
+        out[style] = _inpaint_cases(pipe, cases, sampling, generator, update=update,
+                                    rerank=rerank)
     if two:
         cases = edit_cases(held, two, size, pipe.grid, "region", seed)
         unasked = [replace(c, prompt="", region=c.erased) for c in cases]
         update = (progress or Progress()).start(len(unasked), "edit (leak)")
-        leak = _inpaint_cases(pipe, unasked, sampling, generator, clusters=clusters,
-                              update=update, rerank=1)
+        leak = _inpaint_cases(pipe, unasked, sampling, generator, update=update, rerank=1)
         out["leak"] = {"n": leak["n"],
                        "erased_redrawn": leak["object_accuracy"].get("all", float("nan"))}
     return out
@@ -573,16 +537,11 @@ def eval_fashion(
     labels = torch.arange(n_classes).repeat_interleave(n_per_class)
     texts = [fashion.prompts[int(c)] for c in labels]
     update = (progress or Progress()).start(len(texts), "fashion")
-    codes = generate_images(
-        pipe.model,
-        pipe.tokenizer,
-        _encode_texts(pipe.tokenizer, texts),
-        pipe.grid,
-        sampling,
-        generator,
-        progress=update,
-    )
-    generated = torch.from_numpy(decode_codes(pipe.vqvae, codes.cpu())).permute(0, 3, 1, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # over-long prompts are cut to the model's length
+        out = pipe.generate(texts, 1, rerank=1, generator=generator, progress=update,
+                            **asdict(sampling))
+    generated = torch.from_numpy(np.concatenate([o.arrays for o in out])).permute(0, 3, 1, 2)
     clf_device = next(clf.parameters()).device
     pred = clf.predict(generated.float().div(255).to(clf_device)).cpu()
     real_x = fashion.test_images.float().div(255).to(clf_device)
@@ -645,7 +604,6 @@ def run_eval(
     *,
     loss_fn: LossFn | None = None,
     fashion: FashionEval | None = None,
-    clusters: Tensor | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Every part of the evaluation that `config` asks for; a JSON-able dict.
@@ -678,14 +636,14 @@ def run_eval(
             "one_object": timed(
                 "t2i_one_object",
                 lambda: eval_text_to_image(
-                    pipe, one, config.n_per_prompt, sampling, generator, clusters=clusters,
+                    pipe, one, config.n_per_prompt, sampling, generator,
                     progress=progress, what="t2i (1 object)", rerank=config.rerank,
                 ),
             ),
             "two_objects": timed(
                 "t2i_two_objects",
                 lambda: eval_text_to_image(
-                    pipe, two, config.n_per_prompt, sampling, generator, clusters=clusters,
+                    pipe, two, config.n_per_prompt, sampling, generator,
                     progress=progress, what="t2i (2 objects)", rerank=config.rerank,
                 ),
             ),
@@ -709,7 +667,6 @@ def run_eval(
                     idx,
                     sampling,
                     generator,
-                    clusters=clusters,
                     progress=progress,
                     seed=config.seed,
                     rerank=config.rerank,
@@ -721,7 +678,7 @@ def run_eval(
             report["edits"] = timed(
                 "edits",
                 lambda: eval_edits(
-                    pipe, held, idx, sampling, generator, clusters=clusters, progress=progress,
+                    pipe, held, idx, sampling, generator, progress=progress,
                     seed=config.seed, rerank=config.rerank,
                 ),
             )  # fmt: skip

@@ -11,8 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
+from cogview.api import CLUSTERS_FILE, CogView, resize_mask
 from cogview.cli import main
-from cogview.cli.sample import CLUSTERS_FILE, cell_mask_of, read_mask, resize_mask, slug
+from cogview.cli.sample import read_mask_file, slug
 from cogview.model import CogLM, coglm_config
 from cogview.pipeline import coglm_extra, save_coglm
 from cogview.pretrained import save_vqvae
@@ -130,7 +131,6 @@ def test_model_sampling_defaults_apply_and_flags_override_them(model_dir, tmp_pa
 
 
 def test_model_rerank_default_keeps_the_best_of_r_per_image(model_dir, tmp_path, capsys):
-    from cogview.cli.sample import _decode
     from cogview.pipeline import load_pipeline
     from cogview.sampling import SamplingConfig, best_candidates, generate_images
 
@@ -154,7 +154,7 @@ def test_model_rerank_default_keeps_the_best_of_r_per_image(model_dir, tmp_path,
     codes = generate_images(pipe.model, pipe.tokenizer, ids, pipe.grid,
                             SamplingConfig(temperature=0.5), g)
     best, _ = best_candidates(pipe.model, pipe.tokenizer, codes, ids, 3)
-    expected = _decode(pipe, codes[torch.tensor([0, 3]) + best[:, 0]], 32)
+    expected = CogView(pipe).decode(codes[torch.tensor([0, 3]) + best[:, 0]], 32)
     assert all(map(np.array_equal, by_default, expected))
     err, plain = generate("--rerank 0", "f")
     assert "best of" not in err and "kept" not in err
@@ -170,16 +170,13 @@ def test_model_rerank_default_keeps_the_best_of_r_per_image(model_dir, tmp_path,
 def test_cluster_cache_is_reused_and_refreshed(model_dir):
     from safetensors import safe_open
 
-    from cogview.cli.sample import model_clusters
-    from cogview.pipeline import load_pipeline
-
-    pipe = load_pipeline(model_dir)
-    a = model_clusters(pipe, 3)
+    pipe = CogView.from_pretrained(model_dir)
+    a = pipe.clusters(3)
     path = model_dir / CLUSTERS_FILE
     assert path.is_file() and a.shape == (16,) and set(a.tolist()) == {0, 1, 2}
     path.write_bytes(path.read_bytes())  # the same file: read back, not recomputed
-    assert torch.equal(model_clusters(pipe, 3), a)
-    assert set(model_clusters(pipe, 5).tolist()) == set(range(5))  # other count: recomputed
+    assert torch.equal(pipe.clusters(3), a)
+    assert set(pipe.clusters(5).tolist()) == set(range(5))  # other count: recomputed
     with safe_open(str(path), framework="pt") as f:
         assert f.metadata()["n_clusters"] == "5"
 
@@ -224,7 +221,7 @@ def test_inpaint_changes_only_masked_pixels(model_dir, tmp_path, capsys):
     )
     assert rc == 0, err
     cells = png(tmp_path / "cells.png")[..., 0] > 127
-    assert cells.shape == GRID and np.array_equal(cells, cell_mask_of(mask, GRID))
+    assert cells.shape == GRID and np.array_equal(cells, resize_mask(mask, GRID))
     for i in range(2):
         result = png(tmp_path / "o" / f"in-{i}.png")
         assert result.shape == image.shape
@@ -234,7 +231,6 @@ def test_inpaint_changes_only_masked_pixels(model_dir, tmp_path, capsys):
 
 
 def test_inpaint_reranks_like_generate(model_dir, tmp_path, capsys, monkeypatch):
-    from cogview.cli import sample
     from cogview.images import to_tensor
     from cogview.inpainting import blank_codes, context_codes
     from cogview.pipeline import load_pipeline
@@ -244,9 +240,9 @@ def test_inpaint_reranks_like_generate(model_dir, tmp_path, capsys, monkeypatch)
     tuned = tmp_path / "tuned"
     assert run(capsys, f"export {model_dir} {tuned} --rerank 3")[0] == 0
     kept = []
-    decode = sample._decode
-    monkeypatch.setattr(sample, "_decode", lambda pipe, codes, bs: kept.append(codes)
-                        or decode(pipe, codes, bs))
+    decode = CogView.decode
+    monkeypatch.setattr(CogView, "decode", lambda self, codes, bs=32: kept.append(codes)
+                        or decode(self, codes, bs))
     base = (f"inpaint --image {tmp_path}/in.png --mask {tmp_path}/mask.png --prompt 'a red "
             f"circle' -n 2 --seed 4 --model {tuned} -o {tmp_path}/o")
     rc, _, err = run(capsys, base)
@@ -255,7 +251,7 @@ def test_inpaint_reranks_like_generate(model_dir, tmp_path, capsys, monkeypatch)
     pipe = load_pipeline(tuned)
     size = pipe.image_size
     small = np.array(Image.open(tmp_path / "in.png").resize((size, size), Image.BOX))  # 20x28
-    cells = torch.from_numpy(cell_mask_of(png(tmp_path / "mask.png")[..., 0] > 127, GRID))
+    cells = torch.from_numpy(resize_mask(png(tmp_path / "mask.png")[..., 0] > 127, GRID))
     src = context_codes(pipe.vqvae, to_tensor(small), cells[None])[0]
     ids = [pipe.tokenizer.encode_text("a red circle")] * 6
     versions = inpaint(pipe.model, pipe.tokenizer, ids[0], src, cells, SamplingConfig(),
@@ -305,7 +301,7 @@ def test_cell_mask_covers_every_masked_pixel():
     for _ in range(20):
         h, w = rng.integers(3, 50, 2)
         mask = rng.random((h, w)) < 0.03
-        cells = cell_mask_of(mask, GRID)
+        cells = resize_mask(mask, GRID)
         ys, xs = mask.nonzero()
         # the cell a pixel's top-left corner falls in, and its bottom-right corner
         for y0, x0 in (
@@ -315,7 +311,7 @@ def test_cell_mask_covers_every_masked_pixel():
             assert cells[y0, x0].all()
         # and no cell is regenerated without a masked pixel in it
         assert cells.sum() <= mask.sum() * 4
-    assert not cell_mask_of(np.zeros((9, 7), bool), GRID).any()
+    assert not resize_mask(np.zeros((9, 7), bool), GRID).any()
     assert resize_mask(np.ones((2, 3), bool), (5, 7)).all()
 
 
@@ -329,7 +325,7 @@ def test_read_mask_modes_threshold_at_half(tmp_path, mode):
     else:
         img = Image.fromarray(gray, "L").convert(mode)
     img.save(tmp_path / "m.png")
-    assert read_mask(tmp_path / "m.png").tolist() == [[False, False, True, True]]
+    assert read_mask_file(tmp_path / "m.png").tolist() == [[False, False, True, True]]
 
 
 # ------------------------------------------------------------------------------ caption

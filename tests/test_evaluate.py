@@ -214,12 +214,12 @@ def test_eval_in_bf16_gives_the_held_out_loss_of_fp32(tiny, tmp_path):
 
 def test_eval_scores_greedy_captions_unless_told(tiny, monkeypatch):
     from cogview import evaluate
-    from cogview.cli.evaluate import _load_held_out
-    from cogview.pipeline import load_pipeline
+    from cogview.api import CogView
     from cogview.sampling import SamplingConfig
+    from train.data.loader import load_held_out
 
-    pipe = load_pipeline(tiny / "model")
-    held = _load_held_out(str(tiny / "shapes"), 32, 8, "test")
+    pipe = CogView.from_pretrained(tiny / "model")
+    held = load_held_out(str(tiny / "shapes"), 32, 8, "test")
     idx = held.with_attributes()[:4]
 
     def examples(sampling, seed):
@@ -245,18 +245,19 @@ def test_eval_scores_greedy_captions_unless_told(tiny, monkeypatch):
 
 def test_eval_rerank_keeps_the_candidate_the_model_scores_best(tiny, monkeypatch):
     from cogview import evaluate
-    from cogview.pipeline import load_pipeline
+    from cogview.api import CogView
     from cogview.sampling import SamplingConfig, caption_logprob, generate_images
 
-    pipe = load_pipeline(tiny / "model")
+    pipe = CogView.from_pretrained(tiny / "model")
     prompts = shapes.eval_prompts(1, 3)
     sampling = SamplingConfig(batch_size=8)
     kept = []
-    decode = evaluate.decode_codes
-    monkeypatch.setattr(evaluate, "decode_codes",
-                        lambda vq, codes, bs: kept.append(codes) or decode(vq, codes, bs))
+    decode = CogView.decode
+    monkeypatch.setattr(CogView, "decode",
+                        lambda self, codes, bs=32: kept.append(codes) or decode(self, codes, bs))
     g = torch.Generator().manual_seed(3)
     report = evaluate.eval_text_to_image(pipe, prompts, 1, sampling, g, rerank=4)
+    kept = [torch.cat(kept)]  # the pictures of each prompt
     assert report["n"] == 3 and kept[0].shape == (3, 8, 8)
 
     ids = [pipe.tokenizer.encode_texts([p])[0] for p, _ in prompts]

@@ -15,7 +15,7 @@ from PIL import Image
 from test_cli_sample import model_dir  # noqa: F401  (fixture)
 
 from cogview.cli import main
-from cogview.cli.sample import read_mask
+from cogview.cli.sample import read_mask_file
 from cogview.errors import UserError
 from cogview.images import fit, read_image
 
@@ -83,7 +83,7 @@ def test_mask_reader_accepts_or_refuses_in_one_line(tmp_path):
         path = tmp_path / f"{name}.png"
         path.write_bytes(data)
         try:
-            mask = read_mask(str(path))
+            mask = read_mask_file(str(path))
         except UserError as e:
             assert "\n" not in str(e) and str(path) in str(e)
             continue

@@ -72,19 +72,6 @@ def held_out_loss_fn(
     return {k.removeprefix("eval_"): v for k, v in losses.items()}
 
 
-def _load_held_out(data: str, size: int, limit: int, split: str):
-    from cogview.evaluate import HeldOut
-    from train.data.loader import load_images
-
-    if not os.path.exists(data) and not any(c in data for c in "*?[{"):
-        raise UserError(f"--data {data}: no such file or folder")
-    found = load_images(data, size, limit=limit, split=split, progress=True)
-    if len(found) == 0:
-        raise UserError(f"--data {data}: no {split} images")
-    attrs = [m if isinstance(m, dict) and m.get("objects") else None for m in found.metas]
-    return HeldOut(found.images, found.captions, attrs, found.targets)
-
-
 def _class_prompts(captions: list[str], labels: list[int], n_classes: int) -> list[str]:
     """For each class, its most frequent caption in the data (a prompt in the model's style)."""
     from collections import Counter
@@ -100,7 +87,7 @@ def _class_prompts(captions: list[str], labels: list[int], n_classes: int) -> li
 
 def _load_fashion(args: argparse.Namespace, device: Any, limit: int):
     from cogview.classifier import load_classifier
-    from cogview.cli.sample import load_model, sampling_config
+    from cogview.cli.sample import load_model, sampling_flags
     from cogview.evaluate import FashionEval
     from train.classifier import labels_of
     from train.data.loader import load_images
@@ -118,7 +105,7 @@ def _load_fashion(args: argparse.Namespace, device: Any, limit: int):
     prompts = _class_prompts(test.captions, labels.tolist(), len(names))
     # sampling flags given win; otherwise the fashion model's own sampling.json
     return FashionEval(pipe, clf, names, prompts, test.images, labels,
-                       sampling_config(args, pipe.sampling))
+                       pipe.sampling_config(**sampling_flags(args)))
 
 
 def run_eval_command(args: argparse.Namespace) -> int:
@@ -127,9 +114,10 @@ def run_eval_command(args: argparse.Namespace) -> int:
 
 def _run_eval(args: argparse.Namespace) -> int:
 
-    from cogview.cli.sample import load_model, model_clusters, sampling_config
+    from cogview.cli.sample import load_model, sampling_flags
     from cogview.devices import parse_device
     from cogview.evaluate import QUICK, EvalConfig, format_report, run_eval
+    from train.data.loader import load_held_out
 
     try:
         base = QUICK if args.quick else EvalConfig()
@@ -146,26 +134,23 @@ def _run_eval(args: argparse.Namespace) -> int:
         raise UserError(f"--n-*: {e}") from None
     device = parse_device(args.device)
     pipe = load_model(args)
-    sampling = sampling_config(args, pipe.sampling)
+    sampling = pipe.sampling_config(**sampling_flags(args))
     if args.rerank is None:  # the model's sampling.json
-        config = dataclasses.replace(config, rerank=pipe.rerank)
+        config = dataclasses.replace(config, rerank=pipe.rerank_default)
     held = None
     if args.data is not None:
         # about half of the shapes scenes hold two objects: the edits need twice as many
         limit = max(config.n_captions, config.n_inpaint, 3 * config.n_edit, config.n_loss, 1)
-        held = _load_held_out(args.data, pipe.image_size, limit, args.split)
+        if not os.path.exists(args.data) and not any(c in args.data for c in "*?[{"):
+            raise UserError(f"--data {args.data}: no such file or folder")
+        held = load_held_out(args.data, pipe.image_size, limit, args.split)
+        if len(held) == 0:
+            raise UserError(f"--data {args.data}: no {args.split} images")
     fashion = None
     if args.fashion_model:
         fashion = _load_fashion(args, device, args.fashion_test_limit)
-    clusters = model_clusters(pipe, sampling.n_clusters) if sampling.cluster else None
     report = run_eval(
-        pipe,
-        held,
-        config,
-        sampling,
-        loss_fn=held_out_loss_fn,
-        fashion=fashion,
-        clusters=clusters,
+        pipe, held, config, sampling, loss_fn=held_out_loss_fn, fashion=fashion,
         progress=_progress(),
     )
     print(format_report(report))

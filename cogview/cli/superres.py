@@ -83,38 +83,6 @@ def add_sr_flags(p: argparse.ArgumentParser) -> None:
                    help=f"--sr sampling temperature, 0 = argmax (default {SR_TEMPERATURE})")
 
 
-def load_sr_for(args: argparse.Namespace, pipe):
-    """The SRPipeline of `--sr` on the base model's device, checked to read the base model's
-    codes; None without `--sr`."""
-    from cogview.superres import check_sr_fits, lopar_schedule
-
-    if getattr(args, "sr", None) is None:
-        return None
-    device = next(pipe.model.parameters()).device
-    sr = load_sr_flag(None if args.sr == SHIPPED_SR else args.sr, device)
-    check_sr_fits(sr, pipe.tokenizer, pipe.vqvae, pipe.grid)
-    if args.sr_steps is not None:
-        lopar_schedule(sr.model.config.num_orders, args.sr_steps, flag="--sr-steps")
-    return sr
-
-
-def sr_images(sr, codes, texts, args: argparse.Namespace, generator, batch_size: int = 32):
-    """Base codes (B, h, w) and their text ids -> super-resolved uint8 images (B, H, W, 3)."""
-    import numpy as np
-
-    from cogview.images import from_tensor
-    from cogview.sampling import SamplingConfig
-    from cogview.superres import upscale_codes
-
-    sampling = SamplingConfig(temperature=args.sr_temperature, batch_size=batch_size)
-    out = []
-    for i in range(0, codes.shape[0], batch_size):
-        _, images = upscale_codes(sr, codes[i : i + batch_size], texts[i : i + batch_size],
-                                  steps=args.sr_steps, sampling=sampling, generator=generator)
-        out.append(from_tensor(images))
-    return np.concatenate(out)
-
-
 def add_sr_sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=SR_TEMPERATURE,
                    help=f"SR sampling temperature, 0 = argmax (default {SR_TEMPERATURE})")
@@ -176,10 +144,12 @@ def load_sr_flag(path: str | None, device: str, flag: str = "--sr"):
 
 
 def run_superres(args: argparse.Namespace) -> int:
+    import numpy as np
     import torch
 
+    from cogview.api import superres_image
     from cogview.devices import parse_device
-    from cogview.images import fit, from_tensor, read_image, to_tensor
+    from cogview.images import read_image
 
     out = Path(args.output)
     fmt = IMAGE_SUFFIXES.get(out.suffix.lower())
@@ -193,19 +163,13 @@ def run_superres(args: argparse.Namespace) -> int:
     if image.size != (size, size):
         print(f"note: {args.image} is {image.size[0]}x{image.size[1]}; resized to {size}x{size}, "
               "the SR model's input size", file=sys.stderr)
-    x = to_tensor(fit(image, size)).to(device)  # (1, 3, size, size)
-    lr_codes = sr.vqvae.encode(x)  # (1, lr, lr)
-    texts = [sr.tokenizer.encode_text(args.prompt)] if args.prompt else None
-
-    from cogview.superres import upscale_codes
-
     g = torch.Generator(device).manual_seed(args.seed)
-    codes, images = upscale_codes(sr, lr_codes, texts, steps=args.steps, sampling=sampling,
-                                  generator=g)
-    _save_image(from_tensor(images[0]), out, fmt)
+    picture = superres_image(sr, image, args.prompt, steps=args.steps,
+                             temperature=sampling.temperature, top_k=sampling.top_k, generator=g)
+    _save_image(np.asarray(picture), out, fmt)
     steps = args.steps or sr.model.config.num_orders
-    print(f"wrote {out} ({images.shape[-1]}x{images.shape[-2]} px from "
-          f"{lr_codes.shape[-1]}x{lr_codes.shape[-2]} -> {codes.shape[-1]}x{codes.shape[-2]} "
+    lr, hr = sr.model.config.lr_size, sr.model.config.hr_size
+    print(f"wrote {out} ({picture.width}x{picture.height} px from {lr}x{lr} -> {hr}x{hr} "
           f"codes, {steps} pass{'es' if steps > 1 else ''})")
     return 0
 

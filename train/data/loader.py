@@ -561,3 +561,15 @@ def load_images(
     else:
         images = torch.zeros((0, 3, size, size), dtype=torch.uint8)
     return ImageSet(images, captions, metas, samples.stats, targets)
+
+
+def load_held_out(shards: str | os.PathLike | Sequence[str], size: int, limit: int,
+                  split: str = "test", progress: bool = True) -> Any:
+    """The first `limit` images of a split at `size` px with their captions, captioning targets
+    and attributes, as `cogview.evaluate.HeldOut` (attributes None where a sample has no
+    objects)."""
+    from cogview.evaluate import HeldOut
+
+    found = load_images(shards, size, limit=limit, split=split, progress=progress)
+    attrs = [m if isinstance(m, dict) and m.get("objects") else None for m in found.metas]
+    return HeldOut(found.images, found.captions, attrs, found.targets)

@@ -1,0 +1,553 @@
+"""The library's front door: one object that loads a model folder and samples from it.
+
+    from cogview import CogView
+
+    pipe = CogView.from_pretrained("shapes")           # a shipped name or a model folder
+    out = pipe.generate("a red circle at the top left", n=4, seed=0)
+    out.images[0].save("circle.png")                   # PIL images; out.arrays: uint8 numpy
+    edit = pipe.inpaint(image, mask, "a small yellow triangle at the bottom right", n=4)
+    best = pipe.caption(image, n=3).texts[0]
+    big = pipe.superres(out.images[0])                 # with the shipped SR model
+
+`CogView` owns what turns a prompt into pictures: the model folder's sampling defaults
+(`sampling.json`, overridden by keyword arguments), self-reranking, the leak-free inpainting
+context, compositing into the original picture and super-resolution. The command line, the
+evaluation and the benchmarks are thin callers of it. No printing: notes for people are the
+caller's to make.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from cogview.errors import UserError
+from cogview.images import fit, from_tensor, to_rgb, to_tensor
+from cogview.inpainting import blank_codes, context_codes
+from cogview.pipeline import Pipeline, load_pipeline
+from cogview.sampling import (
+    RegionView,
+    SamplingConfig,
+    best_of_groups,
+    caption_logprob,
+    codebook_clusters,
+    generate_captions,
+    generate_images,
+    inpaint,
+    keep_best,
+)
+from cogview.sampling import rerank as draw_and_rerank
+
+CLUSTERS_FILE = "clusters.safetensors"
+DTYPES = ("float32", "bfloat16")
+Progress = Callable[[int], None]  # called with the number of candidates each batch finished
+
+# cluster assignments of model folders that could not take the cache file, this process
+_CLUSTER_MEMO: dict[tuple[str, int, int, str], Tensor] = {}
+
+
+class PromptTruncatedWarning(UserWarning):
+    """A prompt had more tokens than the model reads; the rest was cut."""
+
+
+@dataclass
+class Images:
+    """Pictures of one prompt (or one inpainting): uint8 arrays and their base codes."""
+
+    arrays: np.ndarray  # uint8 (n, H, W, 3)
+    codes: Tensor  # (n, h, w) base-resolution codes
+    scores: Tensor | None = None  # log p(prompt | image) of each, when kept from candidates
+
+    @property
+    def images(self) -> list[Image.Image]:
+        return [Image.fromarray(a) for a in self.arrays]
+
+
+@dataclass
+class Captions:
+    """Captions of one image, best first, with their mean log-likelihood per token."""
+
+    texts: list[str]
+    scores: list[float]
+
+
+# ---------------------------------------------------------------------------------------------
+# masks painted by hand
+
+
+def read_mask(image: Image.Image) -> np.ndarray:
+    """A painted mask -> (H, W) bool, True = regenerate.
+
+    White means regenerate and black keep, thresholded at 50% of the gray value; a mask with
+    transparent pixels (RGBA, LA, or a palette with transparency) is read by its alpha instead:
+    painted (opaque) pixels are regenerated.
+    """
+    im = image
+    if im.mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    if im.mode in ("RGBA", "LA", "RGBa", "La", "PA"):
+        alpha = np.asarray(im.getchannel("A"))
+        if alpha.min() < 255:
+            return alpha >= 128
+        im = im.convert("RGB")
+    if im.mode == "1":
+        return np.asarray(im, dtype=bool).copy()
+    if im.mode.startswith("I;16") or im.mode in ("I", "F"):
+        gray = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if gray.max(initial=0) > 255 else 255.0
+        return gray >= top / 2
+    return np.asarray(im.convert("L"), dtype=np.uint8) >= 128
+
+
+def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(H, W) bool -> (h, w) = size bool; a target pixel is set when any source pixel it
+    overlaps is set (conservative: nothing the user painted is lost)."""
+    h, w = size
+    src_h, src_w = mask.shape
+    rows = _overlaps(src_h, h)
+    cols = _overlaps(src_w, w)
+    # any over the source rows, then over the source columns, of each target cell
+    by_row = np.stack([mask[r0:r1].any(axis=0) for r0, r1 in rows])  # (h, W)
+    return np.stack([by_row[:, c0:c1].any(axis=1) for c0, c1 in cols], axis=1)  # (h, w)
+
+
+def _overlaps(src: int, dst: int) -> list[tuple[int, int]]:
+    """For each of `dst` equal intervals of [0, src): the source pixels [a, b) it overlaps."""
+    # target i covers [i * src / dst, (i + 1) * src / dst) in source pixels
+    return [((i * src) // dst, -((-(i + 1) * src) // dst)) for i in range(dst)]
+
+
+def _as_rgb_array(image: Image.Image | np.ndarray, name: str) -> np.ndarray:
+    if isinstance(image, Image.Image):
+        return np.asarray(to_rgb(image, name), dtype=np.uint8)
+    arr = np.asarray(image)
+    if arr.ndim != 3 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
+        raise UserError(f"{name}: expected a PIL image or uint8 (H, W, 3) array, got "
+                        f"{arr.dtype} {arr.shape}")
+    return arr
+
+
+def _as_mask(mask: Image.Image | np.ndarray) -> np.ndarray:
+    if isinstance(mask, Image.Image):
+        return read_mask(mask)
+    arr = np.asarray(mask)
+    if arr.ndim != 2:
+        raise UserError(f"mask: expected (H, W) values, got shape {arr.shape}")
+    return arr.astype(bool)
+
+
+# ---------------------------------------------------------------------------------------------
+# the pipeline object
+
+
+class CogView:
+    """A CogLM with its tokenizer, VQVAE and sampling defaults, and optionally an SR model."""
+
+    def __init__(self, pipeline: Pipeline, sr: Any = None) -> None:
+        self.pipeline = pipeline
+        self.sr = sr  # cogview.superres.SRPipeline, or None until `load_sr`
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_dir: str | Path | None = None,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: str = "float32",
+        sr: str | Path | bool | None = None,
+    ) -> CogView:
+        """Load a CogLM folder (or a training run: its newest step), or a shipped model by name
+        (`shapes`, `fashion`; None: the default). `dtype="bfloat16"` runs the transformer in
+        bf16 (the VQVAE and the sampling arithmetic stay in float32); `sr` loads an SR folder
+        too (True: the shipped one)."""
+        from cogview.defaults import model_path_or_default
+        from cogview.devices import parse_device
+
+        if dtype not in DTYPES:
+            raise UserError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        device = parse_device(str(device)) if not isinstance(device, torch.device) else device
+        pipe = load_pipeline(model_path_or_default(name_or_dir, "coglm"), device=device)
+        if dtype != "float32":
+            # weights and KV cache in bf16 halve the memory traffic of decoding
+            pipe.model.to(getattr(torch, dtype))
+        out = cls(pipe)
+        if sr:
+            out.load_sr(None if sr is True else sr)
+        return out
+
+    # parts ---------------------------------------------------------------------------------
+
+    @property
+    def model(self) -> Any:
+        return self.pipeline.model
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.pipeline.tokenizer
+
+    @property
+    def vqvae(self) -> Any:
+        return self.pipeline.vqvae
+
+    @property
+    def image_size(self) -> int:
+        return self.pipeline.image_size
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self.pipeline.grid
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """The model folder's extra JSON, with its "path" and "step"."""
+        return self.pipeline.meta
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def rerank_default(self) -> int:
+        """Candidates per image of the model's sampling.json (1: no reranking)."""
+        return self.pipeline.rerank
+
+    def load_sr(self, path: str | Path | None = None) -> Any:
+        """Load an SR folder (None: the shipped one) that reads this model's codes."""
+        from cogview.defaults import default_model_path
+        from cogview.superres import check_sr_fits, load_sr
+
+        if path is None:
+            path = default_model_path("sr")
+            if path is None:
+                raise UserError("no shipped default SR model in this install (train one with "
+                                "`cogview train-sr`)")
+        elif not Path(path).exists():
+            raise UserError(f"{path}: no such SR checkpoint folder")
+        sr = load_sr(path, device=self.device)
+        check_sr_fits(sr, self.tokenizer, self.vqvae, self.grid)
+        self.sr = sr
+        return sr
+
+    def sampling_config(self, images: bool = True, **overrides: Any) -> SamplingConfig:
+        """SamplingConfig defaults, then the model's sampling.json (image settings: not for
+        captions), then `overrides` (None values are left out)."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        defaults = dict(self.pipeline.sampling) if images else {}
+        return SamplingConfig(**{**defaults, **given})
+
+    def generator(self, seed: int | None = 0) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(0 if seed is None else seed)
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        """Text ids of a prompt; a `PromptTruncatedWarning` when it is cut to the model's text
+        length."""
+        from tokenizer import TextTruncatedWarning
+
+        tok = self.tokenizer
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", TextTruncatedWarning)
+            ids = tok.encode_text(prompt)
+        full = len(tok.encode_text(prompt, truncate=False))
+        if full > len(ids):
+            short = prompt if len(prompt) <= 40 else prompt[:37] + "..."
+            warnings.warn(f"prompt {short!r} has {full} tokens; truncated to the model's "
+                          f"{tok.max_text_len}", PromptTruncatedWarning, stacklevel=2)
+        return ids
+
+    def clusters(self, n_clusters: int, seed: int = 0) -> Tensor:
+        """Cluster of each image code (K,), cached as `clusters.safetensors` in the model folder.
+
+        The file records the cluster count, the seed and the VQVAE fingerprint, so a stale file
+        is recomputed; a read-only folder keeps the result in memory for this process.
+        """
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file, safe_open, save_file
+
+        meta = self.pipeline.meta
+        folder = Path(meta["path"])
+        fp = str(meta.get("vqvae_fingerprint", ""))
+        key = (str(folder), n_clusters, seed, fp)
+        want = {"n_clusters": str(n_clusters), "seed": str(seed), "vqvae_fingerprint": fp}
+        if key in _CLUSTER_MEMO:
+            return _CLUSTER_MEMO[key]
+        path = folder / CLUSTERS_FILE
+        if path.is_file():
+            try:
+                with safe_open(str(path), framework="pt") as f:
+                    stored = f.metadata() or {}
+                if all(stored.get(k) == v for k, v in want.items()):
+                    clusters = load_file(str(path))["clusters"].long()
+                    if clusters.numel() == self.tokenizer.num_image_codes:
+                        return clusters
+            except (SafetensorError, OSError, KeyError, ValueError):
+                pass  # a damaged cache is recomputed
+        clusters = codebook_clusters(self.vqvae.codebook(), n_clusters, seed)
+        tmp = folder / f".{CLUSTERS_FILE}.tmp-{os.getpid()}"
+        try:
+            save_file({"clusters": clusters.to(torch.int32)}, str(tmp), metadata=want)
+            os.replace(tmp, path)
+        except (OSError, SafetensorError):  # a read-only folder: keep it for this process only
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            _CLUSTER_MEMO[key] = clusters
+        return clusters
+
+    def decode(self, codes: Tensor, batch_size: int = 32) -> np.ndarray:
+        """Base codes (B, h, w) -> uint8 images (B, H, W, 3)."""
+        out = []
+        with torch.inference_mode():
+            for i in range(0, codes.shape[0], batch_size):
+                out.append(from_tensor(self.vqvae.decode(codes[i : i + batch_size])))
+        return np.concatenate(out) if out else np.zeros((0, 0, 0, 3), np.uint8)
+
+    def encode(self, image: Image.Image | np.ndarray) -> Tensor:
+        """Codes (h, w) of a picture brought to the model's size (`images.fit`)."""
+        pixels = fit(image if isinstance(image, Image.Image) else _as_rgb_array(image, "image"),
+                     self.image_size)
+        with torch.inference_mode():
+            return self.vqvae.encode(to_tensor(pixels).to(self.device))[0]
+
+    def _pictures(self, codes: Tensor, texts: Sequence[Sequence[int]], config: SamplingConfig,
+                  generator: torch.Generator, superres: bool, sr_steps: int | None,
+                  sr_temperature: float) -> np.ndarray:
+        """Codes -> pictures, through the SR model when `superres`."""
+        if not superres:
+            return self.decode(codes, config.batch_size)
+        if self.sr is None:
+            self.load_sr()
+        from cogview.superres import upscale_codes
+
+        sampling = SamplingConfig(temperature=sr_temperature, batch_size=config.batch_size)
+        b = config.batch_size
+        out = []
+        for i in range(0, codes.shape[0], b):
+            _, images = upscale_codes(self.sr, codes[i : i + b], list(texts[i : i + b]),
+                                      steps=sr_steps, sampling=sampling, generator=generator)
+            out.append(from_tensor(images))
+        return np.concatenate(out)
+
+    def _check_candidates(self, candidates: int | None, n: int) -> None:
+        if n < 1:
+            raise UserError(f"n must be >= 1, got {n}")
+        if candidates is not None and candidates < n:
+            raise UserError(f"candidates ({candidates}) must be at least n ({n})")
+
+    # tasks ---------------------------------------------------------------------------------
+
+    def generate(
+        self,
+        prompts: str | Sequence[str],
+        n: int = 1,
+        *,
+        candidates: int | None = None,
+        rerank: int | None = None,
+        superres: bool = False,
+        sr_steps: int | None = None,
+        sr_temperature: float = 0.0,
+        seed: int | None = 0,
+        generator: torch.Generator | None = None,
+        progress: Progress | None = None,
+        **sampling: Any,
+    ) -> Images | list[Images]:
+        """Text-to-image: `n` pictures of each prompt ("" samples unconditionally).
+
+        Each picture is the best of `rerank` candidates by self-reranking (default: the model's
+        sampling.json; 1 = off); with `candidates` N, N are drawn per prompt and the n best
+        kept instead. `sampling` holds SamplingConfig fields (temperature=0.7, cfg_scale=2,
+        ...). One prompt gives one `Images`, a list of prompts a list.
+        """
+        single = isinstance(prompts, str)
+        texts = [prompts] if single else list(prompts)
+        if not texts:
+            raise UserError("no prompt")
+        self._check_candidates(candidates, n)
+        config = self.sampling_config(**sampling)
+        group = 1 if candidates else (self.rerank_default if rerank is None else rerank)
+        if group < 1:
+            raise UserError(f"rerank must be >= 1, got {group}")
+        clusters = self.clusters(config.n_clusters) if config.cluster else None
+        g = generator if generator is not None else self.generator(seed)
+        ids = [self.encode_prompt(t) for t in texts]
+        tok = self.tokenizer
+        results: list[tuple[Tensor, Tensor | None]] = []
+        if candidates:
+            for prompt_ids in ids:
+                best = draw_and_rerank(self.model, tok, prompt_ids, self.grid, config, g,
+                                       candidates, n, clusters=clusters, progress=progress)
+                results.append((best.codes, best.scores))
+        else:
+            # every picture of every prompt in one stream of batches: prompts of different
+            # lengths share a batch (left-padded)
+            all_ids = [p for p in ids for _ in range(n * group)]
+            codes = generate_images(self.model, tok, all_ids, self.grid, config, g,
+                                    clusters=clusters, progress=progress)
+            codes = best_of_groups(self.model, tok, codes, all_ids, group, config.batch_size)
+            results = [(c, None) for c in codes.split(n)]
+        out = [
+            Images(self._pictures(codes, [p] * len(codes), config, g, superres, sr_steps,
+                                  sr_temperature), codes, scores)
+            for p, (codes, scores) in zip(ids, results, strict=True)
+        ]
+        return out[0] if single else out
+
+    def inpaint(
+        self,
+        image: Image.Image | np.ndarray,
+        mask: Image.Image | np.ndarray,
+        prompt: str = "",
+        n: int = 1,
+        *,
+        candidates: int | None = None,
+        rerank: int | None = None,
+        superres: bool = False,
+        sr_steps: int | None = None,
+        sr_temperature: float = 0.0,
+        seed: int | None = 0,
+        generator: torch.Generator | None = None,
+        progress: Progress | None = None,
+        **sampling: Any,
+    ) -> Images:
+        """Regenerate the masked part of a picture of any size: `n` versions.
+
+        `mask` is a painted picture (white = regenerate, or opaque where it has transparency;
+        `read_mask`) or an (H, W) bool array, resized to the picture when its size differs.
+        Every code cell touched by the mask is sampled again, from a context encoded with the
+        masked cells blanked (`cogview.inpainting`), and composited back at the original
+        size: every unmasked pixel stays exactly as it was. The prompt says what goes in the
+        mask, or describes the whole edited picture. Reranking (`rerank`, `candidates`: as for
+        `generate`) needs a prompt; an all-white mask is plain generation, an all-black one
+        gives the picture back.
+        """
+        original = _as_rgb_array(image, "image")
+        height, width = original.shape[:2]
+        pixel_mask = _as_mask(mask)
+        if pixel_mask.shape != (height, width):
+            pixel_mask = resize_mask(pixel_mask, (height, width))
+        self._check_candidates(candidates, n)
+        if not pixel_mask.any():
+            return Images(np.stack([original] * n), torch.empty(0, *self.grid, dtype=torch.long))
+        config = self.sampling_config(**sampling)
+        tok, size = self.tokenizer, self.image_size
+        cells = resize_mask(pixel_mask, self.grid)  # (h, w)
+        resample = Image.Resampling.BOX if min(height, width) >= size else Image.Resampling.BICUBIC
+        small = np.array(Image.fromarray(original).resize((size, size), resample=resample),
+                         dtype=np.uint8)
+        ids = self.encode_prompt(prompt)
+        clusters = self.clusters(config.n_clusters) if config.cluster else None
+        g = generator if generator is not None else self.generator(seed)
+        if not prompt:  # nothing to score by
+            candidates, group = None, 1
+        else:
+            group = 1 if candidates else (self.rerank_default if rerank is None else rerank)
+        total = candidates or n * group
+        if pixel_mask.all():
+            codes = generate_images(self.model, tok, [ids] * total, self.grid, config, g,
+                                    clusters=clusters, progress=progress)
+        else:
+            # the kept cells' codes, from the picture with the masked cells blanked: codes of
+            # the whole picture would carry the erased content into the context
+            mask_t = torch.from_numpy(cells)[None].to(self.device)
+            src = context_codes(self.vqvae, to_tensor(small).to(self.device), mask_t)[0]
+            if tuple(src.shape) != tuple(self.grid):
+                raise UserError(f"the model's VQVAE gives a {tuple(src.shape)} grid at {size} "
+                                f"px, the model expects {self.grid}")
+            codes = inpaint(self.model, tok, ids, src, torch.from_numpy(cells), config, g, total,
+                            clusters=clusters, progress=progress)
+        # reranking also scores the region alone: the prompt may name only what goes there
+        view = RegionView(torch.from_numpy(cells), blank_codes(self.vqvae, size))
+        scores = None
+        if candidates:
+            best = keep_best(self.model, tok, codes, ids, n, config.batch_size, view)
+            codes, scores = best.codes, best.scores
+        elif group > 1:
+            codes = best_of_groups(self.model, tok, codes, [ids] * total, group,
+                                   config.batch_size, view)
+        generated = self._pictures(codes, [ids] * len(codes), config, g, superres, sr_steps,
+                                   sr_temperature)
+        results = []
+        for img in generated:
+            big = np.asarray(Image.fromarray(img).resize((width, height),
+                                                         Image.Resampling.BICUBIC), dtype=np.uint8)
+            # only masked pixels change: every other pixel is the original's, bit for bit
+            results.append(np.where(pixel_mask[..., None], big, original))
+        return Images(np.stack(results), codes, scores)
+
+    def caption(
+        self,
+        image: Image.Image | np.ndarray,
+        n: int = 3,
+        *,
+        max_len: int | None = None,
+        seed: int | None = 0,
+        generator: torch.Generator | None = None,
+        **sampling: Any,
+    ) -> Captions:
+        """`n` captions of a picture in captioning mode, best first by their mean
+        log-likelihood per token. The model's sampling.json (image settings) does not apply."""
+        if n < 1:
+            raise UserError(f"n must be >= 1, got {n}")
+        if max_len is not None and max_len < 1:
+            raise UserError(f"max_len must be >= 1, got {max_len}")
+        config = self.sampling_config(images=False, **sampling)
+        g = generator if generator is not None else self.generator(seed)
+        codes = self.encode(image)
+        tok = self.tokenizer
+        caps = generate_captions(self.model, tok, codes, config, g, n, max_len)
+        scores = caption_logprob(self.model, tok, codes.expand(len(caps), -1, -1), caps)
+        ranked = sorted(zip(scores.tolist(), caps, strict=True), key=lambda x: -x[0])
+        return Captions([tok.decode_text(c) for _, c in ranked], [s for s, _ in ranked])
+
+    def superres(
+        self,
+        image: Image.Image | np.ndarray,
+        prompt: str | None = None,
+        *,
+        steps: int | None = None,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        seed: int | None = 0,
+        generator: torch.Generator | None = None,
+    ) -> Image.Image:
+        """A picture super-resolved by the SR model (the shipped one unless `load_sr` chose
+        another): brought to its input size, encoded, `steps` LoPAR passes (1 = direct)."""
+        if self.sr is None:
+            self.load_sr()
+        return superres_image(self.sr, image, prompt, steps=steps, temperature=temperature,
+                              top_k=top_k, generator=generator or self.generator(seed))
+
+
+def superres_image(
+    sr: Any,
+    image: Image.Image | np.ndarray,
+    prompt: str | None = None,
+    *,
+    steps: int | None = None,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    generator: torch.Generator | None = None,
+) -> Image.Image:
+    """`CogView.superres` with an SR folder alone (`cogview.superres.load_sr`)."""
+    from cogview.superres import upscale_codes
+
+    device = next(sr.model.parameters()).device
+    sampling = SamplingConfig(temperature=temperature, top_k=top_k)
+    pixels = fit(image if isinstance(image, Image.Image) else _as_rgb_array(image, "image"),
+                 sr.low_res_size)
+    with torch.inference_mode():
+        lr_codes = sr.vqvae.encode(to_tensor(pixels).to(device))  # (1, lr, lr)
+    texts = [sr.tokenizer.encode_text(prompt)] if prompt else None
+    _, images = upscale_codes(sr, lr_codes, texts, steps=steps, sampling=sampling,
+                              generator=generator)
+    return Image.fromarray(from_tensor(images[0]))
+
+
