@@ -32,7 +32,7 @@ from PIL import Image
 from torch import Tensor
 
 from cogview.errors import UserError
-from cogview.images import fit, from_tensor, to_rgb, to_tensor
+from cogview.images import fit, from_tensor, mask_from_image, resize_mask, to_rgb, to_tensor
 from cogview.inpainting import blank_codes, context_codes
 from cogview.pipeline import Pipeline, load_pipeline
 from cogview.sampling import (
@@ -81,52 +81,6 @@ class Captions:
     scores: list[float]
 
 
-# ---------------------------------------------------------------------------------------------
-# masks painted by hand
-
-
-def read_mask(image: Image.Image) -> np.ndarray:
-    """A painted mask -> (H, W) bool, True = regenerate.
-
-    White means regenerate and black keep, thresholded at 50% of the gray value; a mask with
-    transparent pixels (RGBA, LA, or a palette with transparency) is read by its alpha instead:
-    painted (opaque) pixels are regenerated.
-    """
-    im = image
-    if im.mode == "P":
-        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-    if im.mode in ("RGBA", "LA", "RGBa", "La", "PA"):
-        alpha = np.asarray(im.getchannel("A"))
-        if alpha.min() < 255:
-            return alpha >= 128
-        im = im.convert("RGB")
-    if im.mode == "1":
-        return np.asarray(im, dtype=bool).copy()
-    if im.mode.startswith("I;16") or im.mode in ("I", "F"):
-        gray = np.asarray(im, dtype=np.float64)
-        top = 65535.0 if gray.max(initial=0) > 255 else 255.0
-        return gray >= top / 2
-    return np.asarray(im.convert("L"), dtype=np.uint8) >= 128
-
-
-def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(H, W) bool -> (h, w) = size bool; a target pixel is set when any source pixel it
-    overlaps is set (conservative: nothing the user painted is lost)."""
-    h, w = size
-    src_h, src_w = mask.shape
-    rows = _overlaps(src_h, h)
-    cols = _overlaps(src_w, w)
-    # any over the source rows, then over the source columns, of each target cell
-    by_row = np.stack([mask[r0:r1].any(axis=0) for r0, r1 in rows])  # (h, W)
-    return np.stack([by_row[:, c0:c1].any(axis=1) for c0, c1 in cols], axis=1)  # (h, w)
-
-
-def _overlaps(src: int, dst: int) -> list[tuple[int, int]]:
-    """For each of `dst` equal intervals of [0, src): the source pixels [a, b) it overlaps."""
-    # target i covers [i * src / dst, (i + 1) * src / dst) in source pixels
-    return [((i * src) // dst, -((-(i + 1) * src) // dst)) for i in range(dst)]
-
-
 def _as_rgb_array(image: Image.Image | np.ndarray, name: str) -> np.ndarray:
     if isinstance(image, Image.Image):
         return np.asarray(to_rgb(image, name), dtype=np.uint8)
@@ -139,7 +93,7 @@ def _as_rgb_array(image: Image.Image | np.ndarray, name: str) -> np.ndarray:
 
 def _as_mask(mask: Image.Image | np.ndarray) -> np.ndarray:
     if isinstance(mask, Image.Image):
-        return read_mask(mask)
+        return mask_from_image(mask)
     arr = np.asarray(mask)
     if arr.ndim != 2:
         raise UserError(f"mask: expected (H, W) values, got shape {arr.shape}")
@@ -419,8 +373,9 @@ class CogView:
     ) -> Images:
         """Regenerate the masked part of a picture of any size: `n` versions.
 
-        `mask` is a painted picture (white = regenerate, or opaque where it has transparency;
-        `read_mask`) or an (H, W) bool array, resized to the picture when its size differs.
+        `mask` is a painted picture (white = regenerate, or opaque where it has transparency:
+        `images.mask_from_image`) or an (H, W) bool array, resized to the picture when its
+        size differs.
         Every code cell touched by the mask is sampled again, from a context encoded with the
         masked cells blanked (`cogview.inpainting`), and composited back at the original
         size: every unmasked pixel stays exactly as it was. The prompt says what goes in the

@@ -230,6 +230,69 @@ def save_grid(
     return out
 
 
+# ---------------------------------------------------------------------------------------------
+# inpainting masks, painted by hand
+
+
+def mask_from_image(image: Image.Image) -> np.ndarray:
+    """A painted mask -> (H, W) bool, True = regenerate.
+
+    White means regenerate and black keep, thresholded at 50% of the gray value; a mask with
+    transparent pixels (RGBA, LA, or a palette with transparency) is read by its alpha instead:
+    painted (opaque) pixels are regenerated.
+    """
+    im = image
+    if im.mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    if im.mode in ("RGBA", "LA", "RGBa", "La", "PA"):
+        alpha = np.asarray(im.getchannel("A"))
+        if alpha.min() < 255:
+            return alpha >= 128
+        im = im.convert("RGB")
+    if im.mode == "1":
+        return np.asarray(im, dtype=bool).copy()
+    if im.mode.startswith("I;16") or im.mode in ("I", "F"):
+        gray = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if gray.max(initial=0) > 255 else 255.0
+        return gray >= top / 2
+    return np.asarray(im.convert("L"), dtype=np.uint8) >= 128
+
+
+def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(H, W) bool -> (h, w) = size bool; a target pixel is set when any source pixel it
+    overlaps is set (conservative: nothing the user painted is lost)."""
+    h, w = size
+    src_h, src_w = mask.shape
+    rows = _overlaps(src_h, h)
+    cols = _overlaps(src_w, w)
+    # any over the source rows, then over the source columns, of each target cell
+    by_row = np.stack([mask[r0:r1].any(axis=0) for r0, r1 in rows])  # (h, W)
+    return np.stack([by_row[:, c0:c1].any(axis=1) for c0, c1 in cols], axis=1)  # (h, w)
+
+
+def _overlaps(src: int, dst: int) -> list[tuple[int, int]]:
+    """For each of `dst` equal intervals of [0, src): the source pixels [a, b) it overlaps."""
+    # target i covers [i * src / dst, (i + 1) * src / dst) in source pixels
+    return [((i * src) // dst, -((-(i + 1) * src) // dst)) for i in range(dst)]
+
+
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """A painted mask file -> (H, W) bool, True = regenerate (`mask_from_image`); a one-line
+    UserError naming the file when it is missing or not a readable image."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: no such file")
+    try:
+        with Image.open(p) as im:
+            im.load()
+            return mask_from_image(im)
+    except UnidentifiedImageError:
+        raise UserError(f"{p}: not an image") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        why = str(e).splitlines()[0] if str(e) else e.__class__.__name__
+        raise UserError(f"{p}: unreadable image ({why})") from None
+
+
 def encode_png(image: np.ndarray | Image.Image) -> bytes:
     """PNG bytes of an image; deterministic for equal pixels (no timestamps or text chunks)."""
     if isinstance(image, np.ndarray):

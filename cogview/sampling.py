@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -32,41 +33,58 @@ from cogview.model import CogLM, prefix_lm_mask
 
 
 class SamplingError(UserError, ValueError):
-    """Settings or prompts that cannot be sampled (bad values, sequences that do not fit)."""
+    """Settings or prompts that cannot be sampled (bad values, sequences that do not fit).
+
+    `field` names the SamplingConfig field a bad value was given for (None otherwise), so that
+    a command line can name its flag instead."""
+
+    def __init__(self, message: str, field: str | None = None, detail: str = "") -> None:
+        super().__init__(message)
+        self.field, self.detail = field, detail
+
+
+def _opt(default: Any, help: str, **meta: Any) -> Any:
+    """A config field with its help text (`cogview.cli.flags` builds the flag from it)."""
+    return field(default=default, metadata={"help": help, **meta})
 
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """How tokens are drawn. Field names match the CLI flags (`top_k` is `--top-k`)."""
+    """How tokens are drawn. Each field's metadata holds its help text; `flag` names a command
+    line flag other than the field's name, `images` marks settings of image sampling only."""
 
-    temperature: float = 1.0  # 0 = greedy (argmax)
-    top_k: int = 0  # keep the k most likely ids; 0 = off
-    top_p: float = 1.0  # keep the smallest set of ids with this much mass; 1 = off
-    cfg_scale: float = 1.0  # classifier-free guidance: uncond + s * (cond - uncond); 1 = off
+    temperature: float = _opt(1.0, "0 = greedy (default: 1)")
+    top_k: int = _opt(0, "keep the k likeliest ids; 0 = off")
+    top_p: float = _opt(1.0, "nucleus mass; 1 = off")
+    # classifier-free guidance: uncond + s * (cond - uncond)
+    cfg_scale: float = _opt(1.0, "classifier-free guidance scale; 1 = off", flag="cfg",
+                            metavar="SCALE", images=True)
     # CogView2 cluster sampling: draw a cluster of codebook vectors by its mass among the
     # `top_clusters` heaviest clusters, then a code inside it
-    cluster: bool = False
-    n_clusters: int = 32
-    top_clusters: int = 4
-    # CogView2: added to the attention scores of image targets towards text keys; 0 = off
-    text_attention_bias: float = 0.0
-    batch_size: int = 32  # images (or captions) per forward pass, before guidance doubles it
+    cluster: bool = _opt(False, "CogView2 cluster sampling over codebook clusters", images=True)
+    n_clusters: int = _opt(32, "k-means clusters of the codebook (default: 32)", images=True)
+    top_clusters: int = _opt(4, "clusters to draw from per step (default: 4)", images=True)
+    # CogView2: added to the attention scores of image targets towards text keys
+    text_attention_bias: float = _opt(
+        0.0, "added to image tokens' attention towards text (CogView2); 0 = off", images=True
+    )
+    batch_size: int = _opt(32, "samples per forward pass (default: 32)", metavar="B")
 
     def __post_init__(self) -> None:
         checks = [
             (self.temperature >= 0 and math.isfinite(self.temperature), "temperature", ">= 0"),
-            (self.top_k >= 0, "top-k", ">= 0"),
-            (0 < self.top_p <= 1, "top-p", "in (0, 1]"),
-            (math.isfinite(self.cfg_scale), "cfg", "a finite number"),
-            (self.n_clusters >= 1, "n-clusters", ">= 1"),
-            (self.top_clusters >= 1, "top-clusters", ">= 1"),
-            (math.isfinite(self.text_attention_bias), "text-attention-bias", "finite"),
-            (self.batch_size >= 1, "batch-size", ">= 1"),
+            (self.top_k >= 0, "top_k", ">= 0"),
+            (0 < self.top_p <= 1, "top_p", "in (0, 1]"),
+            (math.isfinite(self.cfg_scale), "cfg_scale", "a finite number"),
+            (self.n_clusters >= 1, "n_clusters", ">= 1"),
+            (self.top_clusters >= 1, "top_clusters", ">= 1"),
+            (math.isfinite(self.text_attention_bias), "text_attention_bias", "finite"),
+            (self.batch_size >= 1, "batch_size", ">= 1"),
         ]
         for ok, name, want in checks:
             if not ok:
-                value = getattr(self, name.replace("-", "_").replace("cfg", "cfg_scale"))
-                raise SamplingError(f"--{name} must be {want}, got {value}")
+                detail = f"must be {want}, got {getattr(self, name)}"
+                raise SamplingError(f"{name} {detail}", field=name, detail=detail)
 
     @property
     def guided(self) -> bool:

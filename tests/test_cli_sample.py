@@ -11,9 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from cogview.api import CLUSTERS_FILE, CogView, resize_mask
+from cogview.api import CLUSTERS_FILE, CogView
 from cogview.cli import main
 from cogview.cli.sample import read_mask_file, slug
+from cogview.images import resize_mask
 from cogview.model import CogLM, coglm_config
 from cogview.pipeline import coglm_extra, save_coglm
 from cogview.pretrained import save_vqvae

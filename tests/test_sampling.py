@@ -84,9 +84,9 @@ def test_restrict_to_range_and_ids():
 
 
 def test_bad_settings_name_the_flag():
-    with pytest.raises(SamplingError, match="--top-p"):
+    with pytest.raises(SamplingError, match="top_p"):
         SamplingConfig(top_p=0.0)
-    with pytest.raises(SamplingError, match="--temperature"):
+    with pytest.raises(SamplingError, match="temperature"):
         SamplingConfig(temperature=-1)
 
 

@@ -87,7 +87,8 @@ def _class_prompts(captions: list[str], labels: list[int], n_classes: int) -> li
 
 def _load_fashion(args: argparse.Namespace, device: Any, limit: int):
     from cogview.classifier import load_classifier
-    from cogview.cli.sample import load_model, sampling_flags
+    from cogview.cli.common import load_model
+    from cogview.cli.flags import sampling_flags
     from cogview.evaluate import FashionEval
     from train.classifier import labels_of
     from train.data.loader import load_images
@@ -114,7 +115,8 @@ def run_eval_command(args: argparse.Namespace) -> int:
 
 def _run_eval(args: argparse.Namespace) -> int:
 
-    from cogview.cli.sample import load_model, sampling_flags
+    from cogview.cli.common import load_model
+    from cogview.cli.flags import check_sampling_flags, sampling_flags
     from cogview.devices import parse_device
     from cogview.evaluate import QUICK, EvalConfig, format_report, run_eval
     from train.data.loader import load_held_out
@@ -134,6 +136,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         raise UserError(f"--n-*: {e}") from None
     device = parse_device(args.device)
     pipe = load_model(args)
+    check_sampling_flags(pipe, args)
     sampling = pipe.sampling_config(**sampling_flags(args))
     if args.rerank is None:  # the model's sampling.json
         config = dataclasses.replace(config, rerank=pipe.rerank_default)
@@ -208,7 +211,7 @@ THREADS_HELP = "CPU threads for torch (default: torch's choice; 1 is faster on a
 
 
 def register(subparsers: Any) -> None:
-    from cogview.cli.sample import _add_sampling_flags, add_dtype_flag
+    from cogview.cli.flags import add_dtype_flag, add_sampling_flags
 
     p = subparsers.add_parser(
         "eval",
@@ -254,7 +257,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default: 0)")
     p.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
     add_dtype_flag(p)
-    _add_sampling_flags(p)
+    add_sampling_flags(p)
     p.set_defaults(func=run_eval_command)
 
     p = subparsers.add_parser(

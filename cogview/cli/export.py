@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cogview.cli.sample import _add_sampling_flags, sampling_flags
+from cogview.cli.flags import add_sampling_flags, sampling_flags
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("run", metavar="RUN", help="training run folder or checkpoint folder")
     p.add_argument("dest", metavar="DEST", help="model folder to write")
-    _add_sampling_flags(p)
+    add_sampling_flags(p)
     p.add_argument("--rerank", type=int, metavar="R",
                    help="store self-reranking as a default: each image the best of R candidates")
     p.set_defaults(func=run_export)
@@ -34,11 +34,14 @@ def run_export(args: argparse.Namespace) -> int:
         load_checkpoint,
         resolve_checkpoint,
     )
+    from cogview.cli.flags import checked
     from cogview.pipeline import SAMPLING_FILE, write_sampling_defaults
+    from cogview.sampling import SamplingConfig
 
     src = resolve_checkpoint(args.run)
     ck = load_checkpoint(src)  # refuses a corrupt checkpoint before anything is copied
     sampling = sampling_flags(args)
+    checked(SamplingConfig, lambda: SamplingConfig(**sampling))
     if args.rerank is not None:
         sampling["rerank"] = args.rerank
 

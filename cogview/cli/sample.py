@@ -7,13 +7,19 @@ PNGs and print notes; the sampling itself lives in the library.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cogview.cli.common import load_model, note, out_dir, progress_bar, save_png
+from cogview.cli.flags import (
+    add_model_flags,
+    add_sampling_flags,
+    check_sampling_flags,
+    sampling_flags,
+)
 from cogview.cli.superres import add_sr_flags
 from cogview.errors import UserError
 
@@ -23,128 +29,11 @@ if TYPE_CHECKING:
     from cogview.api import CogView
 
 MAX_SLUG = 60
-SAMPLING_FLAGS = {  # SamplingConfig field -> argparse dest
-    "temperature": "temperature",
-    "top_k": "top_k",
-    "top_p": "top_p",
-    "batch_size": "batch_size",
-    "cfg_scale": "cfg",
-    "cluster": "cluster",
-    "n_clusters": "n_clusters",
-    "top_clusters": "top_clusters",
-    "text_attention_bias": "text_attention_bias",
-}
-
-
-def note(message: str) -> None:
-    print(f"note: {message}", file=sys.stderr)
-
-
-# ---------------------------------------------------------------------------------------------
-# shared flags
-
-
-def _add_model_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--model",
-        metavar="DIR",
-        help="CogLM checkpoint folder (or training run: its newest step), or a shipped model "
-        "by name: shapes, fashion; default: shapes",
-    )
-    p.add_argument("--device", default="cpu", metavar="DEV", help="torch device (default: cpu)")
-    p.add_argument("--seed", type=int, metavar="S", default=0, help="random seed (default: 0)")
-    add_dtype_flag(p)
-
-
-def add_dtype_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--dtype",
-        choices=("float32", "bfloat16"),
-        default="float32",
-        help="transformer precision (bfloat16: faster on CPUs with AVX-512 bf16 and on GPUs)",
-    )
-
-
-def _add_sampling_flags(p: argparse.ArgumentParser, images: bool = True) -> None:
-    """Sampling flags. They default to None: a flag not given takes the model folder's
-    sampling.json value, else SamplingConfig's default (`CogView.sampling_config`)."""
-    g = p.add_argument_group(
-        "sampling (a flag not given takes the model's sampling.json value, else the default)"
-    )
-    g.add_argument("--temperature", type=float, metavar="T", help="0 = greedy (default: 1)")
-    g.add_argument("--top-k", type=int, metavar="K", help="keep the k likeliest ids; 0 = off")
-    g.add_argument("--top-p", type=float, metavar="P", help="nucleus mass; 1 = off")
-    g.add_argument("--batch-size", type=int, metavar="B",
-                   help="samples per forward pass (default: 32)")
-    if not images:
-        return
-    g.add_argument("--cfg", type=float, metavar="SCALE",
-                   help="classifier-free guidance scale; 1 = off")
-    g.add_argument("--cluster", action=argparse.BooleanOptionalAction,
-                   help="CogView2 cluster sampling over codebook clusters")
-    g.add_argument("--n-clusters", type=int, metavar="C",
-                   help="k-means clusters of the codebook (default: 32)")
-    g.add_argument("--top-clusters", type=int, metavar="C",
-                   help="clusters to draw from per step (default: 4)")
-    g.add_argument("--text-attention-bias", type=float, metavar="B",
-                   help="added to image tokens' attention towards text (CogView2); 0 = off")
-
-
-def sampling_flags(args: argparse.Namespace) -> dict[str, Any]:
-    """The SamplingConfig fields given on the command line."""
-    given = {field: getattr(args, dest, None) for field, dest in SAMPLING_FLAGS.items()}
-    return {k: v for k, v in given.items() if v is not None}
-
-
-def load_model(args: argparse.Namespace, model: str | None = None) -> CogView:
-    """`CogView` of `model` (default: --model) on --device, its transformer in --dtype, with
-    the SR model of --sr when the command has it."""
-    from cogview.api import CogView
-
-    pipe = CogView.from_pretrained(model or args.model, device=args.device, dtype=args.dtype)
-    sr = getattr(args, "sr", None)
-    if sr is not None:
-        from cogview.cli.superres import SHIPPED_SR
-        from cogview.superres import lopar_schedule
-
-        try:
-            pipe.load_sr(None if sr == SHIPPED_SR else sr)
-        except UserError as e:
-            raise UserError(f"--sr {e}") from None
-        if args.sr_steps is not None:
-            lopar_schedule(pipe.sr.model.config.num_orders, args.sr_steps, flag="--sr-steps")
-    return pipe
 
 
 def _sr_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return dict(superres=args.sr is not None, sr_steps=args.sr_steps,
                 sr_temperature=args.sr_temperature)
-
-
-def _progress(total: int, what: str):
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit=what, file=sys.stderr, dynamic_ncols=True)
-
-
-def _out_dir(path: str) -> Path:
-    out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"-o {out}: exists and is not a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"-o {out}: cannot create folder ({e.strerror})") from None
-    return out
-
-
-def _save_png(array: np.ndarray, path: Path) -> Path:
-    from PIL import Image
-
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(array).save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
 
 
 def slug(text: str) -> str:
@@ -208,9 +97,9 @@ def run_generate(args: argparse.Namespace) -> int:
         raise UserError(f"-n must be >= 1, got {args.n}")
     _check_rerank(args)
     prompts = read_prompts(args.prompts) if args.prompts else [args.prompt]
-    out = _out_dir(args.out)
+    out = out_dir(args.out)
     pipe = load_model(args)
-    pipe.sampling_config(**sampling_flags(args))  # bad values fail before any work
+    check_sampling_flags(pipe, args)
     rerank, per_prompt = _rerank_kwargs(args, pipe)
     stems: list[str] = []
     for prompt in prompts:
@@ -225,7 +114,7 @@ def run_generate(args: argparse.Namespace) -> int:
         for p in prompts:  # prompt warnings come before the progress bar starts
             pipe.encode_prompt(p)
     _print_warnings(caught)
-    bar = _progress(per_prompt * len(prompts), "img")
+    bar = progress_bar(per_prompt * len(prompts), "img")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # said above
         results = pipe.generate(prompts, args.n, seed=args.seed, progress=bar.update,
@@ -237,7 +126,7 @@ def run_generate(args: argparse.Namespace) -> int:
             print(f"{stem}: kept {args.n} of {args.rerank} by log p(prompt | image): "
                   + ", ".join(f"{s:.3f}" for s in result.scores.tolist()), file=sys.stderr)
         for i, img in enumerate(result.arrays):
-            written.append(_save_png(img, out / f"{stem}-{i}.png"))
+            written.append(save_png(img, out / f"{stem}-{i}.png"))
         written.append(save_grid(result.arrays, out / f"{stem}-grid.png"))
     if rerank.get("rerank", 1) > 1:
         note(_group_note(rerank["rerank"], "image"))
@@ -252,30 +141,19 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def read_mask_file(path: str) -> np.ndarray:
-    """A painted mask file -> (H, W) bool, True = regenerate (`cogview.api.read_mask`)."""
-    from PIL import Image, UnidentifiedImageError
+    """`images.read_mask`, its errors naming --mask."""
+    from cogview.images import read_mask
 
-    from cogview.api import read_mask
-
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"--mask {p}: no such file")
     try:
-        with Image.open(p) as im:
-            im.load()
-            return read_mask(im)
-    except UnidentifiedImageError:
-        raise UserError(f"--mask {p}: not an image") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        why = str(e).splitlines()[0] if str(e) else e.__class__.__name__
-        raise UserError(f"--mask {p}: unreadable image ({why})") from None
+        return read_mask(path)
+    except UserError as e:
+        raise UserError(f"--mask {e}") from None
 
 
 def run_inpaint(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from cogview.api import resize_mask
-    from cogview.images import read_image, save_grid
+    from cogview.images import read_image, resize_mask, save_grid
 
     if args.n < 1:
         raise UserError(f"-n must be >= 1, got {args.n}")
@@ -288,9 +166,9 @@ def run_inpaint(args: argparse.Namespace) -> int:
         note(f"mask is {mask.shape[1]}x{mask.shape[0]}, the image {width}x{height}: "
              "mask resized to the image")
         mask = resize_mask(mask, (height, width))
-    out = _out_dir(args.out)
+    out = out_dir(args.out)
     pipe = load_model(args)
-    pipe.sampling_config(**sampling_flags(args))  # bad values fail before any work
+    check_sampling_flags(pipe, args)
     size = pipe.image_size
     cells = resize_mask(mask, pipe.grid)  # (h, w): what is regenerated
     stem = slug(Path(args.image).stem)
@@ -298,10 +176,10 @@ def run_inpaint(args: argparse.Namespace) -> int:
     if args.show_mask:
         show = Path(args.show_mask)
         show.parent.mkdir(parents=True, exist_ok=True)
-        written.append(_save_png((cells * 255).astype(np.uint8), show))
+        written.append(save_png((cells * 255).astype(np.uint8), show))
     if not mask.any():
         note("the mask is all black (nothing to regenerate): writing the original")
-        written.append(_save_png(original, out / f"{stem}-0.png"))
+        written.append(save_png(original, out / f"{stem}-0.png"))
         for path in written:
             print(path)
         return 0
@@ -315,7 +193,7 @@ def run_inpaint(args: argparse.Namespace) -> int:
     if args.rerank and not args.prompt:
         note("--rerank needs a --prompt to score by: not reranking")
     rerank, total = _rerank_kwargs(args, pipe) if args.prompt else ({"rerank": 1}, args.n)
-    bar = _progress(total, "img")
+    bar = progress_bar(total, "img")
     if mask.all():
         note("the mask is all white: plain generation from the prompt")
     with warnings.catch_warnings():
@@ -327,7 +205,7 @@ def run_inpaint(args: argparse.Namespace) -> int:
     if rerank.get("rerank", 1) > 1:
         note(_group_note(rerank["rerank"], "version"))
     for i, img in enumerate(result.arrays):
-        written.append(_save_png(img, out / f"{stem}-{i}.png"))
+        written.append(save_png(img, out / f"{stem}-{i}.png"))
     written.append(save_grid(result.arrays, out / f"{stem}-grid.png"))
     for path in written:
         print(path)
@@ -349,7 +227,7 @@ def run_caption(args: argparse.Namespace) -> int:
         raise UserError(f"--max-len must be >= 1, got {args.max_len}")
     pictures = [read_image(path) for path in args.images]  # every file first: fail early
     pipe = load_model(args)
-    pipe.sampling_config(images=False, **sampling_flags(args))  # fail before any work
+    check_sampling_flags(pipe, args, images=False)
     g = pipe.generator(args.seed)
     for path, picture in zip(args.images, pictures, strict=True):
         caps = pipe.caption(picture, args.n, max_len=args.max_len, generator=g,
@@ -383,8 +261,8 @@ def register(subparsers: Any) -> None:
         "sampling.json `rerank` R (each image the best of its own R candidates), else off",
     )
     p.add_argument("-o", "--out", required=True, metavar="OUT", help="output folder")
-    _add_model_flags(p)
-    _add_sampling_flags(p)
+    add_model_flags(p)
+    add_sampling_flags(p)
     add_sr_flags(p)
     p.set_defaults(func=run_generate)
 
@@ -413,8 +291,8 @@ def register(subparsers: Any) -> None:
         "--show-mask", metavar="FILE", help="write the mask at token resolution to FILE (PNG)"
     )
     p.add_argument("-o", "--out", required=True, metavar="OUT", help="output folder")
-    _add_model_flags(p)
-    _add_sampling_flags(p)
+    add_model_flags(p)
+    add_sampling_flags(p)
     add_sr_flags(p)
     p.set_defaults(func=run_inpaint)
 
@@ -427,6 +305,6 @@ def register(subparsers: Any) -> None:
     p.add_argument("images", nargs="+", metavar="IMG", help="image files")
     p.add_argument("-n", type=int, default=3, help="captions per image (default: 3)")
     p.add_argument("--max-len", type=int, help="most text tokens (default: the model's)")
-    _add_model_flags(p)
-    _add_sampling_flags(p, images=False)
+    add_model_flags(p)
+    add_sampling_flags(p, images=False)
     p.set_defaults(func=run_caption)

@@ -1,0 +1,106 @@
+"""Command-line flags made from config dataclasses, so that a default, a help text and a check
+are written once, in the dataclass field (its metadata holds `help`, and `flag` when the flag
+is not the field's name).
+
+Flags made here default to None: a flag not given leaves the field to the next source of
+defaults (a model folder's sampling.json, then the dataclass).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from cogview.errors import UserError
+
+
+def flag_name(cls: type, name: str) -> str:
+    """The flag of field `name` of `cls` (`--top-k` for top_k)."""
+    meta = next(f.metadata for f in dataclasses.fields(cls) if f.name == name)
+    return "--" + meta.get("flag", name).replace("_", "-")
+
+
+def add_flags(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    cls: type,
+    keep: Callable[[dataclasses.Field], bool] = lambda f: True,
+) -> None:
+    """One flag per documented field of `cls` that `keep` accepts, its value stored under the
+    field's name; booleans get --x / --no-x."""
+    for f in dataclasses.fields(cls):
+        if "help" not in f.metadata or not keep(f):
+            continue
+        kind = type(f.default)
+        options: dict[str, Any] = {"dest": f.name, "default": None, "help": f.metadata["help"]}
+        if kind is bool:
+            options["action"] = argparse.BooleanOptionalAction
+        else:
+            metavar = f.metadata.get("metavar", f.name.split("_")[-1][0].upper())
+            options.update(type=kind, metavar=metavar)
+        parser.add_argument(flag_name(cls, f.name), **options)
+
+
+def given(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """The fields of `cls` given on the command line."""
+    names = (f.name for f in dataclasses.fields(cls))
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def checked(cls: type, make: Callable[[], Any]) -> Any:
+    """`make()`, with an error about one of `cls`'s fields told by its flag."""
+    try:
+        return make()
+    except UserError as e:
+        field = getattr(e, "field", None)
+        if field is None:
+            raise
+        raise UserError(f"{flag_name(cls, field)} {e.detail}") from None
+
+
+def add_model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        metavar="DIR",
+        help="CogLM checkpoint folder (or training run: its newest step), or a shipped model "
+        "by name: shapes, fashion; default: shapes",
+    )
+    p.add_argument("--device", default="cpu", metavar="DEV", help="torch device (default: cpu)")
+    p.add_argument("--seed", type=int, metavar="S", default=0, help="random seed (default: 0)")
+    add_dtype_flag(p)
+
+
+def add_dtype_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="transformer precision (bfloat16: faster on CPUs with AVX-512 bf16 and on GPUs)",
+    )
+
+
+def add_sampling_flags(p: argparse.ArgumentParser, images: bool = True) -> None:
+    """SamplingConfig's flags (`cogview.cli.flags`); `images=False` leaves out the settings of
+    image sampling. A flag not given takes the model folder's sampling.json value, else the
+    field's default (`CogView.sampling_config`)."""
+    from cogview.sampling import SamplingConfig
+
+    g = p.add_argument_group(
+        "sampling (a flag not given takes the model's sampling.json value, else the default)"
+    )
+    add_flags(g, SamplingConfig, keep=lambda f: images or not f.metadata.get("images"))
+
+
+def sampling_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The SamplingConfig fields given on the command line."""
+    from cogview.sampling import SamplingConfig
+
+    return given(args, SamplingConfig)
+
+
+def check_sampling_flags(pipe: Any, args: argparse.Namespace, images: bool = True) -> None:
+    """Bad sampling values fail before any work, naming their flag."""
+    from cogview.sampling import SamplingConfig
+
+    checked(SamplingConfig, lambda: pipe.sampling_config(images, **sampling_flags(args)))
