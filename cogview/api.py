@@ -34,7 +34,7 @@ from torch import Tensor
 from cogview.errors import UserError
 from cogview.images import fit, from_tensor, mask_from_image, resize_mask, to_rgb, to_tensor
 from cogview.inpainting import blank_codes, context_codes
-from cogview.pipeline import Pipeline, load_pipeline
+from cogview.pipeline import Pipeline, load_pipeline, restater
 from cogview.sampling import (
     RegionView,
     SamplingConfig,
@@ -169,6 +169,11 @@ class CogView:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @property
+    def restate(self) -> Any:
+        """How reranking restates a prompt (the model's domain grammar), or None."""
+        return restater(self.pipeline.restate)
 
     @property
     def rerank_default(self) -> int:
@@ -337,7 +342,8 @@ class CogView:
         if candidates:
             for prompt_ids in ids:
                 best = draw_and_rerank(self.model, tok, prompt_ids, self.grid, config, g,
-                                       candidates, n, clusters=clusters, progress=progress)
+                                       candidates, n, clusters=clusters, progress=progress,
+                                       restate=self.restate)
                 results.append((best.codes, best.scores))
         else:
             # every picture of every prompt in one stream of batches: prompts of different
@@ -345,7 +351,8 @@ class CogView:
             all_ids = [p for p in ids for _ in range(n * group)]
             codes = generate_images(self.model, tok, all_ids, self.grid, config, g,
                                     clusters=clusters, progress=progress)
-            codes = best_of_groups(self.model, tok, codes, all_ids, group, config.batch_size)
+            codes = best_of_groups(self.model, tok, codes, all_ids, group, config.batch_size,
+                                   restate=self.restate)
             results = [(c, None) for c in codes.split(n)]
         out = [
             Images(self._pictures(codes, [p] * len(codes), config, g, superres, sr_steps,
@@ -422,11 +429,12 @@ class CogView:
         view = RegionView(torch.from_numpy(cells), blank_codes(self.vqvae, size))
         scores = None
         if candidates:
-            best = keep_best(self.model, tok, codes, ids, n, config.batch_size, view)
+            best = keep_best(self.model, tok, codes, ids, n, config.batch_size, view,
+                             self.restate)
             codes, scores = best.codes, best.scores
         elif group > 1:
             codes = best_of_groups(self.model, tok, codes, [ids] * total, group,
-                                   config.batch_size, view)
+                                   config.batch_size, view, self.restate)
         generated = self._pictures(codes, [ids] * len(codes), config, g, superres, sr_steps,
                                    sr_temperature)
         results = []

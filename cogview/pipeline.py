@@ -55,30 +55,51 @@ class Pipeline:
     meta: dict[str, Any]  # the checkpoint's extra JSON, plus "path" and "step"
     sampling: dict[str, Any] = field(default_factory=dict)  # sampling.json's SamplingConfig fields
     rerank: int = 1  # sampling.json's "rerank": each image the best of this many candidates
+    restate: str | None = None  # the grammar that restates prompts for reranking (RESTATERS)
 
 
-def split_sampling_defaults(values: Mapping[str, Any]) -> tuple[dict[str, Any], int]:
-    """(SamplingConfig fields, candidates per image) of a sampling.json's values: every key is
-    a SamplingConfig field except "rerank" (each image the best of that many candidates, by
-    self-reranking); a ValueError or TypeError names what is wrong."""
+# Prompt grammars that self-reranking may use to say a prompt another way, by domain name. A
+# model folder names its own: sampling.json's "restate", else the domain of the data it was
+# trained on (config.json's extra "domain"); a model of another domain never uses one.
+RESTATERS = {"shapes": "cogview.shapes:restatements"}
+
+
+def restater(name: str | None) -> Any:
+    """The restating function of a grammar in RESTATERS (None for None)."""
+    import importlib
+
+    if name is None:
+        return None
+    module, _, attr = RESTATERS[name].partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def split_sampling_defaults(values: Mapping[str, Any]) -> tuple[dict[str, Any], int, str | None]:
+    """(SamplingConfig fields, candidates per image, restating grammar) of a sampling.json's
+    values: every key is a SamplingConfig field except "rerank" (each image the best of that
+    many candidates, by self-reranking) and "restate" (a name in RESTATERS); a ValueError or
+    TypeError names what is wrong."""
     from cogview.sampling import SamplingConfig
 
     fields = dict(values)
     rerank = fields.pop("rerank", 1)
     if isinstance(rerank, bool) or not isinstance(rerank, int) or rerank < 1:
         raise ValueError(f"rerank must be a whole number >= 1, got {rerank!r}")
+    restate = fields.pop("restate", None)
+    if restate is not None and restate not in RESTATERS:
+        raise ValueError(f"restate must be one of {', '.join(RESTATERS)}, got {restate!r}")
     SamplingConfig(**fields)  # unknown fields and bad values fail here
-    return fields, rerank
+    return fields, rerank, restate
 
 
-def read_sampling_defaults(folder: str | Path) -> tuple[dict[str, Any], int]:
-    """A model folder's sampling.json, split as by `split_sampling_defaults` (({}, 1) when it
-    has none); an unreadable file or an unknown field is an error naming the file."""
+def read_sampling_defaults(folder: str | Path) -> tuple[dict[str, Any], int, str | None]:
+    """A model folder's sampling.json, split as by `split_sampling_defaults` (({}, 1, None)
+    when it has none); an unreadable file or an unknown field is an error naming the file."""
     from cogview.sampling import SamplingError
 
     path = Path(folder) / SAMPLING_FILE
     if not path.is_file():
-        return {}, 1
+        return {}, 1, None
     try:
         values = json.loads(path.read_text())
         if not isinstance(values, dict):
@@ -103,9 +124,12 @@ def coglm_extra(
     grid: tuple[int, int],
     train_args: Mapping[str, Any] | None = None,
     ema: float | None = None,
+    domain: str | None = None,
 ) -> dict[str, Any]:
-    """The `extra` JSON of a CogLM checkpoint: what the model's ids and codes mean."""
+    """The `extra` JSON of a CogLM checkpoint: what the model's ids and codes mean, and the
+    domain of its training data (the `source` of the image data set: shapes, fashion, ...)."""
     return {
+        "domain": domain,
         "tokenizer_layout": tokenizer.layout(),
         "vqvae_fingerprint": vqvae_fingerprint,
         "image_size": int(image_size),
@@ -230,7 +254,9 @@ def load_pipeline(path: str | Path, device: str | torch.device = "cpu") -> Pipel
     model = CogLM(config)
     load_state_strict(model, ckpt.state_dict, source=str(ckpt.path))
     grid = ckpt.extra["grid"]
-    sampling, rerank = read_sampling_defaults(ckpt.path)
+    sampling, rerank, restate = read_sampling_defaults(ckpt.path)
+    if restate is None and ckpt.extra.get("domain") in RESTATERS:
+        restate = ckpt.extra["domain"]
     return Pipeline(
         model=model.to(device).eval(),
         tokenizer=tok,
@@ -240,4 +266,5 @@ def load_pipeline(path: str | Path, device: str | torch.device = "cpu") -> Pipel
         meta={**ckpt.extra, "path": str(ckpt.path), "step": ckpt.step},
         sampling=sampling,
         rerank=rerank,
+        restate=restate,
     )

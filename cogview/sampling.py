@@ -632,7 +632,7 @@ def prompt_scores(
 ) -> Tensor:
     """Self-reranking scores (B,): the mean log p(prompt | image) of each image (B, h, w) with
     its prompt in `text_ids`, or the best over the prompt and the other phrasings of it in
-    `alternatives` (B lists, empty where there are none; `shapes.restatements`)."""
+    `alternatives` (B lists, empty where there are none; `restated_ids`)."""
     if not alternatives or not any(alternatives):
         return caption_logprob(model, tokenizer, codes, text_ids, batch_size)
     if len(alternatives) != len(text_ids):
@@ -645,21 +645,27 @@ def prompt_scores(
     return best.scatter_reduce(0, index, flat, reduce="amax")
 
 
-def restated_ids(tokenizer, text_ids: Sequence[Sequence[int]]) -> list[list[list[int]]]:
-    """For each prompt, the text ids of its restatements (`shapes.restatements`: a two-object
-    relation said from the other object), [] for the rest; each distinct prompt once.
+Restate = Callable[[str], list[str]]  # a prompt -> other phrasings that say the same
+
+
+def restated_ids(
+    tokenizer, text_ids: Sequence[Sequence[int]], restate: Restate | None
+) -> list[list[list[int]]]:
+    """For each prompt, the text ids of its restatements by `restate` (for the shapes domain
+    `shapes.restatements`: a two-object relation said from the other object), [] for the
+    rest or without `restate`; each distinct prompt once.
 
     A model whose captioning learnt to name two objects in reading order gives a prompt
     written in the other order a low likelihood whatever the image; its restatement gives
     the likelihood that tells the images apart."""
     import warnings
 
-    from cogview.shapes import restatements
-
+    if restate is None:
+        return [[] for _ in text_ids]
     found: dict[tuple[int, ...], list[list[int]]] = {}
     for ids in map(tuple, text_ids):
         if ids not in found:
-            texts = restatements(tokenizer.decode_text(ids)) if ids else []
+            texts = restate(tokenizer.decode_text(ids)) if ids else []
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # a restated prompt is cut like the prompt
                 found[ids] = [list(t) for t in tokenizer.encode_texts(texts)] if texts else []
@@ -686,6 +692,7 @@ def rerank(
     *,
     clusters: Tensor | None = None,
     progress: Callable[[int], None] | None = None,
+    restate: Restate | None = None,
 ) -> Reranked:
     """CogView self-reranking: sample `n_candidates` images of the prompt, score each by the
     model's own log p(prompt | image) in captioning mode (`best_candidates`), keep the best
@@ -702,7 +709,8 @@ def rerank(
         clusters=clusters,
         progress=progress,
     )
-    return keep_best(model, tokenizer, codes, text_ids, keep, config.batch_size)
+    return keep_best(model, tokenizer, codes, text_ids, keep, config.batch_size,
+                     restate=restate)
 
 
 @dataclass(frozen=True)
@@ -732,12 +740,13 @@ def keep_best(
     keep: int,
     batch_size: int = 64,
     region: RegionView | None = None,
+    restate: Restate | None = None,
 ) -> Reranked:
     """The `keep` best of candidate images (n, h, w) of one prompt by self-reranking
     (`best_candidates`), best first."""
     n = codes.shape[0]
     best, scores = best_candidates(model, tokenizer, codes, [list(text_ids)] * n, n, keep,
-                                   batch_size, region)
+                                   batch_size, region, restate)
     return Reranked(codes=codes[best[0].to(codes.device)], scores=scores[0, best[0]],
                     all_scores=scores[0])
 
@@ -752,14 +761,15 @@ def best_candidates(
     keep: int = 1,
     batch_size: int = 64,
     region: RegionView | None = None,
+    restate: Restate | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Self-reranking of P groups of `n_candidates` consecutive images (P * n, h, w), each row
     with its prompt in `text_ids`. Returns the `keep` best of each group, best first, as
     indices into the group (P, keep), and every score (P, n): `prompt_scores` over each prompt
-    and its restatements (`restated_ids`), and with a `region`, the better of that and the
-    prompt's score on the region alone (inpainting)."""
-    scores = prompt_scores(model, tokenizer, codes, text_ids, restated_ids(tokenizer, text_ids),
-                           batch_size)
+    and its restatements by `restate` (`restated_ids`), and with a `region`, the better of
+    that and the prompt's score on the region alone (inpainting)."""
+    alternatives = restated_ids(tokenizer, text_ids, restate)
+    scores = prompt_scores(model, tokenizer, codes, text_ids, alternatives, batch_size)
     if region is not None:
         alone = prompt_scores(model, tokenizer, region.apply(codes), text_ids,
                               batch_size=batch_size)
@@ -776,12 +786,13 @@ def best_of_groups(
     n_candidates: int,
     batch_size: int = 64,
     region: RegionView | None = None,
+    restate: Restate | None = None,
 ) -> Tensor:
     """The best image (P, h, w) of each of P groups of `n_candidates` consecutive candidates
     (`best_candidates` with keep=1); the codes unchanged when `n_candidates` is 1."""
     if n_candidates == 1:
         return codes
     best, _ = best_candidates(model, tokenizer, codes, text_ids, n_candidates,
-                              batch_size=batch_size, region=region)
+                              batch_size=batch_size, region=region, restate=restate)
     first = torch.arange(best.shape[0], device=best.device) * n_candidates  # each group's start
     return codes[(first + best[:, 0]).to(codes.device)]

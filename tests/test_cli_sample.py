@@ -400,3 +400,15 @@ def test_inpaint_output_does_not_depend_on_the_erased_pixels(model_dir, tmp_path
     for i in range(2):
         assert np.array_equal(png(tmp_path / "in-out" / f"in-{i}.png"),
                               png(tmp_path / "other-out" / f"other-{i}.png"))
+
+
+def test_reranking_restates_prompts_only_in_the_models_own_domain(model_dir, tmp_path, capsys):
+    from cogview import shapes
+
+    assert CogView.from_pretrained(model_dir).restate is None  # no domain: never restated
+    tuned = tmp_path / "tuned"
+    assert run(capsys, f"export {model_dir} {tuned} --rerank 2 --restate shapes")[0] == 0
+    assert json.loads((tuned / "sampling.json").read_text())["restate"] == "shapes"
+    assert CogView.from_pretrained(tuned).restate is shapes.restatements
+    rc, _, err = run(capsys, f"export {model_dir} {tmp_path}/bad --restate french")
+    assert rc == 2 and "--restate" in err

@@ -57,3 +57,28 @@ def test_the_fashion_model_is_named_and_draws_a_dark_background_garment(tmp_path
         # Fashion-MNIST: a light garment in the middle of a black frame
         assert grey[:, :3].mean() < 40 and grey[:, -3:].mean() < 40
         assert grey[8:24, 12:20].mean() > grey[:, :3].mean() + 40
+
+
+def test_the_demo_inpainting_edits_the_masked_object(tmp_path):
+    """`make demo`'s edit: the blue square under the mask becomes the prompted triangle, and
+    the red circle stays."""
+    from cogview.defaults import ROOT
+
+    demo = ROOT / "demo"
+    assert main(["inpaint", "--image", str(demo / "scene.png"), "--mask", str(demo / "mask.png"),
+                 "--prompt", "a small yellow triangle at the bottom right", "-n", "4",
+                 "--seed", "0", "-o", str(tmp_path)]) == 0
+    images = _images(tmp_path)
+    want = {"objects": [
+        {"colour": "yellow", "shape": "triangle", "size": "small", "position": "bottom right"},
+        {"colour": "red", "shape": "circle", "size": "large", "position": "top left"},
+    ], "relation": None}
+    assert len(images) == 4
+    assert sum(detect.score(im, want)["all"] for im in images) >= 3
+
+
+def test_shipped_models_restate_prompts_in_their_own_domain():
+    from cogview.api import CogView
+
+    assert CogView.from_pretrained("shapes").restate is shapes.restatements
+    assert CogView.from_pretrained("fashion").restate is None

@@ -944,7 +944,8 @@ def train_coglm(
     train_args = {**asdict(run), **asdict(loop)}
 
     def save_fn(path, state_dict, *, step, training_state, copy, ema):
-        extra = coglm_extra(tok, vq_fp, run.image_size, grid, train_args, ema=ema)
+        extra = coglm_extra(tok, vq_fp, run.image_size, grid, train_args, ema=ema,
+                            domain=(train.info.get("source_info") or {}).get("source"))
         return save_coglm(path, config=model.config, state_dict=state_dict,
                           tokenizer_file=run.tokenizer, vqvae_path=vq_dir, extra=extra,
                           step=step, training_state=training_state, copy=copy)

@@ -22,6 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_sampling_flags(p)
     p.add_argument("--rerank", type=int, metavar="R",
                    help="store self-reranking as a default: each image the best of R candidates")
+    p.add_argument("--restate", metavar="DOMAIN",
+                   help="reranking also scores prompts restated by this domain's grammar "
+                   "(shapes); default: the domain the model was trained on, if it has one")
     p.set_defaults(func=run_export)
 
 
@@ -35,7 +38,8 @@ def run_export(args: argparse.Namespace) -> int:
         resolve_checkpoint,
     )
     from cogview.cli.flags import checked
-    from cogview.pipeline import SAMPLING_FILE, write_sampling_defaults
+    from cogview.errors import UserError
+    from cogview.pipeline import RESTATERS, SAMPLING_FILE, write_sampling_defaults
     from cogview.sampling import SamplingConfig
 
     src = resolve_checkpoint(args.run)
@@ -44,6 +48,10 @@ def run_export(args: argparse.Namespace) -> int:
     checked(SamplingConfig, lambda: SamplingConfig(**sampling))
     if args.rerank is not None:
         sampling["rerank"] = args.rerank
+    if args.restate is not None:
+        if args.restate not in RESTATERS:
+            raise UserError(f"--restate {args.restate!r}: one of {', '.join(RESTATERS)}")
+        sampling["restate"] = args.restate
 
     def write(tmp):
         for item in src.iterdir():
