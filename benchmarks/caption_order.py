@@ -25,9 +25,10 @@ from collections import Counter
 
 import torch
 
-from cogview import masks, shapes
+from cogview import masks
 from cogview.api import CogView
-from cogview.evaluate import caption_score, encode_images
+from cogview.bench import shapes
+from cogview.bench.evaluate import caption_score, encode_images
 from cogview.sampling import (
     SamplingConfig,
     caption_logprob,

@@ -19,9 +19,9 @@ import json
 import numpy as np
 import torch
 
-from cogview import detect, shapes
 from cogview.api import CogView
-from cogview.evaluate import HeldOut, edit_cases, resize_cells
+from cogview.bench import detect, shapes
+from cogview.bench.evaluate import HeldOut, edit_cases, resize_cells
 from cogview.images import to_tensor
 from cogview.inpainting import context_codes
 from cogview.sampling import inpaint

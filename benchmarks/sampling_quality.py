@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/sampling_quality.py [--model DIR] [--n-prompts 240] [--threads 1]
 
 Every setting draws one image for each of the evaluation's fixed prompts (one object, and two
-objects with a relation; `cogview.shapes.eval_prompts`) from the same seed, and the project's
+objects with a relation; `cogview.bench.shapes.eval_prompts`) from the same seed, and the project's
 detector scores colour, shape, size, position (and relation) against the prompt, as
 `cogview eval` does. Settings (each one a `cogview generate` flag set):
 
@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from cogview.api import CogView
-from cogview.evaluate import EvalConfig, run_eval
+from cogview.bench.evaluate import EvalConfig, run_eval
 from cogview.sampling import SamplingConfig
 
 # name -> (SamplingConfig fields, candidates per image for self-reranking)

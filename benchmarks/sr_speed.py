@@ -177,7 +177,7 @@ def quality(args: argparse.Namespace) -> None:
     """PSNR against the true 64 px render of held-out shapes scenes."""
     from PIL import Image
 
-    from cogview import shapes
+    from cogview.bench import shapes
     from cogview.images import fit, from_tensor, to_tensor
     from cogview.superres import load_sr
 

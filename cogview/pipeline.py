@@ -61,7 +61,7 @@ class Pipeline:
 # Prompt grammars that self-reranking may use to say a prompt another way, by domain name. A
 # model folder names its own: sampling.json's "restate", else the domain of the data it was
 # trained on (config.json's extra "domain"); a model of another domain never uses one.
-RESTATERS = {"shapes": "cogview.shapes:restatements"}
+RESTATERS = {"shapes": "cogview.bench.shapes:restatements"}
 
 
 def restater(name: str | None) -> Any:

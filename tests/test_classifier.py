@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cogview.classifier import (
+from cogview.bench.classifier import (
     PRESETS,
     Classifier,
     ClassifierConfig,

@@ -403,7 +403,7 @@ def test_inpaint_output_does_not_depend_on_the_erased_pixels(model_dir, tmp_path
 
 
 def test_reranking_restates_prompts_only_in_the_models_own_domain(model_dir, tmp_path, capsys):
-    from cogview import shapes
+    from cogview.bench import shapes
 
     assert CogView.from_pretrained(model_dir).restate is None  # no domain: never restated
     tuned = tmp_path / "tuned"

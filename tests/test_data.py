@@ -10,7 +10,7 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from cogview import detect, shapes
+from cogview.bench import detect, shapes
 from cogview.cli import main
 from cogview.errors import UserError
 from cogview.images import encode_png

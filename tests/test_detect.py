@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from cogview import detect, shapes
+from cogview.bench import detect, shapes
 from cogview.images import fit
 
 

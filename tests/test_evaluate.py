@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from cogview import detect, shapes
+from cogview.bench import detect, shapes
+from cogview.bench.evaluate import accuracy_table, caption_score, object_cells
 from cogview.cli import main
-from cogview.evaluate import accuracy_table, caption_score, object_cells
 from cogview.images import fit
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -213,8 +213,8 @@ def test_eval_in_bf16_gives_the_held_out_loss_of_fp32(tiny, tmp_path):
 
 
 def test_eval_scores_greedy_captions_unless_told(tiny, monkeypatch):
-    from cogview import evaluate
     from cogview.api import CogView
+    from cogview.bench import evaluate
     from cogview.sampling import SamplingConfig
     from train.data.loader import load_held_out
 
@@ -244,8 +244,8 @@ def test_eval_scores_greedy_captions_unless_told(tiny, monkeypatch):
 
 
 def test_eval_rerank_keeps_the_candidate_the_model_scores_best(tiny, monkeypatch):
-    from cogview import evaluate
     from cogview.api import CogView
+    from cogview.bench import evaluate
     from cogview.sampling import SamplingConfig, caption_logprob, generate_images
 
     pipe = CogView.from_pretrained(tiny / "model")
@@ -273,7 +273,7 @@ def test_eval_rerank_keeps_the_candidate_the_model_scores_best(tiny, monkeypatch
 
 @pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="dataset-fashion-mnist is not installed")
 def test_eval_fashion_part(tiny, tmp_path):
-    from cogview.classifier import PRESETS, Classifier, save_classifier
+    from cogview.bench.classifier import PRESETS, Classifier, save_classifier
     from train.data.sources import build_fashion
 
     build_fashion(tmp_path / "fashion", n=600, progress=False)  # 100 test images
@@ -303,7 +303,7 @@ def test_eval_errors_name_the_flag(tiny, tmp_path, capsys):
 
 
 def _two_object_held_out(n: int = 30):
-    from cogview.evaluate import HeldOut
+    from cogview.bench.evaluate import HeldOut
 
     rng = np.random.default_rng(5)
     scenes = [shapes.sample_scene(rng, 2) for _ in range(n)]
@@ -313,7 +313,7 @@ def _two_object_held_out(n: int = 30):
 
 @pytest.mark.parametrize("style", ["region", "scene", "blob"])
 def test_edit_cases_ask_for_another_object_where_one_was(style):
-    from cogview.evaluate import edit_cases
+    from cogview.bench.evaluate import edit_cases
 
     held = _two_object_held_out()
     cases = edit_cases(held, range(len(held)), 32, (8, 8), style, seed=0)

@@ -3,7 +3,7 @@ import itertools
 import numpy as np
 import pytest
 
-from cogview import shapes
+from cogview.bench import shapes
 
 
 def scenes(n=200, seed=0, n_objects=None):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cogview import detect, shapes
+from cogview.bench import detect, shapes
 from cogview.cli import main
 from cogview.defaults import NAMED, default_model_path
 

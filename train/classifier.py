@@ -1,6 +1,6 @@
 """`cogview train-classifier`: the Fashion-MNIST judge that `cogview eval` scores images with.
 
-Trains `cogview.classifier.Classifier` on the real training split of fashion shards
+Trains `cogview.bench.classifier.Classifier` on the real training split of fashion shards
 (`cogview data fashion`), reports its accuracy on the real test split and writes
 `OUT/step-N/` (kind "classifier", class names in the extra JSON).
 """
@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from cogview.bench.classifier import PRESETS, Classifier, accuracy, save_classifier
 from cogview.checkpoint import step_dir_name
-from cogview.classifier import PRESETS, Classifier, accuracy, save_classifier
 from cogview.errors import UserError
 
 

@@ -17,10 +17,10 @@ from cogview.errors import UserError
 
 
 def _progress():
-    """A `cogview.evaluate.Progress` that shows one tqdm bar per part on stderr."""
+    """A `cogview.bench.evaluate.Progress` that shows one tqdm bar per part on stderr."""
     from tqdm import tqdm
 
-    from cogview.evaluate import Progress
+    from cogview.bench.evaluate import Progress
 
     def start(total: int, what: str):
         bar = tqdm(total=total, desc=what, unit="item", file=sys.stderr, dynamic_ncols=True)
@@ -86,10 +86,10 @@ def _class_prompts(captions: list[str], labels: list[int], n_classes: int) -> li
 
 
 def _load_fashion(args: argparse.Namespace, device: Any, limit: int):
-    from cogview.classifier import load_classifier
+    from cogview.bench.classifier import load_classifier
+    from cogview.bench.evaluate import FashionEval
     from cogview.cli.common import load_model
     from cogview.cli.flags import sampling_flags
-    from cogview.evaluate import FashionEval
     from train.classifier import labels_of
     from train.data.loader import load_images
 
@@ -115,10 +115,10 @@ def run_eval_command(args: argparse.Namespace) -> int:
 
 def _run_eval(args: argparse.Namespace) -> int:
 
+    from cogview.bench.evaluate import QUICK, EvalConfig, format_report, run_eval
     from cogview.cli.common import load_model
     from cogview.cli.flags import check_sampling_flags, sampling_flags
     from cogview.devices import parse_device
-    from cogview.evaluate import QUICK, EvalConfig, format_report, run_eval
     from train.data.loader import load_held_out
 
     try:

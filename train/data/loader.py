@@ -566,9 +566,9 @@ def load_images(
 def load_held_out(shards: str | os.PathLike | Sequence[str], size: int, limit: int,
                   split: str = "test", progress: bool = True) -> Any:
     """The first `limit` images of a split at `size` px with their captions, captioning targets
-    and attributes, as `cogview.evaluate.HeldOut` (attributes None where a sample has no
+    and attributes, as `cogview.bench.evaluate.HeldOut` (attributes None where a sample has no
     objects)."""
-    from cogview.evaluate import HeldOut
+    from cogview.bench.evaluate import HeldOut
 
     found = load_images(shards, size, limit=limit, split=split, progress=progress)
     attrs = [m if isinstance(m, dict) and m.get("objects") else None for m in found.metas]

@@ -54,7 +54,7 @@ def _shapes_samples(
     positions: float,
     reading_order: bool,
 ) -> Iterator[ShardSample]:
-    from cogview import shapes
+    from cogview.bench import shapes
     from cogview.images import encode_png
 
     for i in range(n):

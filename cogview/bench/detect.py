@@ -1,4 +1,4 @@
-"""A rule-based detector for shapes-domain images (`cogview.shapes`), and scoring against prompts.
+"""A rule-based detector for shapes-domain images (`bench.shapes`), and scoring against prompts.
 
 Each pixel is explained as `coverage * palette colour` (black background): the palette colour
 with the smallest residual wins, and pixels covered at least half are foreground. Connected
@@ -21,11 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from cogview import shapes
+from cogview.bench import shapes
 
 _PALETTE = np.array([shapes.COLOURS[c] for c in shapes.COLOURS_LIST], dtype=np.float64)  # (K, 3)
 
-# thresholds, derived from the geometry in cogview.shapes
+# thresholds, derived from the geometry in cogview.bench.shapes
 FOREGROUND_COVERAGE = 0.5  # a pixel at least half covered by a colour belongs to an object
 # the smallest object (a small triangle) covers SIZE^2 / 2 of the image; a component with under
 # a quarter of that is noise
@@ -193,7 +193,7 @@ def detect(image: np.ndarray) -> list[DetectedObject]:
 
 
 def detections_to_json(objects: list[DetectedObject]) -> dict[str, Any]:
-    """Detections in the attribute-dict form of `cogview.shapes` (no relation stated)."""
+    """Detections in the attribute-dict form of `cogview.bench.shapes` (no relation stated)."""
     return {"objects": [o.to_json() for o in objects], "relation": None}
 
 

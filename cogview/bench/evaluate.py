@@ -1,7 +1,7 @@
 """`cogview eval`: how well a trained CogLM draws, describes and repairs shapes scenes.
 
-Every score here is checkable without people: the shapes domain (`cogview.shapes`) has a
-detector (`cogview.detect`) that reads colour, shape, size and position back from pixels, and
+Every score here is checkable without people: the shapes domain (`cogview.bench.shapes`) has a
+detector (`cogview.bench.detect`) that reads colour, shape, size and position back from pixels, and
 captions parse back into attributes (`shapes.parse_caption`). One report holds
 - text-to-image: per-attribute and all-correct accuracy of the detector on images generated
   for the fixed prompt sets (`shapes.eval_prompts(1)` and `(2)`);
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cogview import detect, shapes
+from cogview.bench import detect, shapes
 from cogview.images import from_tensor, to_tensor
 from cogview.masks import box_cells
 from cogview.sampling import (
@@ -108,7 +108,7 @@ class FashionEval:
     """What the fashion part needs: a fashion CogLM, a classifier and real test images."""
 
     pipeline: Any  # cogview.api.CogView of a model trained on Fashion-MNIST
-    classifier: Any  # cogview.classifier.Classifier
+    classifier: Any  # cogview.bench.classifier.Classifier
     class_names: list[str]
     prompts: list[str]  # one caption per class, index = label
     test_images: Tensor  # uint8 (N, 3, S, S)
@@ -530,7 +530,7 @@ def eval_fashion(
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Classifier accuracy on generated images of each class prompt and on real test images."""
-    from cogview.classifier import accuracy
+    from cogview.bench.classifier import accuracy
 
     pipe, clf, names = fashion.pipeline, fashion.classifier, fashion.class_names
     n_classes = len(fashion.prompts)

@@ -2,7 +2,7 @@
 
 A scene holds one object, or two objects in different cells of a 3x3 grid. Every object has a
 flat colour from `COLOURS`, a shape, a size and a grid cell; it sits exactly at its cell centre,
-so every attribute can be read back from the pixels (see `cogview.detect`). Sizes are fractions
+so every attribute can be read back from the pixels (see `bench.detect`). Sizes are fractions
 of the image side, chosen so that shape and size stay readable at the 32 px base resolution:
 a small object is about 6 px wide there and a large one about 9 px, and two large objects in
 neighbouring cells keep a gap of about 1.7 px (3.4 px at 64 px).
