@@ -4,7 +4,7 @@
 
 In one run, on the GPU the process sees:
 - the bf16 and tf32 peaks of an 8192^3 matmul (CUDA events, median of 10 after warm-up);
-- CogLM training through `train.lm.train_loop` on DeepSpeed (ZeRO 2, bf16, one process) and on
+- CogLM training through `train.loop.train_loop` on DeepSpeed (ZeRO 2, bf16, one process) and on
   the plain loop under bf16 autocast, for the small and base presets, with tokens/s and model
   FLOP utilisation counted as in `benchmarks/train_speed.py`;
 - text-to-image sampling (64 codes per image) with and without the KV cache, small preset.
@@ -29,7 +29,10 @@ from cogview.losses import LossConfig
 from cogview.masks import MaskingScheduler, TaskSchedule
 from cogview.model import CogLM, coglm_config
 from cogview.sampling import SamplingConfig, generate_images
-from train.lm import CogLMObjective, LocalBackend, LoopConfig, LossModule, train_loop
+from train.backends import LocalBackend, LossModule
+from train.config import LoopConfig
+from train.lm import CogLMObjective
+from train.loop import train_loop
 
 GRID = (8, 8)
 MIX = "t2i=0.6,cap=0.2,inp=0.2"

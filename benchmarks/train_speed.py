@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/train_speed.py [--preset small] [--batch-size 64] [--steps 8]
 
 The peak is measured in the same run: a large fp32 and bf16 matmul are timed first (best of a
-few). Each training configuration then runs the real loop (`train.lm.train_loop`: batch drawing
+few). Each training configuration then runs the real loop (`train.loop.train_loop`: batch drawing
 through the masking scheduler, forward, backward, clipping, fused AdamW) on synthetic token data
 of the shapes data set's sizes: 8x8 codes of a 512-code VQVAE, captions of 6-14 tokens from a
 1024-token text vocabulary.
@@ -34,7 +34,9 @@ from cogview.devices import cpu_has_bf16
 from cogview.losses import LossConfig
 from cogview.masks import IGNORE, MaskingScheduler, TaskSchedule, TaskSequence
 from cogview.model import CogLM, coglm_config
-from train.lm import CogLMObjective, LoopConfig, train_loop
+from train.config import LoopConfig
+from train.lm import CogLMObjective
+from train.loop import train_loop
 
 TEXT_VOCAB = 1024
 IMAGE_CODES = 512

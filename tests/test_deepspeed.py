@@ -13,8 +13,8 @@ import torch
 
 from cogview.checkpoint import load_checkpoint
 from cogview.errors import UserError
+from train.config import LoopConfig
 from train.distributed import fill_ds_config, read_ds_config, resolve_batch
-from train.lm import LoopConfig
 
 REPO = Path(__file__).resolve().parents[1]
 DS_CONFIG = REPO / "ds_config.json"

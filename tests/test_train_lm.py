@@ -17,15 +17,9 @@ from cogview.errors import UserError
 from cogview.losses import LossConfig
 from cogview.masks import MaskingScheduler, TaskSchedule
 from cogview.model import CogLM, coglm_config
-from train.lm import (
-    CogLMObjective,
-    CogLMTrainConfig,
-    LoopConfig,
-    TrainingDiverged,
-    lr_at,
-    train_coglm,
-    train_loop,
-)
+from train.config import LoopConfig, lr_at
+from train.lm import CogLMObjective, CogLMTrainConfig, train_coglm
+from train.loop import TrainingDiverged, train_loop
 
 COLOURS = ("red", "green", "blue", "yellow")
 SHAPES = ("circle", "square", "triangle", "star")

@@ -39,7 +39,8 @@ from torch import Tensor
 
 from cogview.checkpoint import CheckpointError
 from cogview.errors import UserError
-from train.lm import DEEPSPEED_DIR, LoopConfig, LossModule, make_optimizer, param_groups
+from train.backends import DEEPSPEED_DIR, LossModule, make_optimizer, param_groups
+from train.config import LoopConfig
 
 AUTO = "auto"
 DEFAULT_BATCH_SIZE = 64

@@ -1,7 +1,7 @@
 """Super-resolution training: the LoPAR objective plugged into the language-model loop.
 
 Everything a run needs besides batches (optimizer, schedule, bf16, checkpoints and resume,
-signals, metrics, DeepSpeed) comes from `train.lm.train_loop`; this file only says how to draw
+signals, metrics, DeepSpeed) comes from `train.loop.train_loop`; this file only says how to draw
 SR samples from token shards that hold codes at two sizes (`cogview encode --sizes 32,64`),
 how to score them and how to write an SR checkpoint folder.
 """
@@ -29,13 +29,10 @@ from cogview.superres import (
     sr_config,
     sr_sample,
 )
-from train.lm import (
-    LoopConfig,
-    TrainResult,
-    autocast,
-    load_training_inputs,
-    run_objective,
-)
+from train.backends import autocast
+from train.config import LoopConfig
+from train.lm import load_training_inputs
+from train.loop import TrainResult, run_objective
 
 EVAL_SEED = 0  # the held-out LoPAR steps: the same at every evaluation
 EVAL_BATCH = 64

@@ -94,7 +94,7 @@ def add_loop_flags(p: argparse.ArgumentParser) -> None:
 def _precision(requested: str, deepspeed: bool) -> str:
     import torch
 
-    from train.lm import resolve_precision
+    from train.config import resolve_precision
 
     cuda = torch.cuda.is_available()
     if requested == "fp16" and not (deepspeed and cuda):
@@ -108,7 +108,7 @@ def _precision(requested: str, deepspeed: bool) -> str:
 
 def loop_config(args: argparse.Namespace):
     """The shared loop's settings from `add_loop_flags` flags (batch from ds_config.json too)."""
-    from train.lm import LoopConfig
+    from train.config import LoopConfig
 
     batch_size, grad_accum = args.batch_size, args.grad_accum
     if args.deepspeed:

@@ -1,0 +1,481 @@
+"""The one training loop of every token model, and what a model plugs into it.
+
+The loop (`train_loop`) owns what every model trains with: AdamW, warmup + cosine learning
+rate, gradient accumulation, clipping, an optional EMA, bf16 autocast, atomic checkpoints with
+resume, SIGINT/SIGTERM handling, a tqdm bar, `metrics.jsonl` (and TensorBoard when it is
+installed), periodic held-out evaluation, and data parallelism through DeepSpeed
+(`train.distributed`). What is model-specific lives in an `Objective`: how to draw a global
+batch from a seeded generator, collate a micro-batch, compute summed losses, evaluate, and
+write a checkpoint folder (`train.lm.CogLMObjective`, `train.sr.SRObjective`).
+
+Batches: every process draws the whole global batch (`batch_size` samples) from the same
+seeded `torch.Generator` and keeps its own slice, so a run on N processes sees the same samples
+as a run on one. The loss is the mean over every target token of the global batch: each
+micro-batch backpropagates its summed loss divided by the global target count, which makes the
+gradient independent of how the batch is split.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from cogview.checkpoint import (
+    TRAINING_STATE_FILE,
+    load_checkpoint,
+    load_state_strict,
+    load_training_state,
+    read_meta,
+    step_dir_name,
+    step_dirs,
+)
+from cogview.errors import UserError
+from cogview.losses import LossSums
+from train.backends import DEEPSPEED_DIR, Backend, LocalBackend, LossModule
+from train.config import LoopConfig, lr_at
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite; nothing after the last good checkpoint was saved."""
+
+
+class Objective(Protocol):
+    """The model-specific half of training."""
+
+    model: nn.Module
+    task_names: tuple[str, ...]  # names of the loss groups that LossSums counts
+
+    def draw(self, step: int, n: int, g: torch.Generator) -> list[Any]:
+        """`n` samples of the global batch of optimizer step `step`, drawn only from `g`."""
+        ...
+
+    def collate(self, samples: Sequence[Any]) -> Any:
+        """A micro-batch for `loss` (with a `.to(device)` method)."""
+        ...
+
+    def count(self, samples: Sequence[Any]) -> tuple[int, int]:
+        """(tokens, targets) in these samples: for tokens/s and the loss denominator."""
+        ...
+
+    # optional: `groups(samples) -> list[list[sample]]` splits a micro-batch into parts of
+    # similar length that run as separate forward/backward passes (one-process training only)
+
+    def loss(self, model: nn.Module, batch: Any) -> LossSums: ...
+
+    def evaluate(self, model: nn.Module, device: torch.device, precision: str) -> dict[str, float]:
+        """Held-out metrics; must not touch the global RNG or the training generator."""
+        ...
+
+    def save(
+        self,
+        path: Path,
+        state_dict: dict[str, Tensor],
+        *,
+        step: int,
+        training_state: dict[str, Any],
+        copy: dict[str, Path],
+        ema: float | None,
+    ) -> Path:
+        """Write a self-contained checkpoint folder (atomically) and return it."""
+        ...
+
+
+class EMA:
+    """Exponential moving average of the floating-point weights, kept in float32.
+
+    The decay ramps up as min(decay, (1 + n) / (10 + n)) after n updates so that the average
+    does not remember the random initialisation for thousands of steps.
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.updates = 0
+        self.shadow = {k: v.detach().float().clone() for k, v in self._float_state(model).items()}
+
+    @staticmethod
+    def _float_state(model: nn.Module) -> dict[str, Tensor]:
+        return {k: v for k, v in model.state_dict().items() if v.is_floating_point()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        current = self._float_state(model)
+        names = list(self.shadow)
+        torch._foreach_lerp_(
+            [self.shadow[k] for k in names], [current[k].float() for k in names], 1.0 - d
+        )
+        self.updates += 1
+
+    def state_dict(self, model: nn.Module) -> dict[str, Tensor]:
+        """The model's state dict with the averaged weights in place of the trained ones."""
+        return {k: self.shadow.get(k, v) for k, v in model.state_dict().items()}
+
+    @contextlib.contextmanager
+    def applied(self, model: nn.Module) -> Iterator[None]:
+        """Temporarily put the averaged weights into `model` (for evaluation)."""
+        state = self._float_state(model)
+        saved = {k: v.detach().clone() for k, v in state.items()}
+        with torch.no_grad():
+            for k, v in state.items():
+                v.copy_(self.shadow[k])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for k, v in state.items():
+                    v.copy_(saved[k])
+
+
+class StopSignals:
+    """SIGINT/SIGTERM ask the loop to save a checkpoint and stop; a second SIGINT aborts.
+
+    A launcher forwards the terminal's Ctrl-C to its workers, which then see it twice within
+    milliseconds; only a SIGINT that comes `ABORT_AFTER_S` after the first one aborts.
+    """
+
+    ABORT_AFTER_S = 1.0
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self._first = 0.0
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        now = time.monotonic()
+        if self.requested:
+            if signum == signal.SIGINT and now - self._first > self.ABORT_AFTER_S:
+                raise KeyboardInterrupt
+            return
+        self.requested, self._first = signal.Signals(signum).name, now
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class MetricsLog:
+    """`metrics.jsonl` (one JSON object per line) and TensorBoard scalars when available."""
+
+    def __init__(self, out_dir: Path, enabled: bool, resume_step: int | None) -> None:
+        self.enabled = enabled
+        self.path = out_dir / METRICS_FILE
+        self.tb = None
+        if not enabled:
+            return
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None and self.path.is_file():
+            # drop what the interrupted run logged after the checkpoint it resumes from
+            kept = [
+                line
+                for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= resume_step
+            ]
+            self.path.write_text("".join(line + "\n" for line in kept))
+        elif resume_step is None:
+            self.path.write_text("")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(out_dir / "tensorboard"))
+        except ImportError:  # tensorboard is optional
+            self.tb = None
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, record["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+@dataclass
+class TrainResult:
+    step: int
+    checkpoint: Path | None  # the last checkpoint written (or resumed from)
+    interrupted: str | None = None  # the signal that stopped the run early
+    losses: list[float] = field(default_factory=list)  # training loss of every step of this run
+    metrics_file: Path | None = None
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _check_split(cfg: LoopConfig, world: int) -> int:
+    """Samples per micro-batch; UserError when the global batch does not split evenly."""
+    per = world * cfg.grad_accum
+    if cfg.batch_size % per:
+        raise UserError(
+            f"--batch-size {cfg.batch_size} does not split into {world} process(es) x "
+            f"{cfg.grad_accum} accumulation step(s); use a multiple of {per}"
+        )
+    return cfg.batch_size // per
+
+
+def train_loop(
+    objective: Objective,
+    cfg: LoopConfig,
+    out_dir: str | Path,
+    *,
+    backend: Backend | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    on_step: Callable[[int], None] | None = None,
+) -> TrainResult:
+    """Train `objective.model` for `cfg.steps` optimizer steps; checkpoints go to `out_dir`.
+
+    With `resume`, training continues from the newest complete `step-N` folder in `out_dir`
+    and ends with the same weights as an uninterrupted run. `on_step(step)` is called after
+    every optimizer step (tests use it to send signals).
+    """
+    out_dir = Path(out_dir)
+    if backend is None:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        backend = LocalBackend(LossModule(objective.model, objective.loss), cfg, device)
+    rank, world, device = backend.rank, backend.world, backend.device
+    micro = _check_split(cfg, world)
+    model = backend.module.model
+    n_tasks = len(objective.task_names)
+    # samples of very different lengths run as separate passes, so that short sequences are
+    # not padded to the longest of the micro-batch
+    group = getattr(objective, "groups", lambda samples: [samples])
+
+    # resume -----------------------------------------------------------------------------
+    step, g = 0, torch.Generator().manual_seed(cfg.seed)
+    ema = EMA(model, cfg.ema) if cfg.ema else None
+    last_ckpt: Path | None = None
+    existing = [p for _, p in step_dirs(out_dir) if (p / TRAINING_STATE_FILE).is_file()]
+    if resume and existing:
+        last_ckpt = existing[-1]
+        step = _resume(last_ckpt, objective, backend, g, ema, cfg)
+    elif existing and not resume:
+        raise UserError(f"--out {out_dir} already holds checkpoints (newest {existing[-1].name});"
+                        " pass --resume to continue, or choose another --out")
+    if step >= cfg.steps:
+        if rank == 0:
+            print(f"{last_ckpt} is already at step {step} >= --steps {cfg.steps}",
+                  file=sys.stderr)
+        return TrainResult(step=step, checkpoint=last_ckpt)
+
+    log = MetricsLog(out_dir, enabled=rank == 0, resume_step=step if resume else None)
+    result = TrainResult(step=step, checkpoint=last_ckpt, metrics_file=log.path)
+
+    def save(at: int) -> Path:
+        training_state = {
+            "step": at,
+            "world": world,
+            "generator": g.get_state(),
+            "rng": _rng_state(),
+            "loop": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()},
+        }
+        opt_state = backend.optimizer_state()
+        if opt_state is not None:
+            training_state["optimizer"] = opt_state
+        if ema is not None:
+            training_state["ema"] = ema.shadow
+            training_state["ema_updates"] = ema.updates
+            training_state["model"] = model.state_dict()  # the trained (not averaged) weights
+        path = out_dir / step_dir_name(at)
+        engine_tmp = out_dir / f".{step_dir_name(at)}.{DEEPSPEED_DIR}"
+        engine_dir = backend.save_engine(engine_tmp)
+        if rank == 0:
+            weights = ema.state_dict(model) if ema is not None else model.state_dict()
+            copy = {DEEPSPEED_DIR: engine_dir} if engine_dir is not None else {}
+            objective.save(path, weights, step=at, training_state=training_state, copy=copy,
+                           ema=cfg.ema)
+            if engine_dir is not None:
+                shutil.rmtree(engine_dir, ignore_errors=True)
+        backend.barrier()
+        return path
+
+    def evaluate(at: int) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        if rank == 0:
+            model.eval()
+            with ema.applied(model) if ema is not None else contextlib.nullcontext():
+                metrics = objective.evaluate(model, device, backend.precision)
+            model.train()
+            if metrics:
+                log.write({"step": at, **metrics})
+        backend.barrier()
+        return metrics
+
+    bar = None
+    if rank == 0 and progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", file=sys.stderr,
+                   dynamic_ncols=True)
+    model.train()
+    try:
+        with StopSignals() as signals:
+            while step < cfg.steps:
+                t0 = time.perf_counter()
+                lr = lr_at(step, cfg)
+                samples = objective.draw(step, cfg.batch_size, g)
+                n_tokens, n_targets = objective.count(samples)
+                mine = samples[rank * micro * cfg.grad_accum : (rank + 1) * micro * cfg.grad_accum]
+                sums = torch.zeros(n_tasks, device=device)
+                counts = torch.zeros(n_tasks, device=device)
+                for k in range(cfg.grad_accum):
+                    chunk = mine[k * micro : (k + 1) * micro]
+                    parts = group(chunk) if backend.multi_backward else [chunk]
+                    for j, part in enumerate(parts):
+                        batch = objective.collate(part).to(device)
+                        total, task_sums, task_counts = backend.forward(batch)
+                        # this part's share of the mean over the global batch's targets
+                        last = k == cfg.grad_accum - 1 and j == len(parts) - 1
+                        backend.backward(total / max(n_targets, 1), boundary=last)
+                        sums += task_sums.float()
+                        counts += task_counts.float()
+                stats = backend.all_reduce(torch.cat([sums, counts]))
+                loss = float(stats[:n_tasks].sum() / stats[n_tasks:].sum().clamp(min=1))
+                if not math.isfinite(loss):
+                    _diverged(loss, step, last_ckpt)
+                grad_norm = backend.step(lr)
+                if not math.isfinite(grad_norm):
+                    _diverged(grad_norm, step, last_ckpt, what="gradient norm")
+                step += 1
+                if ema is not None:
+                    ema.update(model)
+                result.losses.append(loss)
+
+                dt = time.perf_counter() - t0
+                record: dict[str, Any] = {"step": step, "loss": loss}
+                for i, name in enumerate(objective.task_names):
+                    if stats[n_tasks + i] > 0:
+                        record[f"loss_{name}"] = float(stats[i] / stats[n_tasks + i])
+                record.update(lr=lr, grad_norm=grad_norm, tokens_per_s=n_tokens / dt, step_s=dt)
+                log.write(record)
+                if bar is not None:
+                    bar.update(1)
+                    post = {k[5:]: f"{v:.3f}" for k, v in record.items() if k.startswith("loss_")}
+                    bar.set_postfix(loss=f"{loss:.3f}", **post, tok_s=f"{n_tokens / dt:.0f}")
+                if on_step is not None:
+                    on_step(step)
+
+                if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
+                    evaluate(step)
+                flag = torch.tensor([1.0 if signals.requested else 0.0], device=device)
+                stop = bool(backend.all_reduce(flag) > 0)  # every rank stops at the same step
+                if step % cfg.save_every == 0 or step == cfg.steps or stop:
+                    last_ckpt = save(step)
+                    result.checkpoint = last_ckpt
+                if stop:
+                    result.interrupted = signals.requested or "signal"
+                    break
+        if step == cfg.steps:
+            evaluate(step)
+    finally:
+        if bar is not None:
+            bar.close()
+        log.close()
+    result.step = step
+    return result
+
+
+def _diverged(value: float, step: int, last: Path | None, what: str = "loss") -> None:
+    kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
+    raise TrainingDiverged(
+        f"{what} is {value} at step {step + 1}; stopped without saving it ({kept}); "
+        "try a lower --lr, a smaller --clip or --precision fp32"
+    )
+
+
+def _resume(
+    path: Path,
+    objective: Objective,
+    backend: Backend,
+    g: torch.Generator,
+    ema: EMA | None,
+    cfg: LoopConfig,
+) -> int:
+    """Restore everything from checkpoint folder `path`; return its step."""
+    state = load_training_state(path)
+    meta = read_meta(path)
+    model = backend.module.model
+    model_config = getattr(model, "config", None)
+    # through JSON, as config.json holds it (tuples become lists)
+    if model_config is not None and meta["config"] != json.loads(json.dumps(asdict(model_config))):
+        raise UserError(f"--resume: {path} holds a model of another shape than the one asked "
+                        "for (check --preset); use another --out to start afresh")
+    if int(state.get("world", 1)) != backend.world:
+        raise UserError(f"--resume: {path} was written by {state.get('world')} process(es), "
+                        f"this run has {backend.world}; resume with the same number")
+    if "model" in state:  # EMA runs keep the trained weights here, the average in safetensors
+        load_state_strict(model, state["model"], source=str(path / TRAINING_STATE_FILE))
+    else:
+        load_state_strict(model, load_checkpoint(path).state_dict, source=str(path))
+    backend.load(path, state)
+    if (ema is None) != (state.get("ema") is None):
+        raise UserError(f"--resume: {path} was trained {'with' if state.get('ema') else 'without'}"
+                        " --ema; pass the same --ema to resume it")
+    if ema is not None:
+        ema.shadow = {k: v.float() for k, v in state["ema"].items()}
+        ema.updates = int(state.get("ema_updates", 0))
+    g.set_state(state["generator"])
+    _set_rng_state(state["rng"])
+    return int(state["step"])
+
+
+def run_objective(
+    objective: Objective,
+    loop: LoopConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    on_step: Callable[[int], None] | None = None,
+) -> TrainResult:
+    """Pick the backend (DeepSpeed when `loop.deepspeed`, else one process) and train."""
+    module = LossModule(objective.model, objective.loss)
+    if loop.deepspeed:
+        from train.distributed import DeepSpeedBackend
+
+        backend: Backend = DeepSpeedBackend(module, loop)
+    else:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise UserError("started on several processes (WORLD_SIZE > 1) without --deepspeed; "
+                            "add --deepspeed ds_config.json for data-parallel training")
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        backend = LocalBackend(module, loop, device)
+    return train_loop(objective, loop, out, backend=backend, resume=resume, progress=progress,
+                      on_step=on_step)
