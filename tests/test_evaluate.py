@@ -339,3 +339,13 @@ def test_edit_cases_ask_for_another_object_where_one_was(style):
             assert stated["relation"] is not None and len(stated["objects"]) == 2
         else:
             assert stated["objects"] == [{k: new[k] for k in shapes.ATTRIBUTES}]
+
+
+def test_stated_attributes_are_those_the_caption_pins_down():
+    from cogview.bench.evaluate import stated_attributes
+
+    obj = {"colour": "red", "shape": "circle", "size": "large", "position": "top left"}
+    assert stated_attributes("a red circle above a blue square", obj) == ("colour", "shape",
+                                                                          "position")
+    assert stated_attributes("a big red circle at the top left", obj) == shapes.ATTRIBUTES
+    assert stated_attributes("a green square", obj) == shapes.ATTRIBUTES  # not named: all
