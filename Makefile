@@ -35,17 +35,18 @@ demo: setup
 	$(BIN)/cogview generate "a large purple triangle in the center" -n 4 --seed 0 --sr -o demo/sr
 
 # The recipe of the shipped default models (shapes, 32 px base, 64 px super-resolution), on a
-# CPU; about 2 h 25 min on 2 cores. Every training step resumes where an interrupted run stopped.
+# CPU; about 2 h 35 min on 2 cores. Every training step resumes where an interrupted run stopped.
 # The VQVAE, the tokenizer and the SR model learn from the 20,000 scenes of data/shapes; the
 # CogLM from 200,000 scenes of data/shapes-big (on 20,000 it memorises: training loss half the
-# held-out), whose two-object captions carry reading-order captioning targets. Its second stage
-# trains inpainting that edits: contexts without leaks, masks over one object prompted by that
-# object's caption or the whole one, a larger share of inpainting. Data sets written before
-# shapes scenes listed their objects as regions are made again.
+# held-out), whose two-object captions carry reading-order captioning targets. Its second and
+# third stages train inpainting that edits: contexts without leaks, masks over one object
+# prompted by that object's caption or the whole one, a larger share of inpainting. Data sets
+# written before shapes scenes listed their objects as regions are made again.
 DM := runs/default
 DM_VQ_STEPS ?= 1000
 DM_LM_STEPS ?= 4500
 DM_EDIT_STEPS ?= 2000
+DM_EDIT2_STEPS ?= 1000
 DM_SR_STEPS ?= 1500
 default-models: setup
 	grep -qs '"regions"' data/shapes/info.json || { rm -rf data/shapes $(DM)/tokens; \
@@ -68,10 +69,15 @@ default-models: setup
 	  --vqvae $(DM)/vqvae-final --preset small --init-from $(DM)/coglm --out $(DM)/coglm-edit \
 	  --steps $(DM_EDIT_STEPS) --batch-size 64 --lr 3e-4 --warmup 50 --min-lr 3e-5 --ema 0.999 \
 	  --tasks "t2i=0.55,cap=0.15,inp=0.3" --save-every 250 --resume
+	$(BIN)/cogview train --data $(DM)/tokens-big --tokenizer data/tokenizer.json \
+	  --vqvae $(DM)/vqvae-final --preset small --init-from $(DM)/coglm-edit --out $(DM)/coglm-edit2 \
+	  --steps $(DM_EDIT2_STEPS) --batch-size 64 --lr 1e-4 --warmup 20 --min-lr 1e-5 --ema 0.999 \
+	  --tasks "t2i=0.5,cap=0.15,inp=0.35" --region-prompts 0.25 --seed 1 --save-every 250 --resume
 	$(BIN)/cogview train-sr --data $(DM)/tokens --tokenizer data/tokenizer.json \
 	  --vqvae $(DM)/vqvae-final --preset small --out $(DM)/sr --steps $(DM_SR_STEPS) \
 	  --batch-size 32 --save-every 250 --resume
-	$(BIN)/cogview export $(DM)/coglm-edit cogview/defaults/shapes --temperature 0.7 --rerank 16
+	$(BIN)/cogview export $(DM)/coglm-edit2 cogview/defaults/shapes --temperature 0.7 --rerank 16 \
+	  --restate shapes
 	$(BIN)/cogview export $(DM)/sr cogview/defaults/shapes-sr
 
 # The recipe of the shipped Fashion-MNIST CogLM (32 px, grayscale): VQVAE on 20,000 training
