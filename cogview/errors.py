@@ -1,5 +1,14 @@
-"""The one exception type that means "the user gave bad input"."""
+"""The exception types that mean "the user gave bad input"."""
 
 
 class UserError(Exception):
     """A mistake in what the user asked for: the CLI prints it on one line and exits with 2."""
+
+
+class ConfigError(UserError, ValueError):
+    """A bad value of a config dataclass's field: the message names the field (a library
+    caller's name for it); `field` and `detail` let a command line name its flag instead."""
+
+    def __init__(self, message: str, field: str | None = None, detail: str = "") -> None:
+        super().__init__(message)
+        self.field, self.detail = field, detail

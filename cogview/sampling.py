@@ -28,19 +28,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cogview import masks
-from cogview.errors import UserError
+from cogview.errors import ConfigError
 from cogview.model import CogLM, prefix_lm_mask
 
 
-class SamplingError(UserError, ValueError):
-    """Settings or prompts that cannot be sampled (bad values, sequences that do not fit).
-
-    `field` names the SamplingConfig field a bad value was given for (None otherwise), so that
-    a command line can name its flag instead."""
-
-    def __init__(self, message: str, field: str | None = None, detail: str = "") -> None:
-        super().__init__(message)
-        self.field, self.detail = field, detail
+class SamplingError(ConfigError):
+    """Settings or prompts that cannot be sampled (bad values, sequences that do not fit);
+    `field` names the SamplingConfig field a bad value was given for (None otherwise)."""
 
 
 def _opt(default: Any, help: str, **meta: Any) -> Any:

@@ -291,3 +291,12 @@ def test_init_from_starts_a_run_from_another_runs_weights(inputs, tmp_path):
     wrong = replace(later, out=str(tmp_path / "c"), preset="small")
     with pytest.raises(UserError, match="another shape"):
         train_coglm(wrong, _loop(steps=1), progress=False)
+
+
+def test_loop_config_errors_name_the_field_and_the_command_line_its_flag(tmp_path, capsys):
+    with pytest.raises(UserError, match="^grad_accum must be at least 1"):
+        LoopConfig(grad_accum=0)
+    args = ["train", "--data", str(tmp_path), "--tokenizer", "t.json", "--vqvae", "vq",
+            "--out", str(tmp_path / "run"), "--grad-accum", "0"]
+    assert main(args) == 2
+    assert "error: --grad-accum must be at least 1" in capsys.readouterr().err

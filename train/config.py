@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from cogview.devices import cpu_has_bf16
-from cogview.errors import UserError
+from cogview.errors import ConfigError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -35,17 +35,19 @@ class LoopConfig:
     deepspeed: str | None = None  # path of ds_config.json; None = one process, plain PyTorch
 
     def __post_init__(self) -> None:
+        def check(ok: bool, name: str, detail: str) -> None:
+            if not ok:
+                raise ConfigError(f"{name} {detail}", field=name, detail=detail)
+
         for name in ("steps", "batch_size", "grad_accum", "save_every"):
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be at least 1")
-        if self.warmup < 0 or self.eval_every < 0:
-            raise UserError("--warmup and --eval-every must not be negative")
-        if not 0 < self.lr or not 0 <= self.min_lr <= self.lr:
-            raise UserError("--lr must be positive and --min-lr between 0 and --lr")
-        if self.ema is not None and not 0 < self.ema < 1:
-            raise UserError(f"--ema must lie in (0, 1), got {self.ema}")
-        if self.precision not in PRECISIONS[1:]:
-            raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}")
+            check(getattr(self, name) >= 1, name, f"must be at least 1, got {getattr(self, name)}")
+        for name in ("warmup", "eval_every"):
+            check(getattr(self, name) >= 0, name, "must not be negative")
+        check(self.lr > 0, "lr", f"must be positive, got {self.lr}")
+        check(0 <= self.min_lr <= self.lr, "min_lr", f"must lie between 0 and lr ({self.lr})")
+        check(self.ema is None or 0 < self.ema < 1, "ema", f"must lie in (0, 1), got {self.ema}")
+        check(self.precision in PRECISIONS[1:], "precision",
+              f"must be one of {', '.join(PRECISIONS)}")
 
 
 def lr_at(step: int, cfg: LoopConfig) -> float:

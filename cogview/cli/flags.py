@@ -13,12 +13,12 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from cogview.errors import UserError
+from cogview.errors import ConfigError, UserError
 
 
 def flag_name(cls: type, name: str) -> str:
-    """The flag of field `name` of `cls` (`--top-k` for top_k)."""
-    meta = next(f.metadata for f in dataclasses.fields(cls) if f.name == name)
+    """The flag of field `name` of `cls` (`--top-k` for top_k; metadata `flag` renames it)."""
+    meta = next((f.metadata for f in dataclasses.fields(cls) if f.name == name), {})
     return "--" + meta.get("flag", name).replace("_", "-")
 
 
@@ -52,11 +52,10 @@ def checked(cls: type, make: Callable[[], Any]) -> Any:
     """`make()`, with an error about one of `cls`'s fields told by its flag."""
     try:
         return make()
-    except UserError as e:
-        field = getattr(e, "field", None)
-        if field is None:
+    except ConfigError as e:
+        if e.field is None:
             raise
-        raise UserError(f"{flag_name(cls, field)} {e.detail}") from None
+        raise UserError(f"{flag_name(cls, e.field)} {e.detail}") from None
 
 
 def add_model_flags(p: argparse.ArgumentParser) -> None:

@@ -107,7 +107,9 @@ def _precision(requested: str, deepspeed: bool) -> str:
 
 
 def loop_config(args: argparse.Namespace):
-    """The shared loop's settings from `add_loop_flags` flags (batch from ds_config.json too)."""
+    """The shared loop's settings from `add_loop_flags` flags (batch from ds_config.json too);
+    a bad value is told by its flag."""
+    from cogview.cli.flags import checked
     from train.config import LoopConfig
 
     batch_size, grad_accum = args.batch_size, args.grad_accum
@@ -118,7 +120,7 @@ def loop_config(args: argparse.Namespace):
         batch_size, grad_accum = resolve_batch(
             read_ds_config(args.deepspeed), batch_size, grad_accum, world
         )
-    return LoopConfig(
+    return checked(LoopConfig, lambda: LoopConfig(
         steps=args.steps,
         batch_size=batch_size or 64,
         grad_accum=grad_accum or 1,
@@ -133,7 +135,7 @@ def loop_config(args: argparse.Namespace):
         eval_every=args.eval_every,
         seed=args.seed,
         deepspeed=args.deepspeed,
-    )
+    ))
 
 
 def run_train(args: argparse.Namespace) -> int:
