@@ -122,8 +122,8 @@ def loop_config(args: argparse.Namespace):
         )
     return checked(LoopConfig, lambda: LoopConfig(
         steps=args.steps,
-        batch_size=batch_size or 64,
-        grad_accum=grad_accum or 1,
+        batch_size=64 if batch_size is None else batch_size,
+        grad_accum=1 if grad_accum is None else grad_accum,
         lr=args.lr,
         warmup=args.warmup,
         min_lr=args.min_lr,
