@@ -28,7 +28,8 @@ import torch
 from cogview import masks
 from cogview.api import CogView
 from cogview.bench import shapes
-from cogview.bench.evaluate import caption_score, encode_images
+from cogview.bench.evaluate import caption_score
+from cogview.pretrained import encode_images
 from cogview.sampling import (
     SamplingConfig,
     caption_logprob,

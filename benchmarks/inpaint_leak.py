@@ -21,11 +21,11 @@ import torch
 
 from cogview.api import CogView
 from cogview.bench import detect, shapes
-from cogview.bench.evaluate import HeldOut, edit_cases, resize_cells
-from cogview.images import to_tensor
+from cogview.bench.evaluate import edit_cases
+from cogview.images import resize_mask, to_tensor
 from cogview.inpainting import context_codes
 from cogview.sampling import inpaint
-from train.data.loader import load_images
+from train.data.loader import load_held_out
 
 
 def main() -> None:
@@ -38,8 +38,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     pipe = CogView.from_pretrained(args.model)
-    found = load_images(args.data, pipe.image_size, limit=3 * args.n, split="test")
-    held = HeldOut(found.images, found.captions, found.metas)
+    held = load_held_out(args.data, pipe.image_size, 3 * args.n, "test")
     two = [i for i, m in enumerate(held.attributes) if m and len(m["objects"]) == 2][: args.n]
     cases = edit_cases(held, two, int(held.images.shape[-1]), pipe.grid, "region", seed=0)
     sampling = pipe.sampling_config()
@@ -47,7 +46,7 @@ def main() -> None:
     changed = kept = 0
     redrawn = {name: [] for name in g}
     for case in cases:
-        cells = resize_cells(case.pixel_mask, pipe.grid)
+        cells = torch.from_numpy(resize_mask(case.pixel_mask, pipe.grid))
         x = to_tensor(case.image)
         contexts = {"whole": pipe.vqvae.encode(x)[0],
                     "blanked": context_codes(pipe.vqvae, x, cells[None])[0]}

@@ -35,6 +35,7 @@ from cogview.errors import UserError
 from cogview.images import fit, from_tensor, mask_from_image, resize_mask, to_rgb, to_tensor
 from cogview.inpainting import blank_codes, context_codes
 from cogview.pipeline import Pipeline, load_pipeline, restater
+from cogview.pretrained import decode_codes
 from cogview.sampling import (
     RegionView,
     SamplingConfig,
@@ -89,6 +90,11 @@ def _as_rgb_array(image: Image.Image | np.ndarray, name: str) -> np.ndarray:
         raise UserError(f"{name}: expected a PIL image or uint8 (H, W, 3) array, got "
                         f"{arr.dtype} {arr.shape}")
     return arr
+
+
+def _fit(image: Image.Image | np.ndarray, size: int) -> np.ndarray:
+    """A picture (PIL or uint8 array) at `size` x `size` (`images.fit`)."""
+    return fit(image if isinstance(image, Image.Image) else _as_rgb_array(image, "image"), size)
 
 
 def _as_mask(mask: Image.Image | np.ndarray) -> np.ndarray:
@@ -263,16 +269,11 @@ class CogView:
 
     def decode(self, codes: Tensor, batch_size: int = 32) -> np.ndarray:
         """Base codes (B, h, w) -> uint8 images (B, H, W, 3)."""
-        out = []
-        with torch.inference_mode():
-            for i in range(0, codes.shape[0], batch_size):
-                out.append(from_tensor(self.vqvae.decode(codes[i : i + batch_size])))
-        return np.concatenate(out) if out else np.zeros((0, 0, 0, 3), np.uint8)
+        return decode_codes(self.vqvae, codes, batch_size)
 
     def encode(self, image: Image.Image | np.ndarray) -> Tensor:
         """Codes (h, w) of a picture brought to the model's size (`images.fit`)."""
-        pixels = fit(image if isinstance(image, Image.Image) else _as_rgb_array(image, "image"),
-                     self.image_size)
+        pixels = _fit(image, self.image_size)
         with torch.inference_mode():
             return self.vqvae.encode(to_tensor(pixels).to(self.device))[0]
 
@@ -504,8 +505,7 @@ def superres_image(
 
     device = next(sr.model.parameters()).device
     sampling = SamplingConfig(temperature=temperature, top_k=top_k)
-    pixels = fit(image if isinstance(image, Image.Image) else _as_rgb_array(image, "image"),
-                 sr.low_res_size)
+    pixels = _fit(image, sr.low_res_size)
     with torch.inference_mode():
         lr_codes = sr.vqvae.encode(to_tensor(pixels).to(device))  # (1, lr, lr)
     texts = [sr.tokenizer.encode_text(prompt)] if prompt else None

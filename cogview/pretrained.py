@@ -9,7 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from torch import Tensor
 
 from cogview.checkpoint import (
     CONFIG_FILE,
@@ -19,6 +21,7 @@ from cogview.checkpoint import (
     save_checkpoint,
 )
 from cogview.defaults import DEFAULTS, model_path_or_default
+from cogview.images import from_tensor, to_tensor
 from vqvae.model import VQVAE, VQVAEConfig, fingerprint
 
 VQVAE_KIND = "vqvae"
@@ -64,3 +67,25 @@ def save_vqvae(
         extra=extra,
         training_state=training_state,
     )
+
+
+@torch.inference_mode()
+def encode_images(vqvae: Any, images: Tensor, batch_size: int = 64) -> Tensor:
+    """uint8 images (N, 3, S, S) -> codes (N, h, w) on the CPU."""
+    device = next(vqvae.parameters()).device
+    out = [
+        vqvae.encode(to_tensor(images[i : i + batch_size]).to(device)).cpu()
+        for i in range(0, len(images), batch_size)
+    ]
+    return torch.cat(out) if out else torch.zeros(0, 0, 0, dtype=torch.long)
+
+
+@torch.inference_mode()
+def decode_codes(vqvae: Any, codes: Tensor, batch_size: int = 64) -> np.ndarray:
+    """Codes (N, h, w) -> uint8 images (N, H, W, 3)."""
+    device = next(vqvae.parameters()).device
+    out = [
+        from_tensor(vqvae.decode(codes[i : i + batch_size].to(device)))
+        for i in range(0, len(codes), batch_size)
+    ]
+    return np.concatenate(out) if out else np.zeros((0, 0, 0, 3), np.uint8)

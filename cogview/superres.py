@@ -589,17 +589,17 @@ def check_sr_fits(sr: SRPipeline, tokenizer: Any, vqvae: Any, grid: tuple[int, i
     where = sr.meta.get("path", "the SR model")
     if tokenizer.fingerprint != sr.tokenizer.fingerprint:
         raise UserError(
-            f"--sr {where}: trained with another tokenizer than the base model "
+            f"{where}: trained with another tokenizer than the base model "
             f"({sr.tokenizer.fingerprint} vs {tokenizer.fingerprint})"
         )
     if fingerprint(vqvae) != sr.meta["vqvae_fingerprint"]:
         raise UserError(
-            f"--sr {where}: trained on codes of another VQVAE codebook than the base model's"
+            f"{where}: trained on codes of another VQVAE codebook than the base model's"
         )
     lr = sr.model.config.lr_size
     if tuple(grid) != (lr, lr):
         raise UserError(
-            f"--sr {where}: reads {lr}x{lr} low-res codes, the base model makes "
+            f"{where}: reads {lr}x{lr} low-res codes, the base model makes "
             f"{grid[0]}x{grid[1]}"
         )
 

@@ -34,8 +34,9 @@ import torch
 from torch import Tensor
 
 from cogview.bench import detect, shapes
-from cogview.images import from_tensor, to_tensor
+from cogview.images import resize_mask
 from cogview.masks import box_cells
+from cogview.pretrained import decode_codes, encode_images
 from cogview.sampling import (
     SamplingConfig,
     generate_captions,
@@ -154,28 +155,6 @@ def _mean(values: Sequence[float]) -> float:
 
 def _device(pipe: Any) -> torch.device:
     return next(pipe.model.parameters()).device
-
-
-@torch.inference_mode()
-def encode_images(vqvae: Any, images: Tensor, batch_size: int = 64) -> Tensor:
-    """uint8 images (N, 3, S, S) -> codes (N, h, w) on the CPU."""
-    device = next(vqvae.parameters()).device
-    out = [
-        vqvae.encode(to_tensor(images[i : i + batch_size]).to(device)).cpu()
-        for i in range(0, len(images), batch_size)
-    ]
-    return torch.cat(out) if out else torch.zeros(0, 0, 0, dtype=torch.long)
-
-
-@torch.inference_mode()
-def decode_codes(vqvae: Any, codes: Tensor, batch_size: int = 64) -> np.ndarray:
-    """Codes (N, h, w) -> uint8 images (N, H, W, 3)."""
-    device = next(vqvae.parameters()).device
-    out = [
-        from_tensor(vqvae.decode(codes[i : i + batch_size].to(device)))
-        for i in range(0, len(codes), batch_size)
-    ]
-    return np.concatenate(out) if out else np.zeros((0, 0, 0, 3), np.uint8)
 
 
 def _hwc(images: Tensor) -> np.ndarray:
@@ -342,7 +321,7 @@ def _inpaint_cases(
         exact = exact and bool(np.array_equal(composite[~mask], truth[~mask]))
         inside.append(_psnr(composite[mask], truth[mask]))
         outside_decoded.append(_psnr(decoded[~mask], truth[~mask]))
-        cells.append(int(resize_cells(mask, pipe.grid).sum()))
+        cells.append(int(resize_mask(mask, pipe.grid).sum()))
         found = detect.detections_to_json(detect.detect(composite))
         want = {k: case.region[k] for k in shapes.ATTRIBUTES}
         score = shapes.compare({"objects": [want], "relation": None}, found)
@@ -368,14 +347,6 @@ def _inpaint_cases(
         "scene": accuracy_table(scene_scores),
         "scene_all": accuracy_table(scene_scores).get("all", float("nan")),
     }
-
-
-def resize_cells(pixel_mask: np.ndarray, grid: tuple[int, int]) -> Tensor:
-    """Pixel mask (S, S) -> (h, w) cells to regenerate: every cell that a masked pixel is in."""
-    h, w = grid
-    s_h, s_w = pixel_mask.shape
-    blocks = pixel_mask.reshape(h, s_h // h, w, s_w // w)
-    return torch.from_numpy(blocks.any(axis=(1, 3)))
 
 
 def _cell_pixels(cell_mask: Tensor, size: int) -> np.ndarray:
@@ -520,14 +491,14 @@ def eval_edits(
     two = [i for i in indices if len(held.attributes[i]["objects"]) == 2]
     size = int(held.images.shape[-1])
     out: dict[str, Any] = {"n_scenes": len(two)}
+    cases = {style: edit_cases(held, two, size, pipe.grid, style, seed)
+             for style in dict.fromkeys([*styles, "region"])}
     for style in styles:
-        cases = edit_cases(held, two, size, pipe.grid, style, seed)
-        update = (progress or Progress()).start(len(cases), f"edit ({style})")
-        out[style] = _inpaint_cases(pipe, cases, sampling, generator, update=update,
+        update = (progress or Progress()).start(len(cases[style]), f"edit ({style})")
+        out[style] = _inpaint_cases(pipe, cases[style], sampling, generator, update=update,
                                     rerank=rerank)
     if two:
-        cases = edit_cases(held, two, size, pipe.grid, "region", seed)
-        unasked = [replace(c, prompt="", region=c.erased) for c in cases]
+        unasked = [replace(c, prompt="", region=c.erased) for c in cases["region"]]
         update = (progress or Progress()).start(len(unasked), "edit (leak)")
         leak = _inpaint_cases(pipe, unasked, sampling, generator, update=update, rerank=1)
         out["leak"] = {"n": leak["n"],
