@@ -87,6 +87,7 @@ def read_prompts(path: str) -> list[str]:
 
 
 def run_generate(args: argparse.Namespace) -> int:
+    from cogview.api import PromptTruncatedWarning
     from cogview.images import save_grid
 
     if args.prompt is not None and args.prompts:
@@ -116,7 +117,7 @@ def run_generate(args: argparse.Namespace) -> int:
     _print_warnings(caught)
     bar = progress_bar(per_prompt * len(prompts), "img")
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # said above
+        warnings.simplefilter("ignore", PromptTruncatedWarning)  # said above
         results = pipe.generate(prompts, args.n, seed=args.seed, progress=bar.update,
                                 **rerank, **_sr_kwargs(args), **sampling_flags(args))
     bar.close()
@@ -153,6 +154,7 @@ def read_mask_file(path: str) -> np.ndarray:
 def run_inpaint(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from cogview.api import PromptTruncatedWarning
     from cogview.images import read_image, resize_mask, save_grid
 
     if args.n < 1:
@@ -197,7 +199,7 @@ def run_inpaint(args: argparse.Namespace) -> int:
     if mask.all():
         note("the mask is all white: plain generation from the prompt")
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # said above
+        warnings.simplefilter("ignore", PromptTruncatedWarning)  # said above
         result = pipe.inpaint(image, mask, args.prompt, args.n, seed=args.seed,
                               progress=bar.update, **rerank, **_sr_kwargs(args),
                               **sampling_flags(args))
