@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from cogview import masks
+from cogview.config import option
 from cogview.errors import ConfigError
 from cogview.model import CogLM, prefix_lm_mask
 
@@ -37,32 +37,27 @@ class SamplingError(ConfigError):
     `field` names the SamplingConfig field a bad value was given for (None otherwise)."""
 
 
-def _opt(default: Any, help: str, **meta: Any) -> Any:
-    """A config field with its help text (`cogview.cli.flags` builds the flag from it)."""
-    return field(default=default, metadata={"help": help, **meta})
-
-
 @dataclass(frozen=True)
 class SamplingConfig:
     """How tokens are drawn. Each field's metadata holds its help text; `flag` names a command
     line flag other than the field's name, `images` marks settings of image sampling only."""
 
-    temperature: float = _opt(1.0, "0 = greedy (default: 1)")
-    top_k: int = _opt(0, "keep the k likeliest ids; 0 = off")
-    top_p: float = _opt(1.0, "nucleus mass; 1 = off")
+    temperature: float = option(1.0, "0 = greedy (default: 1)")
+    top_k: int = option(0, "keep the k likeliest ids; 0 = off")
+    top_p: float = option(1.0, "nucleus mass; 1 = off")
     # classifier-free guidance: uncond + s * (cond - uncond)
-    cfg_scale: float = _opt(1.0, "classifier-free guidance scale; 1 = off", flag="cfg",
+    cfg_scale: float = option(1.0, "classifier-free guidance scale; 1 = off", flag="cfg",
                             metavar="SCALE", images=True)
     # CogView2 cluster sampling: draw a cluster of codebook vectors by its mass among the
     # `top_clusters` heaviest clusters, then a code inside it
-    cluster: bool = _opt(False, "CogView2 cluster sampling over codebook clusters", images=True)
-    n_clusters: int = _opt(32, "k-means clusters of the codebook (default: 32)", images=True)
-    top_clusters: int = _opt(4, "clusters to draw from per step (default: 4)", images=True)
+    cluster: bool = option(False, "CogView2 cluster sampling over codebook clusters", images=True)
+    n_clusters: int = option(32, "k-means clusters of the codebook (default: 32)", images=True)
+    top_clusters: int = option(4, "clusters to draw from per step (default: 4)", images=True)
     # CogView2: added to the attention scores of image targets towards text keys
-    text_attention_bias: float = _opt(
+    text_attention_bias: float = option(
         0.0, "added to image tokens' attention towards text (CogView2); 0 = off", images=True
     )
-    batch_size: int = _opt(32, "samples per forward pass (default: 32)", metavar="B")
+    batch_size: int = option(32, "samples per forward pass (default: 32)", metavar="B")
 
     def __post_init__(self) -> None:
         checks = [

@@ -43,7 +43,7 @@ def test_batch_numbers_from_config_or_flags():
                          None, None, world=2) == (16, 2)
     assert resolve_batch({"train_batch_size": 32, "train_micro_batch_size_per_gpu": 4},
                          None, None, world=2) == (32, 4)
-    with pytest.raises(UserError, match="--batch-size 16 but ds_config.json"):
+    with pytest.raises(UserError, match="^batch_size 16 but ds_config.json"):
         resolve_batch({"train_batch_size": 32}, 16, None, world=2)
     with pytest.raises(UserError, match="does not split into 4 process"):
         resolve_batch({}, 6, 1, world=4)

@@ -247,7 +247,7 @@ def test_cli_trains_and_refuses_to_overwrite_without_resume(inputs, tmp_path, ca
 
 
 def test_loop_rejects_uneven_batches():
-    with pytest.raises(UserError, match="--batch-size 6"):
+    with pytest.raises(UserError, match="^batch_size 6 does not split"):
         train_loop(None, _loop(batch_size=6, grad_accum=4), "/nonexistent",
                    backend=type("B", (), {"rank": 0, "world": 1, "device": "cpu"})())
 

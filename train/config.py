@@ -1,38 +1,54 @@
 """What a training run is, whatever the model: the loop's settings, the learning-rate schedule
-and the precision."""
+and the precision.
+
+Every trainer shares `LoopConfig`; each keeps its own defaults as a `LoopConfig` instance
+(`train.lm.LOOP_DEFAULTS`, `train.vqvae.LOOP_DEFAULTS`, ...), and the command line builds its
+flags from the fields below, showing the trainer's defaults.
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
+from cogview.config import option
 from cogview.devices import cpu_has_bf16
 from cogview.errors import ConfigError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# fields that a resumed run may change; any other change would make it another run
+RESUME_MAY_CHANGE = ("steps", "save_every", "eval_every", "deepspeed")
 
 
 @dataclass(frozen=True)
 class LoopConfig:
     """How to train, independent of the model. `batch_size` is global (all processes)."""
 
-    steps: int = 2000
-    batch_size: int = 64
-    grad_accum: int = 1
-    lr: float = 1e-3
-    warmup: int = 100
-    min_lr: float = 1e-4
-    weight_decay: float = 0.1
+    steps: int = option(2000, "optimizer steps")
+    batch_size: int = option(
+        64, "global batch in samples, over all processes (with --deepspeed also taken from "
+        "train_batch_size of its config)")
+    grad_accum: int = option(1, "micro-batches per optimizer step")
+    lr: float = option(1e-3, "peak learning rate")
+    warmup: int = option(100, "linear warmup steps")
+    min_lr: float = option(1e-4, "learning rate at the end of the cosine decay")
+    weight_decay: float = option(0.1, "AdamW weight decay of matrices (not norms, biases)")
     betas: tuple[float, float] = (0.9, 0.95)
-    clip: float = 1.0  # max global gradient norm; 0 = no clipping
-    ema: float | None = None  # EMA decay of the exported weights; None = no EMA
-    precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (DeepSpeed on CUDA only)
-    save_every: int = 500
-    eval_every: int = 250  # 0 = only at the end
-    seed: int = 0
-    deepspeed: str | None = None  # path of ds_config.json; None = one process, plain PyTorch
+    clip: float = option(1.0, "max global gradient norm; 0 = no clipping")
+    ema: float | None = option(
+        None, "keep an EMA of the weights with this decay (e.g. 0.999) and export it",
+        type=float, metavar="DECAY")
+    precision: str = option(
+        "auto", "auto: bf16 autocast on CUDA or a CPU with AVX-512 BF16/AMX, else fp32; fp16 "
+        "only with DeepSpeed on CUDA", choices=PRECISIONS)
+    save_every: int = option(500, "checkpoint interval in steps")
+    eval_every: int = option(250, "held-out evaluation interval; 0 = at the end only")
+    seed: int = option(0, "seed of the initial weights and of the batches")
+    deepspeed: str | None = option(
+        None, "train data-parallel with DeepSpeed using this config (e.g. ds_config.json)",
+        type=str, metavar="DS_CONFIG")
 
     def __post_init__(self) -> None:
         def check(ok: bool, name: str, detail: str) -> None:
@@ -45,9 +61,23 @@ class LoopConfig:
             check(getattr(self, name) >= 0, name, "must not be negative")
         check(self.lr > 0, "lr", f"must be positive, got {self.lr}")
         check(0 <= self.min_lr <= self.lr, "min_lr", f"must lie between 0 and lr ({self.lr})")
+        check(self.clip >= 0, "clip", f"must not be negative, got {self.clip}")
         check(self.ema is None or 0 < self.ema < 1, "ema", f"must lie in (0, 1), got {self.ema}")
-        check(self.precision in PRECISIONS[1:], "precision",
-              f"must be one of {', '.join(PRECISIONS)}")
+        check(self.precision in PRECISIONS, "precision", f"must be one of {', '.join(PRECISIONS)}")
+
+    def resolved(self, device: torch.device) -> LoopConfig:
+        """This config with `precision` made concrete for `device` (ConfigError when it cannot
+        run there)."""
+        cuda = device.type == "cuda"
+        if self.precision == "fp16" and not (self.deepspeed and cuda):
+            detail = "fp16 needs DeepSpeed on a CUDA GPU (loss scaling)"
+            raise ConfigError(f"precision {detail}", field="precision", detail=detail)
+        if self.deepspeed and not cuda:
+            if self.precision == "bf16":
+                detail = "bf16: DeepSpeed on a CPU trains in fp32; leave it out"
+                raise ConfigError(f"precision {detail}", field="precision", detail=detail)
+            return replace(self, precision="fp32")
+        return replace(self, precision=resolve_precision(self.precision, device))
 
 
 def lr_at(step: int, cfg: LoopConfig) -> float:

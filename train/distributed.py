@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from cogview.checkpoint import CheckpointError
-from cogview.errors import UserError
+from cogview.errors import ConfigError, UserError
 from train.backends import DEEPSPEED_DIR, LossModule, make_optimizer, param_groups
 from train.config import LoopConfig
 
@@ -60,13 +60,13 @@ def world_from_env() -> tuple[int, int, int]:
 def read_ds_config(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"--deepspeed {path}: no such DeepSpeed config file")
+        raise ConfigError.of("deepspeed", f"{path}: no such DeepSpeed config file")
     try:
         config = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"--deepspeed {path}: not valid JSON ({e})") from e
+        raise ConfigError.of("deepspeed", f"{path}: not valid JSON ({e})") from e
     if not isinstance(config, dict):
-        raise UserError(f"--deepspeed {path}: must hold a JSON object")
+        raise ConfigError.of("deepspeed", f"{path}: must hold a JSON object")
     return config
 
 
@@ -86,13 +86,13 @@ def resolve_batch(
     cfg_batch = _number(config, "train_batch_size")
     cfg_micro = _number(config, "train_micro_batch_size_per_gpu")
     cfg_accum = _number(config, "gradient_accumulation_steps")
-    for flag, given, key, number in (
-        ("--batch-size", batch_size, "train_batch_size", cfg_batch),
-        ("--grad-accum", grad_accum, "gradient_accumulation_steps", cfg_accum),
+    for name, given, key, number in (
+        ("batch_size", batch_size, "train_batch_size", cfg_batch),
+        ("grad_accum", grad_accum, "gradient_accumulation_steps", cfg_accum),
     ):
         if given is not None and number is not None and given != number:
-            raise UserError(f"{flag} {given} but ds_config.json sets {key} {number}; set it to "
-                            "\"auto\" or pass the same value")
+            raise ConfigError.of(name, f"{given} but ds_config.json sets {key} {number}; set "
+                                 "it to \"auto\" or pass the same value")
     accum = grad_accum or cfg_accum
     if accum is None:
         accum = cfg_batch // (cfg_micro * world) if cfg_batch and cfg_micro else 1
@@ -100,8 +100,8 @@ def resolve_batch(
     if batch is None:
         batch = cfg_micro * accum * world if cfg_micro else DEFAULT_BATCH_SIZE
     if accum < 1 or batch % (world * accum):
-        raise UserError(f"--batch-size {batch} does not split into {world} process(es) x "
-                        f"{accum} accumulation step(s); use a multiple of {world * accum}")
+        raise ConfigError.of("batch_size", f"{batch} does not split into {world} process(es) x "
+                             f"{accum} accumulation step(s); use a multiple of {world * accum}")
     if cfg_micro is not None and cfg_micro != batch // (world * accum):
         raise UserError(
             f"ds_config.json sets train_micro_batch_size_per_gpu {cfg_micro}, but batch {batch} "
@@ -219,7 +219,7 @@ class DeepSpeedBackend:
         import deepspeed
 
         if cfg.deepspeed is None:
-            raise UserError("--deepspeed: no config file given")
+            raise ConfigError.of("deepspeed", "no config file given")
         self.cfg = cfg
         self.ds_config = fill_ds_config(read_ds_config(cfg.deepspeed), cfg, self.world,
                                         self.device)

@@ -21,7 +21,8 @@ import torch
 from torch import Tensor, nn
 
 from cogview.checkpoint import CheckpointError
-from cogview.errors import UserError
+from cogview.config import option
+from cogview.errors import ConfigError, UserError
 from cogview.losses import LossConfig, LossSums, lm_loss
 from cogview.masks import (
     IGNORE,
@@ -43,6 +44,8 @@ from train.loop import TrainResult, run_objective
 # ---------------------------------------------------------------------------------------------
 # CogLM: batches from token data through the masking scheduler
 
+DEFAULT_TASKS = "t2i=0.6,cap=0.2,inp=0.2"
+LOOP_DEFAULTS = LoopConfig()  # the loop settings of `cogview train` and `cogview train-sr`
 EVAL_SEED = 0  # inpainting masks of the held-out set: the same at every evaluation
 EVAL_BATCH = 64
 
@@ -82,8 +85,8 @@ class CogLMObjective:
 
     def __post_init__(self) -> None:
         if self.image_size not in self.train.codes:
-            raise UserError(f"--image-size {self.image_size}: the token shards hold sizes "
-                            f"{sorted(self.train.codes)}")
+            raise ConfigError.of("image_size", f"{self.image_size}: the token shards hold sizes "
+                                 f"{sorted(self.train.codes)}")
         self.codes = self.train.codes[self.image_size]  # (N, h, w)
         if len(self.codes) == 0:
             raise UserError("the token shards' train split is empty")
@@ -91,13 +94,14 @@ class CogLMObjective:
         text_len = max((len(t) for t in self.train.text_ids), default=0)
         cfg = self.model.config
         if max(h, w) > cfg.max_grid:
-            raise UserError(f"--image-size {self.image_size}: a {h}x{w} code grid exceeds the "
-                            f"model's max_grid {cfg.max_grid}")
+            raise ConfigError.of("image_size", f"{self.image_size}: a {h}x{w} code grid exceeds "
+                                 f"the model's max_grid {cfg.max_grid}")
         for task in self.used_tasks:
             n = max_sequence_len(task, text_len, h, w)
             if n > cfg.max_seq_len:
-                raise UserError(f"--tasks: {task} samples need {n} positions, the model has "
-                                f"{cfg.max_seq_len}; drop the task or use a smaller --image-size")
+                raise ConfigError.of("tasks", f"{task} samples need {n} positions, the model has "
+                                     f"{cfg.max_seq_len}; drop the task or use a smaller "
+                                     "image size")
         self._eval_sets: dict[str, list[TaskSequence]] | None = None
         self.regions = sample_regions(self.tokenizer, getattr(self.train, "metas", []))
 
@@ -224,30 +228,72 @@ def vocab_check(tokenizer: Any, data: Any) -> None:
 
 
 @dataclass(frozen=True)
-class CogLMTrainConfig:
+class TokenRunConfig:
+    """What a trainer on token shards reads and writes, and its loss (CogLM and SR alike)."""
+
+    data: str = option(help="token shard folder (cogview encode --out)", metavar="DIR")
+    tokenizer: str = option(help="tokenizer JSON the shards were made with", metavar="FILE")
+    vqvae: str = option(help="VQVAE checkpoint folder the codes came from", metavar="DIR")
+    out: str = option(help="run folder for checkpoints and metrics", metavar="DIR")
+    preset: str = option("small", "model size", metavar="NAME")
+    loss: str = option("ce", "cross-entropy or PolyLoss poly-1", choices=("ce", "poly1"))
+    poly_eps: float = option(1.0, "poly-1 epsilon")
+    eval_samples: int = option(256, "held-out samples per task")
+
+    def __post_init__(self) -> None:
+        try:
+            LossConfig(self.loss, self.poly_eps)
+        except ValueError as e:
+            raise ConfigError.of("loss", str(e)) from None
+        if self.eval_samples < 0:
+            raise ConfigError.of("eval_samples", "must not be negative")
+
+    def check_preset(self, presets: Sequence[str]) -> None:
+        if self.preset not in presets:
+            raise ConfigError.of("preset", f"{self.preset!r}: choose from {', '.join(presets)}")
+
+
+@dataclass(frozen=True)
+class CogLMTrainConfig(TokenRunConfig):
     """Everything `cogview train` asks for besides the loop."""
 
-    data: str
-    tokenizer: str
-    vqvae: str
-    out: str
-    preset: str = "small"
-    tasks: str = "t2i=0.6,cap=0.2,inp=0.2"
-    text_dropout: float = 0.1
-    loss: str = "ce"
-    poly_eps: float = 1.0
-    image_size: int = 32
-    eval_samples: int = 256
-    region_masks: float = 0.5
-    region_prompts: float = 0.5
-    init_from: str | None = None  # a CogLM folder (or shipped name) whose weights start the run
+    preset: str = option("small", "model size: tiny, small, medium, base, large, xl",
+                         metavar="NAME")
+    tasks: str = option(DEFAULT_TASKS, "task weights over steps, e.g. "
+                        "'0:t2i=1;2000:t2i=0.6,cap=0.2,inp=0.2'", metavar="SPEC")
+    text_dropout: float = option(0.1, "probability of dropping the caption, for guidance")
+    image_size: int = option(32, "which code grid of the shards to train on, in pixels")
+    region_masks: float = option(
+        0.5, "inpainting samples whose attributes list regions (objects with captions of their "
+        "own) mask one region with this probability", metavar="P")
+    region_prompts: float = option(
+        0.5, "a region mask is prompted with the region's caption with this probability, else "
+        "with the whole caption", metavar="P")
+    init_from: str | None = option(
+        None, "start from the weights of this CogLM folder or shipped model (same preset, "
+        "tokenizer and VQVAE); optimizer and schedule start afresh", type=str, metavar="MODEL")
+
+    def __post_init__(self) -> None:
+        from cogview.model import PRESETS
+
+        super().__post_init__()
+        self.check_preset(list(PRESETS))
+        try:
+            TaskSchedule.parse(self.tasks)
+        except ValueError as e:
+            raise ConfigError.of("tasks", str(e)) from None
+        if not 0 <= self.text_dropout < 1:
+            raise ConfigError.of("text_dropout", f"must lie in [0, 1), got {self.text_dropout}")
+        for name in ("region_masks", "region_prompts"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError.of(name, f"must lie in [0, 1], got {getattr(self, name)}")
 
 
 def load_training_inputs(data: str, tokenizer: str, vqvae: str) -> tuple[Any, Path, str, Any, Any]:
     """Tokenizer, VQVAE folder and fingerprint, and the train (and test, if any) token data.
 
     The token shards must come from this tokenizer and VQVAE, and hold only ids the tokenizer
-    knows: each mismatch is a one-line UserError naming the flag.
+    knows: each mismatch is a one-line error naming the parameter.
     """
     from cogview.checkpoint import resolve_checkpoint
     from cogview.pretrained import load_vqvae
@@ -256,11 +302,11 @@ def load_training_inputs(data: str, tokenizer: str, vqvae: str) -> tuple[Any, Pa
     from vqvae.model import fingerprint
 
     if not Path(data).is_dir():
-        raise UserError(f"--data {data}: no such folder")
+        raise ConfigError.of("data", f"{data}: no such folder")
     try:
         tok = UnifiedTokenizer.load(tokenizer)
     except TokenizerError as e:
-        raise UserError(f"--tokenizer: {e}") from e
+        raise ConfigError.of("tokenizer", str(e)) from e
     vq_dir = resolve_checkpoint(vqvae)
     vq_fp = fingerprint(load_vqvae(vq_dir))
     check_compatible(read_info(data), tok, vq_fp)
@@ -283,22 +329,12 @@ def train_coglm(
 ) -> TrainResult:
     """`cogview train`: load tokenizer, VQVAE and token shards, build the model, run the loop."""
     from cogview.inpainting import context_from_codes
-    from cogview.model import PRESETS, coglm_config
+    from cogview.model import coglm_config
     from cogview.pipeline import coglm_extra, save_coglm
     from cogview.pretrained import load_vqvae
 
-    if run.preset not in PRESETS:
-        raise UserError(f"--preset {run.preset!r}; choose from {', '.join(PRESETS)}")
-    try:
-        schedule = TaskSchedule.parse(run.tasks)
-        loss_config = LossConfig(run.loss, run.poly_eps)
-    except ValueError as e:
-        raise UserError(f"--tasks/--loss: {e}") from e
-    if not 0 <= run.text_dropout < 1:
-        raise UserError("--text-dropout must lie in [0, 1)")
-    for name in ("region_masks", "region_prompts"):
-        if not 0 <= getattr(run, name) <= 1:
-            raise UserError(f"--{name.replace('_', '-')} must lie in [0, 1]")
+    schedule = TaskSchedule.parse(run.tasks)
+    loss_config = LossConfig(run.loss, run.poly_eps)
     tok, vq_dir, vq_fp, train, test = load_training_inputs(run.data, run.tokenizer, run.vqvae)
 
     torch.manual_seed(loop.seed)  # the same initial weights on every process
@@ -342,11 +378,11 @@ def init_weights(model: CogLM, source: str, tokenizer: Any, vqvae_fingerprint: s
     try:
         pipe = load_pipeline(model_path_or_default(source, "coglm"))
     except CheckpointError as e:
-        raise UserError(f"--init-from: {e}") from e
+        raise ConfigError.of("init_from", str(e)) from e
     if asdict(pipe.model.config) != asdict(model.config):
-        raise UserError(f"--init-from {source}: a model of another shape (check --preset)")
+        raise ConfigError.of("init_from", f"{source}: a model of another shape (check preset)")
     if pipe.tokenizer.fingerprint != tokenizer.fingerprint:
-        raise UserError(f"--init-from {source}: trained with another tokenizer than --tokenizer")
+        raise ConfigError.of("init_from", f"{source}: trained with another tokenizer")
     if pipe.meta.get("vqvae_fingerprint") != vqvae_fingerprint:
-        raise UserError(f"--init-from {source}: trained on codes of another VQVAE than --vqvae")
+        raise ConfigError.of("init_from", f"{source}: trained on codes of another VQVAE")
     model.load_state_dict(pipe.model.state_dict())

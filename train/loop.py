@@ -43,10 +43,10 @@ from cogview.checkpoint import (
     step_dir_name,
     step_dirs,
 )
-from cogview.errors import UserError
+from cogview.errors import ConfigError, UserError
 from cogview.losses import LossSums
 from train.backends import DEEPSPEED_DIR, Backend, LocalBackend, LossModule
-from train.config import LoopConfig, lr_at
+from train.config import RESUME_MAY_CHANGE, LoopConfig, lr_at
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -62,7 +62,9 @@ class Objective(Protocol):
     task_names: tuple[str, ...]  # names of the loss groups that LossSums counts
 
     def draw(self, step: int, n: int, g: torch.Generator) -> list[Any]:
-        """`n` samples of the global batch of optimizer step `step`, drawn only from `g`."""
+        """The global batch of optimizer step `step` (`n` samples, or another number that the
+        processes and accumulation steps divide, e.g. fewer large images), drawn only from
+        `g`."""
         ...
 
     def collate(self, samples: Sequence[Any]) -> Any:
@@ -74,7 +76,9 @@ class Objective(Protocol):
         ...
 
     # optional: `groups(samples) -> list[list[sample]]` splits a micro-batch into parts of
-    # similar length that run as separate forward/backward passes (one-process training only)
+    # similar length that run as separate forward/backward passes (one-process training only);
+    # `step_metrics() -> dict[str, float]` adds figures of the last step (this process's) to
+    # the metrics and the progress bar
 
     def loss(self, model: nn.Module, batch: Any) -> LossSums: ...
 
@@ -224,6 +228,8 @@ class TrainResult:
     interrupted: str | None = None  # the signal that stopped the run early
     losses: list[float] = field(default_factory=list)  # training loss of every step of this run
     metrics_file: Path | None = None
+    metrics: dict[str, float] = field(default_factory=dict)  # the last held-out evaluation
+    seconds: float = 0.0  # wall time of this run
 
 
 def _rng_state() -> dict[str, Any]:
@@ -239,15 +245,27 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _check_split(cfg: LoopConfig, world: int) -> int:
-    """Samples per micro-batch; UserError when the global batch does not split evenly."""
+def _check_split(n: int, cfg: LoopConfig, world: int) -> int:
+    """Samples per micro-batch of a global batch of `n`; ConfigError when it does not split
+    evenly."""
     per = world * cfg.grad_accum
-    if cfg.batch_size % per:
-        raise UserError(
-            f"--batch-size {cfg.batch_size} does not split into {world} process(es) x "
-            f"{cfg.grad_accum} accumulation step(s); use a multiple of {per}"
-        )
-    return cfg.batch_size // per
+    if n % per:
+        split = f"split into {world} process(es) x {cfg.grad_accum} accumulation step(s)"
+        detail = (f"{n} does not {split}; use a multiple of {per}" if n == cfg.batch_size else
+                  f"{cfg.batch_size} gives batches of {n} samples, which do not {split}")
+        raise ConfigError(f"batch_size {detail}", field="batch_size", detail=detail)
+    return n // per
+
+
+def _check_resumed_loop(saved: dict[str, Any], cfg: LoopConfig, path: Path) -> None:
+    """UserError when a resumed run asks for other loop settings than it was trained with
+    (only steps and the save/eval intervals may change)."""
+    current = json.loads(json.dumps(asdict(cfg)))
+    changed = [k for k, v in current.items()
+               if k not in RESUME_MAY_CHANGE and k in saved and saved[k] != v]
+    if changed:
+        raise UserError(f"resume: {path} was trained with other settings of "
+                        f"{', '.join(changed)}; resume with the same ones, or start another run")
 
 
 def train_loop(
@@ -267,16 +285,19 @@ def train_loop(
     every optimizer step (tests use it to send signals).
     """
     out_dir = Path(out_dir)
+    started = time.perf_counter()
     if backend is None:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        cfg = cfg.resolved(device)
         backend = LocalBackend(LossModule(objective.model, objective.loss), cfg, device)
     rank, world, device = backend.rank, backend.world, backend.device
-    micro = _check_split(cfg, world)
+    _check_split(cfg.batch_size, cfg, world)
     model = backend.module.model
     n_tasks = len(objective.task_names)
     # samples of very different lengths run as separate passes, so that short sequences are
     # not padded to the longest of the micro-batch
     group = getattr(objective, "groups", lambda samples: [samples])
+    step_metrics = getattr(objective, "step_metrics", dict)
 
     # resume -----------------------------------------------------------------------------
     step, g = 0, torch.Generator().manual_seed(cfg.seed)
@@ -287,11 +308,11 @@ def train_loop(
         last_ckpt = existing[-1]
         step = _resume(last_ckpt, objective, backend, g, ema, cfg)
     elif existing and not resume:
-        raise UserError(f"--out {out_dir} already holds checkpoints (newest {existing[-1].name});"
-                        " pass --resume to continue, or choose another --out")
+        raise UserError(f"{out_dir} already holds checkpoints (newest {existing[-1].name}); "
+                        "resume the run (--resume), or write to another folder")
     if step >= cfg.steps:
         if rank == 0:
-            print(f"{last_ckpt} is already at step {step} >= --steps {cfg.steps}",
+            print(f"{last_ckpt} is already at step {step} >= steps {cfg.steps}",
                   file=sys.stderr)
         return TrainResult(step=step, checkpoint=last_ckpt)
 
@@ -335,6 +356,7 @@ def train_loop(
             model.train()
             if metrics:
                 log.write({"step": at, **metrics})
+                result.metrics = metrics
         backend.barrier()
         return metrics
 
@@ -351,6 +373,7 @@ def train_loop(
                 t0 = time.perf_counter()
                 lr = lr_at(step, cfg)
                 samples = objective.draw(step, cfg.batch_size, g)
+                micro = _check_split(len(samples), cfg, world)
                 n_tokens, n_targets = objective.count(samples)
                 mine = samples[rank * micro * cfg.grad_accum : (rank + 1) * micro * cfg.grad_accum]
                 sums = torch.zeros(n_tasks, device=device)
@@ -384,15 +407,19 @@ def train_loop(
                     if stats[n_tasks + i] > 0:
                         record[f"loss_{name}"] = float(stats[i] / stats[n_tasks + i])
                 record.update(lr=lr, grad_norm=grad_norm, tokens_per_s=n_tokens / dt, step_s=dt)
+                extra = step_metrics()
+                record.update(extra)
                 log.write(record)
                 if bar is not None:
                     bar.update(1)
                     post = {k[5:]: f"{v:.3f}" for k, v in record.items() if k.startswith("loss_")}
+                    post.update({k: f"{v:.3g}" for k, v in extra.items()})
                     bar.set_postfix(loss=f"{loss:.3f}", **post, tok_s=f"{n_tokens / dt:.0f}")
                 if on_step is not None:
                     on_step(step)
 
-                if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
+                # before the save, so that a checkpoint may record its evaluation
+                if step == cfg.steps or (cfg.eval_every and step % cfg.eval_every == 0):
                     evaluate(step)
                 flag = torch.tensor([1.0 if signals.requested else 0.0], device=device)
                 stop = bool(backend.all_reduce(flag) > 0)  # every rank stops at the same step
@@ -402,13 +429,12 @@ def train_loop(
                 if stop:
                     result.interrupted = signals.requested or "signal"
                     break
-        if step == cfg.steps:
-            evaluate(step)
     finally:
         if bar is not None:
             bar.close()
         log.close()
     result.step = step
+    result.seconds = time.perf_counter() - started
     return result
 
 
@@ -416,7 +442,7 @@ def _diverged(value: float, step: int, last: Path | None, what: str = "loss") ->
     kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
     raise TrainingDiverged(
         f"{what} is {value} at step {step + 1}; stopped without saving it ({kept}); "
-        "try a lower --lr, a smaller --clip or --precision fp32"
+        "try a lower lr, a smaller clip or fp32 precision"
     )
 
 
@@ -435,19 +461,20 @@ def _resume(
     model_config = getattr(model, "config", None)
     # through JSON, as config.json holds it (tuples become lists)
     if model_config is not None and meta["config"] != json.loads(json.dumps(asdict(model_config))):
-        raise UserError(f"--resume: {path} holds a model of another shape than the one asked "
-                        "for (check --preset); use another --out to start afresh")
+        raise UserError(f"resume: {path} holds a model of another shape than the one asked "
+                        "for (check the preset); start another run to train this one")
     if int(state.get("world", 1)) != backend.world:
-        raise UserError(f"--resume: {path} was written by {state.get('world')} process(es), "
+        raise UserError(f"resume: {path} was written by {state.get('world')} process(es), "
                         f"this run has {backend.world}; resume with the same number")
+    _check_resumed_loop(state.get("loop", {}), cfg, path)
     if "model" in state:  # EMA runs keep the trained weights here, the average in safetensors
         load_state_strict(model, state["model"], source=str(path / TRAINING_STATE_FILE))
     else:
         load_state_strict(model, load_checkpoint(path).state_dict, source=str(path))
     backend.load(path, state)
     if (ema is None) != (state.get("ema") is None):
-        raise UserError(f"--resume: {path} was trained {'with' if state.get('ema') else 'without'}"
-                        " --ema; pass the same --ema to resume it")
+        raise UserError(f"resume: {path} was trained {'with' if state.get('ema') else 'without'}"
+                        " an EMA of the weights; resume with the same ema setting")
     if ema is not None:
         ema.shadow = {k: v.float() for k, v in state["ema"].items()}
         ema.updates = int(state.get("ema_updates", 0))
@@ -467,6 +494,7 @@ def run_objective(
 ) -> TrainResult:
     """Pick the backend (DeepSpeed when `loop.deepspeed`, else one process) and train."""
     module = LossModule(objective.model, objective.loss)
+    loop = loop.resolved(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     if loop.deepspeed:
         from train.distributed import DeepSpeedBackend
 

@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from cogview.errors import UserError
+from cogview.config import option
+from cogview.errors import ConfigError, UserError
 from cogview.losses import LossConfig, LossSums, lm_loss
 from cogview.masks import IGNORE
 from cogview.superres import (
@@ -31,7 +32,7 @@ from cogview.superres import (
 )
 from train.backends import autocast
 from train.config import LoopConfig
-from train.lm import load_training_inputs
+from train.lm import TokenRunConfig, load_training_inputs
 from train.loop import TrainResult, run_objective
 
 EVAL_SEED = 0  # the held-out LoPAR steps: the same at every evaluation
@@ -39,22 +40,23 @@ EVAL_BATCH = 64
 
 
 @dataclass(frozen=True)
-class SRTrainConfig:
+class SRTrainConfig(TokenRunConfig):
     """Everything `cogview train-sr` asks for besides the loop."""
 
-    data: str
-    tokenizer: str
-    vqvae: str
-    out: str
-    preset: str = "small"
-    low_res: int = 32  # pixels of the input images: which code grid of the shards goes in
-    image_size: int = 64  # pixels of the output images: which code grid comes out
-    text_len: int = 8
-    window: int = 4
-    text_dropout: float = 0.2
-    loss: str = "ce"
-    poly_eps: float = 1.0
-    eval_samples: int = 256
+    data: str = option(help="token shard folder with codes at two sizes", metavar="DIR")
+    preset: str = option("small", "model size: tiny, small", metavar="NAME")
+    low_res: int = option(32, "input image size in pixels: the code grid read")
+    image_size: int = option(64, "output image size in pixels: the code grid predicted")
+    text_len: int = option(8, "caption tokens the model sees, from the start")
+    window: int = option(4, "LoPAR window side w: 2w-1 passes at most")
+    text_dropout: float = option(0.2, "probability of dropping the caption, so SR works "
+                                 "without one")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.check_preset(list(SR_PRESETS))
+        if not 0 <= self.text_dropout <= 1:
+            raise ConfigError.of("text_dropout", f"must lie in [0, 1], got {self.text_dropout}")
 
 
 @dataclass
@@ -132,20 +134,18 @@ class SRObjective:
         return self.save_fn(path, state_dict, **kwargs)
 
 
-def _grids(data: Any, run: SRTrainConfig, flag: str) -> tuple[Tensor, Tensor]:
+def _grids(data: Any, run: SRTrainConfig, split: str) -> tuple[Tensor, Tensor]:
     missing = [s for s in (run.low_res, run.image_size) if s not in data.codes]
     if missing:
-        raise UserError(
-            f"{flag}: the token shards hold codes at {sorted(data.codes)} px, SR needs "
-            f"{run.low_res} and {run.image_size} (cogview encode --sizes "
-            f"{run.low_res},{run.image_size})"
-        )
+        raise ConfigError.of("data", (
+            f"{run.data} ({split}): the token shards hold codes at {sorted(data.codes)} px, SR "
+            f"needs {run.low_res} and {run.image_size} (cogview encode --sizes "
+            f"{run.low_res},{run.image_size})"))
     lr, hr = data.codes[run.low_res], data.codes[run.image_size]
     if lr.shape[1] != lr.shape[2] or hr.shape[1] != hr.shape[2] or hr.shape[1] < lr.shape[1]:
-        raise UserError(
-            f"{flag}: SR needs square code grids with the output at least as large as the "
-            f"input, got {tuple(lr.shape[1:])} -> {tuple(hr.shape[1:])}"
-        )
+        raise ConfigError.of("data", (
+            f"{run.data} ({split}): SR needs square code grids with the output at least as "
+            f"large as the input, got {tuple(lr.shape[1:])} -> {tuple(hr.shape[1:])}"))
     return lr, hr
 
 
@@ -160,19 +160,12 @@ def train_sr(
     """`cogview train-sr`: load tokenizer, VQVAE and token shards, build the model, run the loop."""
     from cogview.superres import save_sr, sr_extra
 
-    if run.preset not in SR_PRESETS:
-        raise UserError(f"--preset {run.preset!r}; choose from {', '.join(SR_PRESETS)}")
-    try:
-        loss_config = LossConfig(run.loss, run.poly_eps)
-    except ValueError as e:
-        raise UserError(f"--loss: {e}") from e
-    if not 0 <= run.text_dropout <= 1:
-        raise UserError("--text-dropout must lie in [0, 1]")
+    loss_config = LossConfig(run.loss, run.poly_eps)
     tok, vq_dir, vq_fp, train, held = load_training_inputs(run.data, run.tokenizer, run.vqvae)
-    lr, hr = _grids(train, run, "--data")
+    lr, hr = _grids(train, run, "train split")
     test = None
     if held is not None:
-        test = (*_grids(held, run, "--data (test split)"), held.text_ids)
+        test = (*_grids(held, run, "test split"), held.text_ids)
 
     try:
         config = sr_config(
@@ -184,7 +177,7 @@ def train_sr(
             window=run.window,
         )
     except ValueError as e:
-        raise UserError(f"--window/--text-len: {e}") from e
+        raise ConfigError.of("window", f"{run.window} with text_len {run.text_len}: {e}") from e
     torch.manual_seed(loop.seed)  # the same initial weights on every process
     model = SRModel(config)
     train_args = {**asdict(run), **asdict(loop)}

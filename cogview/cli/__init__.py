@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from cogview.errors import UserError
+from cogview.errors import ConfigError, UserError
 
 COMMAND_MODULES = (
     "cogview.cli.data",
@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "cogview.cli.superres",
     "cogview.cli.evaluate",
     "cogview.cli.export",
+    "cogview.cli.serve",
 )
 
 
@@ -91,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
+    except ConfigError as e:  # a parameter's error, told by its flag
+        flag = f"--{e.field.replace('_', '-')} {e.detail}" if e.field else str(e)
+        print(f"error: {flag}", file=sys.stderr)
+        return 2
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -22,24 +22,63 @@ def flag_name(cls: type, name: str) -> str:
     return "--" + meta.get("flag", name).replace("_", "-")
 
 
+_PLAIN_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+def _value_type(f: dataclasses.Field) -> Any:
+    """The parser of a field's flag: metadata `type`, else its plain annotation."""
+    if "type" in f.metadata:
+        return f.metadata["type"]
+    name = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+    name = name.replace(" | None", "")
+    if name not in _PLAIN_TYPES:
+        raise TypeError(f"{f.name}: annotation {f.type!r} needs a `type` in its metadata")
+    return _PLAIN_TYPES[name]
+
+
 def add_flags(
     parser: argparse.ArgumentParser | argparse._ArgumentGroup,
     cls: type,
     keep: Callable[[dataclasses.Field], bool] = lambda f: True,
+    defaults: Any = None,
+    show_defaults: bool = False,
 ) -> None:
     """One flag per documented field of `cls` that `keep` accepts, its value stored under the
-    field's name; booleans get --x / --no-x."""
+    field's name; booleans get --x / --no-x; a field without a default is a required flag.
+
+    Flags default to None, so that a flag not given leaves its field to the next source of
+    defaults; `defaults` (an instance of `cls`) is that source, and its values are shown in
+    the help (`show_defaults`: the dataclass's own defaults are).
+    """
     for f in dataclasses.fields(cls):
         if "help" not in f.metadata or not keep(f):
             continue
-        kind = type(f.default)
-        options: dict[str, Any] = {"dest": f.name, "default": None, "help": f.metadata["help"]}
+        kind = _value_type(f)
+        text = f.metadata["help"]
+        shown = getattr(defaults, f.name) if defaults is not None else (
+            f.default if show_defaults and f.default is not dataclasses.MISSING else None)
+        if shown is not None:
+            text += f" (default: {shown})"
+        options: dict[str, Any] = {"dest": f.name, "default": None, "help": text}
         if kind is bool:
             options["action"] = argparse.BooleanOptionalAction
         else:
             metavar = f.metadata.get("metavar", f.name.split("_")[-1][0].upper())
             options.update(type=kind, metavar=metavar)
+            if "choices" in f.metadata:
+                options.update(choices=f.metadata["choices"], metavar=None)
+        no_default = (f.default is dataclasses.MISSING
+                      and f.default_factory is dataclasses.MISSING)
+        if no_default and defaults is None:
+            options["required"] = True
         parser.add_argument(flag_name(cls, f.name), **options)
+
+
+def from_flags(cls: type, args: argparse.Namespace, defaults: Any = None, **values: Any) -> Any:
+    """An instance of `cls`: the flags given on the command line over `values`, over
+    `defaults` (an instance) or the dataclass's own defaults; a bad value is told by its flag."""
+    base = dataclasses.asdict(defaults) if defaults is not None else {}
+    return checked(cls, lambda: cls(**{**base, **values, **given(args, cls)}))
 
 
 def given(args: argparse.Namespace, cls: type) -> dict[str, Any]:

@@ -7,8 +7,11 @@ import os
 import sys
 from pathlib import Path
 
-from cogview.cli.train import add_input_flags, add_loop_flags, loop_config
+from cogview.cli.flags import add_flags, from_flags
+from cogview.cli.train import add_loop_flags, loop_config, report
 from cogview.errors import UserError
+from train.lm import LOOP_DEFAULTS
+from train.sr import SRTrainConfig
 
 # argmax: on held-out shapes, sampling at T=1 cost ~3 dB PSNR against the argmax output
 SR_TEMPERATURE = 0.0
@@ -29,19 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
         allow_abbrev=False,
     )
-    add_input_flags(p, data_help="token shard folder with codes at two sizes",
-                    preset_help="model size: tiny, small (default small)")
-    p.add_argument("--low-res", type=int, default=32,
-                   help="input image size in pixels: the code grid read (default 32)")
-    p.add_argument("--image-size", type=int, default=64,
-                   help="output image size in pixels: the code grid predicted (default 64)")
-    p.add_argument("--window", type=int, default=4,
-                   help="LoPAR window side w: 2w-1 passes at most (default 4)")
-    p.add_argument("--text-len", type=int, default=8,
-                   help="caption tokens the model sees, from the start (default 8)")
-    p.add_argument("--text-dropout", type=float, default=0.2,
-                   help="probability of dropping the caption, so SR works without one (0.2)")
-    add_loop_flags(p)
+    add_flags(p, SRTrainConfig, show_defaults=True)
+    add_loop_flags(p, LOOP_DEFAULTS)
     p.set_defaults(func=run_train_sr)
 
     p = subparsers.add_parser(
@@ -90,35 +82,14 @@ def add_sr_sampling_flags(p: argparse.ArgumentParser) -> None:
 
 
 def run_train_sr(args: argparse.Namespace) -> int:
-    from train.sr import SRTrainConfig, train_sr
+    from train.sr import train_sr
 
     for flag in ("data", "tokenizer", "vqvae"):
         if not Path(getattr(args, flag)).exists():
             raise UserError(f"--{flag} {getattr(args, flag)}: no such file or folder")
-    run = SRTrainConfig(
-        data=args.data,
-        tokenizer=args.tokenizer,
-        vqvae=args.vqvae,
-        out=args.out,
-        preset=args.preset,
-        low_res=args.low_res,
-        image_size=args.image_size,
-        text_len=args.text_len,
-        window=args.window,
-        text_dropout=args.text_dropout,
-        loss=args.loss,
-        poly_eps=args.poly_eps,
-        eval_samples=args.eval_samples,
-    )
-    result = train_sr(run, loop_config(args), resume=args.resume, progress=not args.no_progress)
-    if int(os.environ.get("RANK", "0")) == 0:
-        if result.interrupted:
-            print(f"interrupted by {result.interrupted} at step {result.step}", file=sys.stderr)
-        if result.checkpoint is not None:
-            print(f"checkpoint: {result.checkpoint} (step {result.step})")
-        if result.metrics_file is not None:
-            print(f"metrics: {result.metrics_file} ({len(result.losses)} steps this run)")
-    return 130 if result.interrupted else 0
+    run = from_flags(SRTrainConfig, args)
+    loop = loop_config(args, LOOP_DEFAULTS)
+    return report(train_sr(run, loop, resume=args.resume, progress=not args.no_progress))
 
 
 def sr_sampling(args: argparse.Namespace):
