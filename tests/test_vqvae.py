@@ -18,6 +18,7 @@ import torch
 from cogview.checkpoint import CheckpointError
 from cogview.errors import UserError
 from cogview.pretrained import load_vqvae, save_vqvae
+from train.config import LoopConfig
 from train.vqvae import VQVAETrainConfig, evaluate_vqvae, train_vqvae
 from vqvae import VQVAE, VQVAEConfig, fingerprint, vqvae_config
 from vqvae.metrics import psnr, ssim, usage_and_perplexity
@@ -190,35 +191,52 @@ def test_checkpoint_with_another_config_is_a_clear_error(tmp_path):
 # training
 
 
-def train_config(**kw) -> VQVAETrainConfig:
+RUN = {"sizes", "loss", "flip", "eval_images"}
+
+
+def train(images, out, *, test_images=None, **kw):
+    """train_vqvae with small settings; `kw` sets fields of the run or the loop."""
     base = dict(steps=6, batch_size=8, sizes=(32,), warmup=2, save_every=3, eval_every=3,
-                eval_images=8, lr=3e-3)
-    return VQVAETrainConfig(**{**base, **kw})
+                eval_images=8, lr=3e-3, min_lr=1e-4, weight_decay=0.0, precision="bf16")
+    options = {**base, **kw}
+    run = VQVAETrainConfig(**{k: v for k, v in options.items() if k in RUN})
+    loop = LoopConfig(**{k: v for k, v in options.items()
+                         if k not in RUN | {"resume", "on_step", "model"}})
+    return train_vqvae(options.get("model", TINY), run, loop, images, out,
+                       test_images=test_images, progress=False,
+                       resume=options.get("resume", False), on_step=options.get("on_step"))
 
 
 def test_training_lowers_the_loss(tmp_path):
     images = {32: blocks(64, 32)}
-    result = train_vqvae(TINY, train_config(steps=30, save_every=30, eval_every=0), images,
-                         tmp_path / "run", progress=False)
+    result = train(images, tmp_path / "run", steps=30, save_every=30, eval_every=0)
     assert result.step == 30 and len(result.losses) == 30
     assert np.mean(result.losses[-5:]) < 0.8 * np.mean(result.losses[:5])
     assert result.checkpoint == tmp_path / "run" / "step-00000030"
 
 
+def _evals(run) -> list[dict]:
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if any(k.startswith("eval_") for k in r)]
+
+
 def test_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path):
     images = {32: blocks(24, 32), 64: blocks(8, 64)}
-    config = train_config(sizes=(32, 64))
-    full = train_vqvae(TINY, config, images, tmp_path / "a", test_images=images, progress=False)
-    half = train_vqvae(TINY, config, images, tmp_path / "b", test_images=images, progress=False,
-                       stop_at=2)
+
+    def stop_at_2(step: int) -> None:
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    full = train(images, tmp_path / "a", test_images=images, sizes=(32, 64))
+    half = train(images, tmp_path / "b", test_images=images, sizes=(32, 64), on_step=stop_at_2)
     assert half.interrupted and half.step == 2
-    rest = train_vqvae(TINY, config, images, tmp_path / "b", test_images=images, progress=False,
-                       resume=True)
+    rest = train(images, tmp_path / "b", test_images=images, sizes=(32, 64), resume=True)
     assert rest.step == full.step == 6
     a, b = load_vqvae(full.checkpoint).state_dict(), load_vqvae(rest.checkpoint).state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert (tmp_path / "b" / "metrics.jsonl").read_text() == (
-        tmp_path / "a" / "metrics.jsonl").read_text()
+    assert _evals(tmp_path / "b") == _evals(tmp_path / "a")
+    assert {"eval_32px_psnr", "eval_64px_usage"} <= set(_evals(tmp_path / "a")[-1])
+    assert [e.size for e in rest.evals] == [32, 64]
 
 
 def test_sigterm_saves_a_checkpoint_and_stops(tmp_path):
@@ -233,9 +251,8 @@ def test_sigterm_saves_a_checkpoint_and_stops(tmp_path):
 
     sender = threading.Thread(target=send_once_training)
     sender.start()
-    result = train_vqvae(TINY, train_config(steps=100_000, batch_size=2, save_every=1,
-                                            eval_every=0), {32: blocks(4, 32)}, run,
-                         progress=False)
+    result = train({32: blocks(4, 32)}, run, steps=100_000, batch_size=2, save_every=1,
+                   eval_every=0)
     sender.join()
     assert result.interrupted and 1 <= result.step < 100_000
     assert result.checkpoint == run / f"step-{result.step:08d}"
@@ -245,24 +262,24 @@ def test_sigterm_saves_a_checkpoint_and_stops(tmp_path):
 
 def test_training_refuses_to_overwrite_and_mismatched_resume(tmp_path):
     images = {32: blocks(8, 32)}
-    train_vqvae(TINY, train_config(steps=1), images, tmp_path / "run", progress=False)
+    train(images, tmp_path / "run", steps=1)
     with pytest.raises(UserError, match="--resume"):
-        train_vqvae(TINY, train_config(steps=2), images, tmp_path / "run", progress=False)
-    with pytest.raises(UserError, match="lr"):
-        train_vqvae(TINY, train_config(steps=2, lr=1e-4), images, tmp_path / "run",
-                    progress=False, resume=True)
+        train(images, tmp_path / "run", steps=2)
+    with pytest.raises(UserError, match="other settings of lr"):
+        train(images, tmp_path / "run", steps=2, lr=1e-3, resume=True)
+    with pytest.raises(UserError, match="other settings of loss"):
+        train(images, tmp_path / "run", steps=2, loss="l1", resume=True)
     other = dataclasses.replace(TINY, codebook_size=32)
-    with pytest.raises(UserError, match="another config"):
-        train_vqvae(other, train_config(steps=2), images, tmp_path / "run", progress=False,
-                    resume=True)
+    with pytest.raises(UserError, match="another shape"):
+        train(images, tmp_path / "run", steps=2, model=other, resume=True)
+    assert train(images, tmp_path / "run", steps=2, resume=True).step == 2
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     images = {32: blocks(8, 32)}
     # a huge learning rate blows the weights up within a few steps
     with pytest.raises(UserError, match="last good checkpoint") as err:
-        train_vqvae(TINY, train_config(steps=50, save_every=1, lr=1e12, grad_clip=0), images,
-                    tmp_path / "run", progress=False)
+        train(images, tmp_path / "run", steps=50, save_every=1, lr=1e12, clip=0)
     saved = sorted((tmp_path / "run").glob("step-*"))
     assert saved and str(saved[-1]) in str(err.value)
     for path in saved:

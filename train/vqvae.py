@@ -1,41 +1,35 @@
-"""Training and evaluation of the VQVAE image tokenizer.
+"""Training and evaluation of the VQVAE image tokenizer, on the shared training loop.
 
 Images live in memory as uint8 tensors, one set per image size; every step draws one batch at
-one size (sizes take turns) with a seeded `torch.Generator`. Every piece of state that the next
-step depends on (weights, EMA codebook buffers, optimizer, scheduler, the batch generator and
-torch's global RNG, which k-means init and dead-code replacement draw from) is saved in each
-checkpoint, so a resumed run ends with the same weights as an uninterrupted one.
+one size (sizes take turns, larger sizes fewer images: the same pixel count) from the loop's
+seeded generator. The loop (`train.loop`) brings the optimizer, schedule, signals, metrics,
+checkpoints and exact resume; torch's global RNG, which the codebook's k-means init and
+dead-code replacement draw from, is in every checkpoint, so a resumed run ends with the same
+weights as an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import signal
 import sys
-import time
 from collections import deque
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from cogview.checkpoint import (
-    CONFIG_FILE,
-    config_from_dict,
-    load_checkpoint,
-    load_state_strict,
-    load_training_state,
-    step_dir_name,
-    step_dirs,
-)
-from cogview.errors import UserError
-from cogview.pretrained import VQVAE_KIND, save_vqvae
+from cogview.checkpoint import read_meta, step_dirs
+from cogview.config import option
+from cogview.errors import ConfigError, UserError
+from cogview.losses import LossSums
+from cogview.pretrained import save_vqvae
+from train.config import LoopConfig
+from train.loop import TrainResult, run_objective
 from vqvae.metrics import (
     code_histogram,
     mse_per_image,
@@ -48,47 +42,49 @@ from vqvae.metrics import (
 from vqvae.model import VQVAE, VQVAEConfig
 
 LOSSES = ("mse", "l1")
-PRECISIONS = ("bf16", "fp32")
-METRICS_FILE = "metrics.jsonl"
-# fields of the training config that may change on --resume without breaking the run
-RESUME_MAY_CHANGE = ("steps", "save_every", "eval_every", "eval_images")
+# the loop settings of `cogview train-vqvae`: min_lr is 2% of lr; bf16 autocast (where the CPU
+# has it) matched fp32 PSNR on shapes (36.2 vs 36.5 dB at 500 steps) at 1.6x the speed
+LOOP_DEFAULTS = LoopConfig(steps=4000, batch_size=64, lr=2e-3, warmup=100, min_lr=4e-5,
+                           weight_decay=0.0, betas=(0.9, 0.99), clip=1.0, save_every=500,
+                           eval_every=500)
+# fields of VQVAETrainConfig that a resumed run may change
+RESUME_MAY_CHANGE = ("eval_images",)
+
+
+def image_sizes(text: str) -> tuple[int, ...]:
+    """'32,64' -> (32, 64)."""
+    sizes = tuple(int(s) for s in text.split(",") if s.strip())
+    if not sizes or any(s < 1 for s in sizes):
+        raise ValueError(f"expected positive sizes like 32,64, got {text!r}")
+    return sizes
 
 
 @dataclass(frozen=True)
 class VQVAETrainConfig:
-    steps: int = 4000
-    # images per step at the smallest size; larger sizes get fewer images, the same pixel count
-    batch_size: int = 64
-    lr: float = 2e-3
-    warmup: int = 100
-    min_lr_ratio: float = 0.02
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
+    """What VQVAE training asks for besides the loop (`LoopConfig`, whose `batch_size` is the
+    images of a step at the smallest size)."""
+
+    sizes: tuple[int, ...] = option((32, 64), "image sizes to train on, taking turns",
+                                    type=image_sizes, metavar="S,S")
     # PSNR is a function of the MSE; on shapes (500 steps) "l1" reached 23.0 dB where "mse"
     # reached 36.2 dB held-out
-    loss: str = "mse"
-    sizes: tuple[int, ...] = (32, 64)
-    flip: bool = True  # random horizontal flips (reconstruction does not care about left/right)
-    # autocast dtype of the forward pass (the quantizer casts to fp32 itself); on shapes bf16
-    # matched fp32 PSNR (36.2 vs 36.5 dB at 500 steps) at 1.6x the speed on this CPU
-    precision: str = "bf16"
-    save_every: int = 500
-    eval_every: int = 500
-    eval_images: int = 512  # held-out images per size at each evaluation
-    seed: int = 0
+    loss: str = option("mse", "reconstruction loss", choices=LOSSES)
+    flip: bool = option(True, "random horizontal flips (reconstruction does not care about "
+                        "left and right)")
+    eval_images: int = option(512, "held-out images per size at each evaluation", metavar="N")
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1:
-            raise ValueError("steps and batch_size must be positive")
         if self.loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+            raise ConfigError.of("loss", f"must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         if not self.sizes or any(s < 1 for s in self.sizes):
-            raise ValueError(f"sizes must be positive, got {self.sizes}")
+            raise ConfigError.of("sizes", f"must be positive, got {self.sizes}")
+        if self.eval_images < 1:
+            raise ConfigError.of("eval_images", f"must be at least 1, got {self.eval_images}")
 
-    def batch_size_at(self, size: int) -> int:
-        return max(1, round(self.batch_size * (min(self.sizes) / size) ** 2))
+
+def batch_size_at(batch_size: int, size: int, sizes: Sequence[int]) -> int:
+    """Images of a step at `size`: `batch_size` at the smallest size, the same pixels above."""
+    return max(1, round(batch_size * (min(sizes) / size) ** 2))
 
 
 @dataclass
@@ -104,25 +100,6 @@ class VQVAEEval:
 
     def as_dict(self) -> dict[str, float]:
         return {k: v for k, v in asdict(self).items() if k != "counts"}
-
-
-@dataclass
-class TrainResult:
-    step: int
-    checkpoint: Path | None
-    interrupted: bool = False
-    evals: list[VQVAEEval] = field(default_factory=list)
-    losses: list[float] = field(default_factory=list)  # training loss of each step of this run
-    seconds: float = 0.0
-
-
-def lr_factor(step: int, config: VQVAETrainConfig) -> float:
-    """Linear warmup to 1, then cosine down to `min_lr_ratio` at the last step."""
-    if step < config.warmup:
-        return (step + 1) / config.warmup
-    span = max(1, config.steps - config.warmup)
-    t = min(1.0, (step - config.warmup) / span)
-    return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
 
 
 def to_model_range(images: Tensor) -> Tensor:
@@ -178,190 +155,148 @@ def load_image_sets(data: str | Path, sizes: tuple[int, ...], split: str,
             for size in sizes}
 
 
-class _StopFlag:
-    """Set by SIGINT/SIGTERM: the loop finishes its step, saves and stops."""
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-
-    def __call__(self, signum: int, frame: Any) -> None:
-        self.signal = signum
+@dataclass
+class VQVAETrainResult(TrainResult):
+    evals: list[VQVAEEval] = field(default_factory=list)  # the last held-out evaluation
 
 
-@contextmanager
-def _catch_stop_signals(flag: _StopFlag):
-    import threading
+@dataclass
+class VQVAEObjective:
+    """Reconstruction batches of uint8 images (N, 3, s, s) keyed by size s; `test` (the same
+    layout, or None) gives the held-out PSNR, SSIM and codebook usage."""
 
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = {s: signal.signal(s, flag) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
+    model: VQVAE
+    run: VQVAETrainConfig
+    train: dict[int, Tensor]
+    save_fn: Callable[..., Path]
+    test: dict[int, Tensor] | None = None
+    task_names: tuple[str, ...] = ()  # one loss group per size: "32px", ...
 
+    def __post_init__(self) -> None:
+        self.task_names = tuple(f"{s}px" for s in self.run.sizes)
+        self.evals: list[VQVAEEval] = []
+        self.eval_step = -1
+        self.step = 0
+        self._recent: deque[Tensor] = deque(maxlen=50)  # code histograms of recent batches
+        self._psnr = 0.0
 
-def _check_resume(saved: dict[str, Any], config: VQVAETrainConfig, path: Path) -> None:
-    current = asdict(config)
-    changed = [k for k in current if k not in RESUME_MAY_CHANGE
-               and k in saved and _jsonable(saved[k]) != _jsonable(current[k])]
-    if changed:
-        raise UserError(f"--resume: {path} was trained with other settings for {changed}; "
-                        "pass the same flags or choose another --out")
+    def draw(self, step: int, n: int, g: torch.Generator) -> list[Tensor]:
+        sizes = self.run.sizes
+        size = sizes[step % len(sizes)]
+        images = self.train[size]
+        bs = batch_size_at(n, size, sizes)
+        x = images[torch.randint(len(images), (bs,), generator=g)]
+        if self.run.flip:
+            flip = torch.rand(bs, generator=g) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        self.step = step + 1
+        return list(x)
+
+    def collate(self, samples: Sequence[Tensor]) -> Tensor:
+        return torch.stack(list(samples))
+
+    def count(self, samples: Sequence[Tensor]) -> tuple[int, int]:
+        cells = (samples[0].shape[-1] // self.model.factor) ** 2 if samples else 0
+        return len(samples) * cells, len(samples)  # (codes, images)
+
+    def loss(self, model: nn.Module, batch: Tensor) -> LossSums:
+        x = to_model_range(batch)
+        out = model(x)
+        recon = out.recon.float()
+        mse = F.mse_loss(recon, x)
+        rec = mse if self.run.loss == "mse" else F.l1_loss(recon, x)
+        mean = rec + out.commit_loss.float()
+        n, group = len(x), self.run.sizes.index(x.shape[-1])
+        sums = torch.zeros(len(self.task_names), device=x.device)
+        counts = torch.zeros(len(self.task_names), dtype=torch.long, device=x.device)
+        sums[group], counts[group] = mean.detach() * n, n
+        self._recent.append(code_histogram(out.codes.cpu(), model.codebook_size))
+        self._psnr = float(psnr_from_mse(mse.detach() / 4))  # mse of [-1, 1] images is 4x
+        return LossSums(mean * n, sums, counts)
+
+    def step_metrics(self) -> dict[str, float]:
+        usage, _ = usage_and_perplexity(torch.stack(list(self._recent)).sum(0))
+        return {"psnr": self._psnr, "usage": usage}
+
+    def evaluate(self, model: nn.Module, device: torch.device, precision: str) -> dict[str, float]:
+        """Held-out PSNR, SSIM and codebook usage per size (reconstructions as saved PNGs)."""
+        if not self.test:
+            return {}
+        self.evals = [
+            evaluate_vqvae(model, self.test[s][: self.run.eval_images])
+            for s in self.run.sizes if s in self.test and len(self.test[s])
+        ]
+        self.eval_step = self.step
+        line = "  ".join(f"{e.size}px psnr {e.psnr:.2f} ssim {e.ssim:.3f} usage {e.usage:.0%}"
+                         for e in self.evals)
+        tqdm.write(f"step {self.step}: held-out {line}", file=sys.stderr)
+        return {f"eval_{e.size}px_{k}": v for e in self.evals for k, v in e.as_dict().items()
+                if k not in ("size", "images")}
+
+    def save(self, path: Path, state_dict: dict[str, Tensor], *, step: int, **kwargs: Any) -> Path:
+        evals = self.evals if self.eval_step == step else []
+        return self.save_fn(path, state_dict, step=step,
+                            metrics={f"{e.size}px": e.as_dict() for e in evals}, **kwargs)
 
 
 def _jsonable(x: Any) -> Any:
     return json.loads(json.dumps(x))
 
 
+def _check_resume(out_dir: Path, run: VQVAETrainConfig) -> None:
+    """UserError when the newest checkpoint of `out_dir` was trained with other settings."""
+    existing = step_dirs(out_dir)
+    if not existing:
+        return
+    path = existing[-1][1]
+    saved = read_meta(path).get("extra", {}).get("train", {})
+    current = _jsonable(asdict(run))
+    changed = [k for k, v in current.items()
+               if k not in RESUME_MAY_CHANGE and k in saved and saved[k] != v]
+    if changed:
+        raise UserError(f"resume: {path} was trained with other settings of "
+                        f"{', '.join(changed)}; resume with the same ones, or start another run")
+
+
 def train_vqvae(
     model_config: VQVAEConfig,
-    config: VQVAETrainConfig,
+    run: VQVAETrainConfig,
+    loop: LoopConfig,
     train_images: dict[int, Tensor],
     out_dir: str | Path,
     test_images: dict[int, Tensor] | None = None,
+    *,
     resume: bool = False,
     progress: bool = True,
     extra: dict[str, Any] | None = None,
-    stop_at: int | None = None,
-) -> TrainResult:
+    on_step: Callable[[int], None] | None = None,
+) -> VQVAETrainResult:
     """Train a VQVAE on uint8 images (N, 3, s, s) keyed by size s; checkpoints go to
     `out_dir/step-XXXXXXXX/`. With `resume`, continue from the newest complete checkpoint.
-    `stop_at` ends this session after that step with a checkpoint, as SIGINT/SIGTERM do; a
-    later `resume` carries on as if nothing had happened."""
+    `on_step(step)` is called after every step (tests send signals from it)."""
     out_dir = Path(out_dir)
-    for size in config.sizes:
+    for size in run.sizes:
         if size not in train_images or len(train_images[size]) == 0:
-            raise UserError(f"--sizes: no training images at {size} px")
+            raise ConfigError.of("sizes", f"{size}: no training images at {size} px")
         if size % model_config.factor:
-            raise UserError(f"--sizes: {size} px is not divisible by the VQVAE factor "
-                            f"f={model_config.factor}")
-    existing = step_dirs(out_dir)
-    if existing and not resume:
-        raise UserError(f"--out: {out_dir} already holds checkpoints; pass --resume to continue "
-                        "or choose another folder")
-
-    torch.manual_seed(config.seed)
+            raise ConfigError.of("sizes", f"{size} px is not divisible by the VQVAE factor "
+                                 f"f={model_config.factor}")
+    if resume:
+        _check_resume(out_dir, run)
+    torch.manual_seed(loop.seed)  # the same initial weights on every process
     model = VQVAE(model_config)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.99),
-                                  weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
-    generator = torch.Generator().manual_seed(config.seed)
-    step = 0
+    extra = {**(extra or {}), "train": _jsonable(asdict(run)), "loop": _jsonable(asdict(loop))}
 
-    if resume and existing:
-        path = existing[-1][1]
-        ckpt = load_checkpoint(path, kind=VQVAE_KIND)
-        saved_config = config_from_dict(VQVAEConfig, ckpt.config, str(path / CONFIG_FILE))
-        if saved_config != model_config:
-            raise UserError(f"--resume: {path} holds a VQVAE with another config than --preset")
-        _check_resume(ckpt.extra.get("train", {}), config, path)
-        load_state_strict(model, ckpt.state_dict, str(path))
-        state = load_training_state(path)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        step = int(state["step"])
-        print(f"resuming from {path} (step {step})", file=sys.stderr)
+    def save_fn(path, state_dict, *, step, training_state, copy, ema, metrics):
+        saved = model
+        if ema is not None:  # the averaged weights, in a model of their own for the fingerprint
+            saved = VQVAE(model_config)
+            saved.load_state_dict(state_dict)
+        return save_vqvae(path, saved, step=step, extra={**extra, "eval": metrics},
+                          training_state=training_state)
 
-    extra = {**(extra or {}), "train": _jsonable(asdict(config))}
-    last_saved: Path | None = existing[-1][1] if existing and resume else None
-    last_evals: list[VQVAEEval] = []
-
-    def save(at: int, evals: list[VQVAEEval]) -> Path:
-        training_state = {
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "generator": generator.get_state(),
-            "torch_rng": torch.get_rng_state(),
-            "step": at,
-        }
-        metrics = {f"{e.size}px": e.as_dict() for e in evals}
-        return save_vqvae(out_dir / step_dir_name(at), model, step=at,
-                          extra={**extra, "eval": metrics}, training_state=training_state)
-
-    def run_eval(at: int) -> list[VQVAEEval]:
-        evals = []
-        for size in config.sizes:
-            if test_images and size in test_images and len(test_images[size]):
-                evals.append(evaluate_vqvae(model, test_images[size][: config.eval_images]))
-        if evals:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            with open(out_dir / METRICS_FILE, "a") as fh:
-                fh.write(json.dumps({"step": at, **{f"{e.size}px": e.as_dict() for e in evals}})
-                         + "\n")
-            line = "  ".join(f"{e.size}px psnr {e.psnr:.2f} ssim {e.ssim:.3f} "
-                             f"usage {e.usage:.0%}" for e in evals)
-            tqdm.write(f"step {at}: held-out {line}", file=sys.stderr)
-        return evals
-
-    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if config.precision == "bf16"
-                else nullcontext())
-    recent_counts: deque[Tensor] = deque(maxlen=50)
-    flag = _StopFlag()
-    start = time.time()
-    model.train()
-    bar = tqdm(total=config.steps, initial=step, file=sys.stderr, disable=not progress,
-               desc="train-vqvae", dynamic_ncols=True)
-    interrupted = False
-    losses: list[float] = []
-    with _catch_stop_signals(flag):
-        while step < config.steps:
-            # batch: one size per step, sizes take turns
-            size = config.sizes[step % len(config.sizes)]
-            images = train_images[size]
-            bs = config.batch_size_at(size)
-            idx = torch.randint(len(images), (bs,), generator=generator)
-            x = to_model_range(images[idx])
-            if config.flip:
-                flip = torch.rand(bs, generator=generator) < 0.5
-                x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-
-            # loss
-            with autocast:
-                out = model(x)
-            recon = out.recon.float()
-            mse = F.mse_loss(recon, x)
-            rec = mse if config.loss == "mse" else F.l1_loss(recon, x)
-            loss = rec + out.commit_loss.float()
-            if not torch.isfinite(loss):
-                where = f"; the last good checkpoint is {last_saved}" if last_saved else ""
-                raise UserError(f"training loss became {loss.item()} at step {step}{where}; "
-                                "try a lower --lr")
-
-            # update
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            losses.append(loss.item())
-
-            # report
-            recent_counts.append(code_histogram(out.codes, model.codebook_size))
-            usage, _ = usage_and_perplexity(torch.stack(list(recent_counts)).sum(0))
-            # mse of [-1, 1] images is 4x that of [0, 1] images
-            batch_psnr = float(psnr_from_mse(mse.detach() / 4))
-            bar.set_postfix(loss=f"{losses[-1]:.4f}", psnr=f"{batch_psnr:.1f}",
-                            usage=f"{usage:.0%}", refresh=False)
-            bar.update(1)
-
-            evals = []
-            if config.eval_every and (step % config.eval_every == 0 or step == config.steps):
-                evals = last_evals = run_eval(step)
-            stopping = flag.signal is not None or (stop_at is not None and step >= stop_at)
-            if stopping or step % config.save_every == 0 or step == config.steps:
-                last_saved = save(step, evals)
-            if stopping and step < config.steps:
-                interrupted = True
-                why = f"signal {flag.signal}" if flag.signal is not None else "stop_at"
-                tqdm.write(f"stopped by {why} at step {step}; saved {last_saved}", file=sys.stderr)
-                break
-    bar.close()
-    return TrainResult(step=step, checkpoint=last_saved, interrupted=interrupted,
-                       evals=last_evals, losses=losses, seconds=time.time() - start)
+    objective = VQVAEObjective(model=model, run=run, train=train_images, test=test_images,
+                               save_fn=save_fn)
+    result = run_objective(objective, loop, out_dir, resume=resume, progress=progress,
+                           on_step=on_step)
+    return VQVAETrainResult(**vars(result), evals=objective.evals)

@@ -57,6 +57,8 @@ def add_flags(
         text = f.metadata["help"]
         shown = getattr(defaults, f.name) if defaults is not None else (
             f.default if show_defaults and f.default is not dataclasses.MISSING else None)
+        if isinstance(shown, tuple):
+            shown = ",".join(str(v) for v in shown)
         if shown is not None:
             text += f" (default: {shown})"
         options: dict[str, Any] = {"dest": f.name, "default": None, "help": text}

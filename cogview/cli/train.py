@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 
@@ -34,14 +35,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_train)
 
 
-def add_loop_flags(p: argparse.ArgumentParser, defaults: Any) -> None:
+def add_loop_flags(p: argparse.ArgumentParser, defaults: Any,
+                   keep: Callable[[Any], bool] = lambda f: True) -> None:
     """Flags of the shared training loop (optimizer, schedule, checkpoints, DeepSpeed), with
-    the trainer's `defaults` (a LoopConfig), plus --resume and --no-progress."""
+    the trainer's `defaults` (a LoopConfig), plus --resume and --no-progress; `keep` picks
+    the fields that the trainer offers."""
     from cogview.cli.flags import add_flags
     from train.config import LoopConfig
 
     g = p.add_argument_group("training loop")
-    add_flags(g, LoopConfig, defaults=defaults)
+    add_flags(g, LoopConfig, keep=keep, defaults=defaults)
     g.add_argument("--resume", action="store_true",
                    help="continue from the newest complete checkpoint in --out")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -54,7 +57,7 @@ def loop_config(args: argparse.Namespace, defaults: Any) -> Any:
     from train.config import LoopConfig
 
     values = {}
-    if args.deepspeed:
+    if getattr(args, "deepspeed", None):
         from train.distributed import read_ds_config, resolve_batch, world_from_env
 
         _, world, _ = world_from_env()

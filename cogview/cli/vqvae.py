@@ -14,7 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from cogview.cli import with_threads
+from cogview.cli.flags import add_flags
+from cogview.cli.train import add_loop_flags
 from cogview.errors import UserError
+from train.vqvae import LOOP_DEFAULTS, VQVAETrainConfig
 
 
 def _sizes(text: str) -> tuple[int, ...]:
@@ -52,26 +55,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--preset", default="small",
                    help="model preset from vqvae.model.PRESETS (default small; tiny for tests)")
     p.add_argument("--out", required=True, metavar="DIR", help="run folder for checkpoints")
-    p.add_argument("--steps", type=_positive, default=4000)
-    p.add_argument("--batch-size", type=_positive, default=64,
-                   help="images per step at the smallest size (larger sizes: same pixel count)")
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--warmup", type=int, default=100, help="linear warmup steps")
-    p.add_argument("--sizes", type=_sizes, default=(32, 64),
-                   help="image sizes to train on, taking turns (default 32,64)")
-    p.add_argument("--loss", choices=("mse", "l1"), default="mse")
-    p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
-                   help="autocast dtype of the forward pass (the quantizer is always fp32)")
-    p.add_argument("--save-every", type=_positive, default=500)
-    p.add_argument("--eval-every", type=int, default=500, help="held-out eval; 0 turns it off")
-    p.add_argument("--eval-images", type=_positive, default=512)
     p.add_argument("--limit", type=_positive, default=None, help="use at most N training images")
-    p.add_argument("--resume", action="store_true", help="continue from OUT's newest checkpoint")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=_positive, default=None,
                    help="torch CPU threads (default: torch's choice; 1 is fastest on a busy "
                         "machine)")
+    add_flags(p, VQVAETrainConfig, show_defaults=True)
+    # one process: the codebook's running averages are not synchronised across processes here
+    add_loop_flags(p, LOOP_DEFAULTS, keep=lambda f: f.name != "deepspeed")
     p.set_defaults(func=run_train)
 
     p = subparsers.add_parser(
@@ -173,31 +163,27 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from train.vqvae import VQVAETrainConfig, load_image_sets, train_vqvae
+    from cogview.cli.flags import from_flags
+    from cogview.cli.train import loop_config
+    from train.vqvae import load_image_sets, train_vqvae
     from vqvae.model import vqvae_config
 
     _require_dir(args.data, "--data")
-    try:
-        config = VQVAETrainConfig(
-            steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
-            loss=args.loss, sizes=args.sizes, precision=args.precision,
-            save_every=args.save_every, eval_every=args.eval_every,
-            eval_images=args.eval_images, seed=args.seed)
-    except ValueError as e:
-        raise UserError(str(e)) from e
+    run = from_flags(VQVAETrainConfig, args)
+    loop = loop_config(args, LOOP_DEFAULTS)
     try:
         model_config = vqvae_config(args.preset)
     except KeyError as e:
         raise UserError(f"--preset: {e.args[0]}") from e
-    train = load_image_sets(args.data, config.sizes, "train", limit=args.limit)
+    train = load_image_sets(args.data, run.sizes, "train", limit=args.limit)
     try:
-        test = load_image_sets(args.data, config.sizes, "test", limit=config.eval_images)
+        test = load_image_sets(args.data, run.sizes, "test", limit=run.eval_images)
     except UserError:
         test = None
         print(f"note: {args.data} has no test split; no held-out evaluation", file=sys.stderr)
     counts = ", ".join(f"{len(v)} at {k} px" for k, v in train.items())
     print(f"training images: {counts}", file=sys.stderr)
-    result = train_vqvae(model_config, config, train, args.out, test_images=test,
+    result = train_vqvae(model_config, run, loop, train, args.out, test_images=test,
                          resume=args.resume, progress=not args.no_progress,
                          extra={"data": str(args.data), "preset": args.preset})
     if result.checkpoint is not None:
@@ -205,6 +191,8 @@ def _run_train(args: argparse.Namespace) -> int:
     for e in result.evals:
         print(f"held-out {e.size} px: PSNR {e.psnr:.2f} dB, SSIM {e.ssim:.4f}, "
               f"codebook usage {e.usage:.1%}, perplexity {e.perplexity:.0f}")
+    if result.interrupted:
+        print(f"interrupted by {result.interrupted} at step {result.step}", file=sys.stderr)
     return 130 if result.interrupted else 0
 
 
