@@ -139,7 +139,7 @@ def speed(args: argparse.Namespace) -> None:
     config = sr_config(args.preset, tok.vocab_size)
     torch.manual_seed(0)
     sr = SRModel(config).to(device).eval()
-    ar = CogLM(config.lm_config()).to(device).eval()  # same size, raster order
+    ar = CogLM(config.lm).to(device).eval()  # same size, raster order
     sampling = SamplingConfig(temperature=1.0)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     print(
@@ -208,7 +208,7 @@ def quality(args: argparse.Namespace) -> None:
     rows = {
         "bicubic upsampling of the 32 px VQVAE reconstruction": bicubic,
     }
-    w = sr.model.config.num_orders
+    w = sr.model.sr.num_orders
     runs = [
         ("SR direct (1 pass), argmax", 1, 0.0, True),
         ("SR direct (1 pass), argmax, no caption", 1, 0.0, False),

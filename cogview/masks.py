@@ -44,25 +44,25 @@ class TaskSequence:
 
 @dataclass
 class TaskBatch:
+    """A padded batch for the model: a prefix-LM mask from `prefix_len` (CogLM tasks) or an
+    explicit boolean `attn_mask` (super-resolution's local attention)."""
+
     ids: Tensor  # (B, T)
     pos: Tensor  # (B, T)
     cell: Tensor  # (B, T, 2)
     next_cell: Tensor  # (B, T, 2)
-    labels: Tensor  # (B, T)
-    prefix_len: Tensor  # (B,)
-    task: Tensor  # (B,) index into TASKS
+    labels: Tensor  # (B, T) target id, IGNORE where there is none
+    task: Tensor  # (B,) index into the task names of the loss groups
+    prefix_len: Tensor | None = None  # (B,)
+    attn_mask: Tensor | None = None  # (B, 1, T, T) bool
 
     def to(self, device: torch.device | str) -> TaskBatch:
-        return TaskBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        return TaskBatch(**{k: v.to(device) if v is not None else None for k, v in moved.items()})
 
-    def model_inputs(self) -> dict[str, Tensor]:
-        return dict(
-            ids=self.ids,
-            pos=self.pos,
-            cell=self.cell,
-            next_cell=self.next_cell,
-            prefix_len=self.prefix_len,
-        )
+    def model_inputs(self) -> dict[str, Tensor | None]:
+        return dict(ids=self.ids, pos=self.pos, cell=self.cell, next_cell=self.next_cell,
+                    prefix_len=self.prefix_len, attn_mask=self.attn_mask)
 
 
 def grid_cells(h: int, w: int) -> Tensor:

@@ -117,32 +117,33 @@ def write_sampling_defaults(folder: str | Path, values: Mapping[str, Any]) -> Pa
     return path
 
 
-def coglm_extra(
+def bundle_extra(
     tokenizer: Any,
     vqvae_fingerprint: str,
-    image_size: int,
-    grid: tuple[int, int],
+    *,
     train_args: Mapping[str, Any] | None = None,
     ema: float | None = None,
-    domain: str | None = None,
+    **about: Any,
 ) -> dict[str, Any]:
-    """The `extra` JSON of a CogLM checkpoint: what the model's ids and codes mean, and the
-    domain of its training data (the `source` of the image data set: shapes, fashion, ...)."""
+    """The `extra` JSON of a self-contained model folder (CogLM or SR): what its ids and codes
+    mean, the EMA decay when model.safetensors holds EMA weights (else None), the training
+    arguments, and `about` the model: a CogLM's `domain` (the `source` of its image data set:
+    shapes, fashion, ...), `image_size` and code `grid`; an SR model's `low_res_size` and
+    `image_size`."""
     return {
-        "domain": domain,
+        **about,
         "tokenizer_layout": tokenizer.layout(),
         "vqvae_fingerprint": vqvae_fingerprint,
-        "image_size": int(image_size),
-        "grid": [int(grid[0]), int(grid[1])],
-        "ema": ema,  # the EMA decay when model.safetensors holds EMA weights, else None
+        "ema": ema,
         "train_args": dict(train_args or {}),
     }
 
 
-def save_coglm(
+def save_bundled(
     path: str | Path,
+    kind: str,
     *,
-    config: CogLMConfig,
+    config: Any,
     state_dict: Mapping[str, torch.Tensor],
     tokenizer_file: str | Path,
     vqvae_path: str | Path,
@@ -151,7 +152,8 @@ def save_coglm(
     training_state: dict[str, Any] | None = None,
     copy: Mapping[str, str | Path] | None = None,
 ) -> Path:
-    """Write a self-contained CogLM folder (atomically); `extra` as made by `coglm_extra`.
+    """Write a self-contained model folder of `kind` (coglm, sr) atomically: config, fp32
+    weights, the tokenizer and the VQVAE; `extra` as made by `bundle_extra`.
 
     `vqvae_path` may be a VQVAE training run: its newest complete step is copied. `copy` adds
     more files or folders (a DeepSpeed checkpoint while training).
@@ -159,7 +161,7 @@ def save_coglm(
     weights = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
     return save_checkpoint(
         path,
-        kind=COGLM_KIND,
+        kind=kind,
         config=config,
         state_dict=weights,
         step=step,

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from cogview.errors import UserError
-from cogview.masks import IGNORE, grid_cells
+from cogview.masks import IGNORE, TaskBatch, grid_cells
 from cogview.model import CogLM, CogLMConfig, KVCache
 from cogview.sampling import SamplingConfig, SamplingError, sample_logits
 
@@ -46,17 +46,11 @@ SR_TASKS = ("direct", "lopar")  # loss groups: samples with r = 0, and with r > 
 
 @dataclass(frozen=True)
 class SRConfig:
-    """The SR transformer (CogLM fields) and its geometry: grid sides, text slots, the LoPAR
-    window and the two local-attention kernels. `lm_config()` gives the CogLM to build."""
+    """The SR transformer (`lm`, a CogLMConfig whose `max_seq_len` and `max_grid` are the
+    sequence and the high-res grid below) and its geometry: grid sides, text slots, the LoPAR
+    window and the two local-attention kernels. `SRConfig.build` sizes `lm` to fit."""
 
-    vocab_size: int
-    dim: int = 256
-    n_layers: int = 6
-    n_heads: int = 8
-    mlp_ratio: float = 4.0
-    sandwich_ln: bool = False
-    dropout: float = 0.0
-    bias: bool = False
+    lm: CogLMConfig
     text_len: int = 8  # the first text tokens that condition SR (the rest is cut)
     lr_size: int = 8  # low-resolution grid side (32 px / f=4)
     hr_size: int = 16  # high-resolution grid side (64 px / f=4)
@@ -75,52 +69,67 @@ class SRConfig:
                 raise ValueError(f"{name} must be a positive odd number, got {k}")
         if self.text_len < 0:
             raise ValueError(f"text_len must be >= 0, got {self.text_len}")
-        self.lm_config()  # dim / heads / vocab checks
+        if (self.lm.max_seq_len, self.lm.max_grid) != (self.seq_len, self.hr_size):
+            raise ValueError(f"lm must have max_seq_len {self.seq_len} and max_grid "
+                             f"{self.hr_size}, got {self.lm.max_seq_len}, {self.lm.max_grid}")
 
-    # sequence layout: [<sr>] [text x text_len] [<boi>] [lr codes] [<eoi>] [hr cells]
+    @classmethod
+    def build(cls, lm: dict[str, Any], **geometry: Any) -> SRConfig:
+        """An SRConfig of this geometry whose transformer (CogLMConfig fields `lm`, without
+        max_seq_len and max_grid) fits it."""
+        sides = {f.name: f.default for f in fields(cls) if f.name != "lm"} | geometry
+        seq_len = cls.layout(sides["text_len"], sides["lr_size"], sides["hr_size"])[-1]
+        return cls(CogLMConfig(**lm, max_seq_len=seq_len, max_grid=sides["hr_size"]),
+                   **geometry)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> SRConfig:
+        """From config.json: {"lm": {...}, geometry}, or the earlier flat layout (transformer
+        and geometry fields side by side)."""
+        from cogview.checkpoint import CheckpointError, config_from_dict
+
+        geometry_names = {f.name for f in fields(cls)} - {"lm"}
+        geometry = {k: v for k, v in data.items() if k in geometry_names}
+        try:
+            if "lm" in data:
+                rest = set(data) - geometry_names - {"lm"}
+                if rest:
+                    raise CheckpointError(f"{source}: unknown SRConfig fields {sorted(rest)}")
+                lm = config_from_dict(CogLMConfig, data["lm"], source=source)
+                return cls(lm, **geometry)
+            flat = {k: v for k, v in data.items() if k not in geometry_names}
+            known = {f.name for f in fields(CogLMConfig)} - {"max_seq_len", "max_grid"}
+            if set(flat) - known:
+                raise CheckpointError(f"{source}: unknown SRConfig fields "
+                                      f"{sorted(set(flat) - known)}")
+            return cls.build(flat, **geometry)
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"{source}: invalid SRConfig: {e}") from e
+
+    @staticmethod
+    def layout(text_len: int, lr_size: int, hr_size: int) -> tuple[int, int, int]:
+        """(lr_start, hr_start, seq_len) of the sequence
+        [<sr>] [text x text_len] [<boi>] [lr codes] [<eoi>] [hr cells]."""
+        lr_start = text_len + 2
+        hr_start = lr_start + lr_size**2 + 1
+        return lr_start, hr_start, hr_start + hr_size**2
+
     @property
     def lr_start(self) -> int:
-        return self.text_len + 2
+        return self.layout(self.text_len, self.lr_size, self.hr_size)[0]
 
     @property
     def hr_start(self) -> int:
-        return self.lr_start + self.lr_size**2 + 1
+        return self.layout(self.text_len, self.lr_size, self.hr_size)[1]
 
     @property
     def seq_len(self) -> int:
-        return self.hr_start + self.hr_size**2
-
-    # what CogLM reads from its config at run time (the model keeps an SRConfig as `config`)
-    @property
-    def max_seq_len(self) -> int:
-        return self.seq_len
-
-    @property
-    def max_grid(self) -> int:
-        return self.hr_size
-
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.n_heads
+        return self.layout(self.text_len, self.lr_size, self.hr_size)[2]
 
     @property
     def num_orders(self) -> int:
         """LoPAR passes at most: anti-diagonals of one window."""
         return 2 * self.window - 1
-
-    def lm_config(self) -> CogLMConfig:
-        return CogLMConfig(
-            vocab_size=self.vocab_size,
-            dim=self.dim,
-            n_layers=self.n_layers,
-            n_heads=self.n_heads,
-            mlp_ratio=self.mlp_ratio,
-            max_seq_len=self.seq_len,
-            max_grid=self.hr_size,
-            sandwich_ln=self.sandwich_ln,
-            dropout=self.dropout,
-            bias=self.bias,
-        )
 
 
 # named sizes; vocab_size comes from the tokenizer when a model is built
@@ -130,21 +139,26 @@ SR_PRESETS: dict[str, dict] = {
     # it needs far less model than the base CogLM; ~0.9M parameters with a 64-code vocabulary
     "small": dict(dim=128, n_layers=4, n_heads=4),
 }
+GEOMETRY = ("text_len", "lr_size", "hr_size", "window", "hr_kernel", "lr_kernel")
 
 
 def sr_config(preset: str, vocab_size: int, **overrides: Any) -> SRConfig:
+    """The SR preset's transformer for this vocabulary; `overrides` set geometry fields
+    (lr_size, hr_size, window, ...) or transformer fields."""
     if preset not in SR_PRESETS:
         raise UserError(f"unknown SR preset {preset!r}; choose from {', '.join(SR_PRESETS)}")
-    return SRConfig(vocab_size=vocab_size, **{**SR_PRESETS[preset], **overrides})
+    lm = {"vocab_size": vocab_size, **SR_PRESETS[preset]}
+    lm.update({k: v for k, v in overrides.items() if k not in GEOMETRY})
+    return SRConfig.build(lm, **{k: v for k, v in overrides.items() if k in GEOMETRY})
 
 
 class SRModel(CogLM):
-    """A CogLM built from `config.lm_config()`; its state dict is exactly CogLM's. `config` is
-    the SRConfig (what checkpoints store), which also answers what CogLM reads at run time."""
+    """A CogLM built from `config.lm`: its state dict is exactly CogLM's; `sr` is the whole
+    SRConfig (what checkpoints store)."""
 
     def __init__(self, config: SRConfig) -> None:
-        super().__init__(config.lm_config())
-        self.config: SRConfig = config  # type: ignore[assignment]
+        super().__init__(config.lm)
+        self.sr = config
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,29 +214,6 @@ def sr_attention_mask(config: SRConfig) -> Tensor:
 # sequences
 
 
-@dataclass
-class SRBatch:
-    ids: Tensor  # (B, T)
-    pos: Tensor  # (B, T)
-    cell: Tensor  # (B, T, 2)
-    next_cell: Tensor  # (B, T, 2)
-    attn_mask: Tensor  # (B, 1, T, T) bool
-    labels: Tensor  # (B, T) the code id each high-res position must predict, IGNORE elsewhere
-    task: Tensor  # (B,) index into SR_TASKS: 0 = direct (r = 0), 1 = a later LoPAR pass
-
-    def to(self, device: torch.device | str) -> SRBatch:
-        return SRBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
-
-    def model_inputs(self) -> dict[str, Tensor]:
-        return dict(
-            ids=self.ids,
-            pos=self.pos,
-            cell=self.cell,
-            next_cell=self.next_cell,
-            attn_mask=self.attn_mask,
-        )
-
-
 def sr_sequence(
     tok: Any,
     config: SRConfig,
@@ -231,7 +222,7 @@ def sr_sequence(
     hr_ids: Tensor,
     labels: Tensor | None = None,
     task: Tensor | None = None,
-) -> SRBatch:
+) -> TaskBatch:
     """Build a batch of SR sequences.
 
     `texts` B lists of text ids (None or empty lists: no text), `lr_codes` (B, lr, lr)
@@ -269,7 +260,7 @@ def sr_sequence(
     if labels is not None:
         full_labels[:, p:] = labels
     mask = sr_attention_mask(config).to(device)[None] & key_valid[:, None, :]  # (B, T, T)
-    return SRBatch(
+    return TaskBatch(
         ids=ids,
         pos=torch.arange(t, device=device).expand(b, t).contiguous(),
         cell=cell.to(device).expand(b, t, 2).contiguous(),
@@ -307,7 +298,7 @@ def sr_sample(
     )
 
 
-def collate_sr(tok: Any, config: SRConfig, samples: Sequence[SRSample]) -> SRBatch:
+def collate_sr(tok: Any, config: SRConfig, samples: Sequence[SRSample]) -> TaskBatch:
     return sr_sequence(
         tok,
         config,
@@ -348,7 +339,7 @@ def sr_training_batch(
     hr_codes: Tensor,
     g: torch.Generator,
     text_dropout: float = 0.1,
-) -> SRBatch:
+) -> TaskBatch:
     """`draw_sr_samples` collated into one batch."""
     samples = draw_sr_samples(tok, config, texts, lr_codes, hr_codes, g, text_dropout)
     return collate_sr(tok, config, samples)
@@ -390,7 +381,7 @@ class SRState:
         lr_codes: Tensor,
         texts: Sequence[Sequence[int]] | None = None,
     ) -> None:
-        config = model.config
+        config = model.sr
         self.model, self.tok, self.config = model, tok, config
         b, n = lr_codes.shape[0], config.hr_size**2
         hr_ids = torch.full((b, n), tok.mask_id, dtype=torch.long, device=lr_codes.device)
@@ -462,7 +453,7 @@ def super_resolve(
     """
     sampling = sampling or SamplingConfig()
     _check_sampling(sampling)
-    config = model.config
+    config = model.sr
     steps = config.num_orders if steps is None else steps
     starts = lopar_schedule(config.num_orders, steps)
     b, n = lr_codes.shape[0], config.hr_size**2
@@ -498,64 +489,11 @@ class SRPipeline:
     meta: dict[str, Any]  # the checkpoint's extra JSON, plus "path" and "step"
 
 
-def sr_extra(
-    tokenizer: Any,
-    vqvae_fingerprint: str,
-    low_res_size: int,
-    image_size: int,
-    train_args: dict[str, Any] | None = None,
-    ema: float | None = None,
-) -> dict[str, Any]:
-    """The `extra` JSON of an SR checkpoint: what its ids and codes mean."""
-    return {
-        "tokenizer_layout": tokenizer.layout(),
-        "vqvae_fingerprint": vqvae_fingerprint,
-        "low_res_size": int(low_res_size),
-        "image_size": int(image_size),
-        "ema": ema,
-        "train_args": dict(train_args or {}),
-    }
-
-
-def save_sr(
-    path: str | Path,
-    *,
-    config: SRConfig,
-    state_dict: dict[str, Tensor],
-    tokenizer_file: str | Path,
-    vqvae_path: str | Path,
-    extra: dict[str, Any],
-    step: int = 0,
-    training_state: dict[str, Any] | None = None,
-    copy: dict[str, str | Path] | None = None,
-) -> Path:
-    """Write a self-contained SR folder (atomically); `extra` as made by `sr_extra`."""
-    from cogview.checkpoint import resolve_checkpoint, save_checkpoint
-    from cogview.pipeline import TOKENIZER_FILE, VQVAE_DIR
-
-    weights = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
-    return save_checkpoint(
-        path,
-        kind=SR_KIND,
-        config=config,
-        state_dict=weights,
-        step=step,
-        extra=extra,
-        training_state=training_state,
-        copy={
-            TOKENIZER_FILE: Path(tokenizer_file),
-            VQVAE_DIR: resolve_checkpoint(vqvae_path),
-            **(copy or {}),
-        },
-    )
-
-
 def load_sr(path: str | Path, device: str | torch.device = "cpu") -> SRPipeline:
     """Load an SR folder (or a training run's newest step) with its tokenizer and VQVAE."""
     from cogview.checkpoint import (
         CONFIG_FILE,
         CheckpointError,
-        config_from_dict,
         load_checkpoint,
         load_state_strict,
     )
@@ -563,12 +501,12 @@ def load_sr(path: str | Path, device: str | torch.device = "cpu") -> SRPipeline:
 
     ckpt = load_checkpoint(path, kind=SR_KIND)
     source = str(ckpt.path / CONFIG_FILE)
-    config = config_from_dict(SRConfig, ckpt.config, source=source)
+    config = SRConfig.from_dict(ckpt.config, source=source)
     needed = ("low_res_size", "image_size", "vqvae_fingerprint")
     missing = [k for k in needed if k not in ckpt.extra]
     if missing:
         raise CheckpointError(f"{source}: extra lacks {', '.join(missing)}")
-    tok, vq = load_bundled(ckpt, config, "an SR folder", device)
+    tok, vq = load_bundled(ckpt, config.lm, "an SR folder", device)
     model = SRModel(config)
     load_state_strict(model, ckpt.state_dict, source=str(ckpt.path))
     return SRPipeline(
@@ -596,7 +534,7 @@ def check_sr_fits(sr: SRPipeline, tokenizer: Any, vqvae: Any, grid: tuple[int, i
         raise UserError(
             f"{where}: trained on codes of another VQVAE codebook than the base model's"
         )
-    lr = sr.model.config.lr_size
+    lr = sr.model.sr.lr_size
     if tuple(grid) != (lr, lr):
         raise UserError(
             f"{where}: reads {lr}x{lr} low-res codes, the base model makes "

@@ -5,6 +5,7 @@ The >80% figure on the real test split needs the full training set and a couple 
 beat chance clearly.
 """
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -61,13 +62,12 @@ def test_wrong_number_of_class_names_is_refused(tmp_path):
 
 @needs_fashion
 def test_short_training_beats_chance(fashion_shards, tmp_path, one_thread):
-    from train.classifier import ClassifierTrainConfig, train_classifier
+    from train.classifier import LOOP_DEFAULTS, ClassifierTrainConfig, train_classifier
 
-    cfg = ClassifierTrainConfig(
-        data=str(fashion_shards), out=str(tmp_path / "run"), preset="tiny", steps=30,
-        batch_size=64, lr=1e-2,
-    )  # fmt: skip
-    result = train_classifier(cfg, progress=False)
+    cfg = ClassifierTrainConfig(data=str(fashion_shards), out=str(tmp_path / "run"),
+                                preset="tiny")
+    loop = replace(LOOP_DEFAULTS, steps=30, warmup=3, batch_size=64, lr=1e-2)
+    result = train_classifier(cfg, loop, progress=False)
     assert result.n_train == 1200 and result.n_test == 200
     assert result.test_accuracy > 0.5  # chance is 0.1
     model, names = load_classifier(tmp_path / "run")  # the run folder resolves to its step

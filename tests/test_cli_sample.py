@@ -16,7 +16,7 @@ from cogview.cli import main
 from cogview.cli.sample import read_mask_file, slug
 from cogview.images import resize_mask
 from cogview.model import CogLM, coglm_config
-from cogview.pipeline import coglm_extra, save_coglm
+from cogview.pipeline import COGLM_KIND, bundle_extra, save_bundled
 from cogview.pretrained import save_vqvae
 from tokenizer import UnifiedTokenizer
 from vqvae import fingerprint
@@ -44,13 +44,13 @@ def model_dir(tmp_path_factory):
     tok = UnifiedTokenizer.train(CAPTIONS, vocab_size=270, image_codes=16, max_text_len=8)
     tok.save(root / "tokenizer.json")
     model = CogLM(coglm_config("tiny", tok.vocab_size, dim=32, n_layers=1, max_seq_len=64))
-    return save_coglm(
-        root / "model",
+    return save_bundled(
+        root / "model", COGLM_KIND,
         config=model.config,
         state_dict=model.state_dict(),
         tokenizer_file=root / "tokenizer.json",
         vqvae_path=root / "vqvae",
-        extra=coglm_extra(tok, fingerprint(vq), SIZE, GRID),
+        extra=bundle_extra(tok, fingerprint(vq), image_size=SIZE, grid=GRID),
     )
 
 

@@ -128,7 +128,7 @@ def test_accuracy_table_averages_each_key_over_results_that_have_it():
 def tiny(tmp_path_factory):
     """An untrained tiny CogLM folder (tokenizer + VQVAE inside) and shapes shards."""
     from cogview.model import CogLM, coglm_config
-    from cogview.pipeline import coglm_extra, save_coglm
+    from cogview.pipeline import COGLM_KIND, bundle_extra, save_bundled
     from cogview.pretrained import save_vqvae
     from tokenizer import UnifiedTokenizer
     from train.data.sources import build_shapes
@@ -144,13 +144,13 @@ def tiny(tmp_path_factory):
     vq = VQVAE(vqvae_config("tiny")).eval()
     save_vqvae(root / "vq", vq)
     model = CogLM(coglm_config("tiny", tok.vocab_size))
-    save_coglm(
-        root / "model",
+    save_bundled(
+        root / "model", COGLM_KIND,
         config=model.config,
         state_dict=model.state_dict(),
         tokenizer_file=root / "tokenizer.json",
         vqvae_path=root / "vq",
-        extra=coglm_extra(tok, fingerprint(vq), 32, (8, 8)),
+        extra=bundle_extra(tok, fingerprint(vq), image_size=32, grid=(8, 8)),
         step=5,
     )
     return root

@@ -1,5 +1,5 @@
 """Crash safety: a run killed with SIGKILL resumes to the weights of an uninterrupted run, for
-every trainer (VQVAE, CogLM, SR) and for CogLM under DeepSpeed with two processes."""
+every trainer (VQVAE, CogLM, SR, classifier) and for CogLM under DeepSpeed with two processes."""
 
 from __future__ import annotations
 
@@ -44,6 +44,17 @@ def _vqvae(root: Path) -> list[str]:
     return ["train-vqvae", "--data", str(root / "shapes"), "--preset", "tiny",
             "--steps", str(STEPS), "--batch-size", "4", "--sizes", "32", "--warmup", "2",
             "--save-every", "1", "--eval-every", "0", "--precision", "fp32", "--no-progress"]
+
+
+def _classifier(root: Path) -> list[str]:
+    from train.data.sources import FASHION_DIR, build_fashion
+
+    if not Path(FASHION_DIR).is_dir():
+        pytest.skip("dataset-fashion-mnist is not installed")
+    build_fashion(root / "fashion", n=120, progress=False)
+    return ["train-classifier", "--data", str(root / "fashion"), "--preset", "tiny",
+            "--steps", str(STEPS), "--batch-size", "8", "--warmup", "2", "--save-every", "1",
+            "--no-progress", "--threads", "1"]
 
 
 def _lm_deepspeed(root: Path) -> list[str]:
@@ -92,6 +103,7 @@ def _finish(proc: subprocess.Popen) -> None:
     pytest.param(_lm, "coglm", 1, id="coglm"),
     pytest.param(_vqvae, "vqvae", 1, id="vqvae"),
     pytest.param(_sr, "sr", 1, id="sr"),
+    pytest.param(_classifier, "classifier", 1, id="classifier"),
     pytest.param(_lm_deepspeed, "coglm", 2, id="coglm-deepspeed-2proc"),
 ])
 def test_sigkill_mid_run_then_resume_equals_uninterrupted_run(tmp_path, build, kind, processes):

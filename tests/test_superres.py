@@ -117,7 +117,7 @@ def test_attention_mask_is_local_and_prefix_ignores_high_res(tok):
 
 def test_outputs_depend_only_on_the_local_window(tok, model):
     """Changing a high-res input outside a cell's kernel leaves that cell's logits unchanged."""
-    config = model.config
+    config = model.sr
     lr, hr, texts = _inputs(tok, config, b=1)
     ids = tok.codes_to_ids(hr.view(1, -1))
     base = model(**sr_sequence(tok, config, texts, lr, ids).model_inputs())
@@ -161,7 +161,7 @@ def test_training_cells_never_see_their_window_at_or_after_their_order(tok):
 
 def test_training_batch_trains(tok, model):
     """One loss on the batch is finite and gradients reach the embeddings."""
-    config = model.config
+    config = model.sr
     lr, hr, texts = _inputs(tok, config)
     batch = sr_training_batch(tok, config, texts, lr, hr, torch.Generator().manual_seed(0))
     logits = model(**batch.model_inputs())
@@ -177,7 +177,7 @@ def test_training_batch_trains(tok, model):
 
 
 def test_prefix_cache_matches_full_forward(tok, model):
-    config = model.config
+    config = model.sr
     lr, hr, texts = _inputs(tok, config)
     state = SRState(model, tok, lr, texts)
     codes = hr.view(3, -1)
@@ -191,7 +191,7 @@ def test_prefix_cache_matches_full_forward(tok, model):
 
 
 def test_direct_sr_shapes(tok, model):
-    lr, _, texts = _inputs(tok, model.config, b=2)
+    lr, _, texts = _inputs(tok, model.sr, b=2)
     out = super_resolve(model, tok, lr, texts, steps=1, generator=torch.Generator())
     assert out.codes.shape == (2, 16, 16) and out.passes == 1
     assert 0 <= int(out.codes.min()) and int(out.codes.max()) < tok.num_image_codes
@@ -201,7 +201,7 @@ def test_direct_sr_shapes(tok, model):
 
 @pytest.mark.parametrize("start", [1, 3, 6])
 def test_lopar_step_keeps_cells_below_its_order(tok, model, start):
-    lr, hr, texts = _inputs(tok, model.config)
+    lr, hr, texts = _inputs(tok, model.sr)
     state = SRState(model, tok, lr, texts)
     codes = hr.view(3, -1)
     new = lopar_step(state, codes, start, generator=torch.Generator().manual_seed(0))
@@ -211,11 +211,11 @@ def test_lopar_step_keeps_cells_below_its_order(tok, model, start):
 
 
 def test_first_lopar_pass_is_direct_sr(tok, model):
-    lr, _, texts = _inputs(tok, model.config)
+    lr, _, texts = _inputs(tok, model.sr)
     direct = super_resolve(model, tok, lr, texts, steps=1, sampling=GREEDY)
     lopar = super_resolve(model, tok, lr, texts, sampling=GREEDY)
-    assert lopar.passes == model.config.num_orders
-    order0 = lopar_orders(16, model.config.window) == 0
+    assert lopar.passes == model.sr.num_orders
+    order0 = lopar_orders(16, model.sr.window) == 0
     assert torch.equal(direct.codes[:, order0], lopar.codes[:, order0])
 
 
@@ -364,7 +364,7 @@ def test_sr_of_another_vocabulary_is_refused(sr_run):
 def base_dir(sr_run):
     """A random tiny CogLM folder with the SR run's tokenizer and VQVAE (32 px, 8x8 codes)."""
     from cogview.model import CogLM, coglm_config
-    from cogview.pipeline import coglm_extra, save_coglm
+    from cogview.pipeline import COGLM_KIND, bundle_extra, save_bundled
     from cogview.pretrained import load_vqvae
     from vqvae.model import fingerprint
 
@@ -372,10 +372,11 @@ def base_dir(sr_run):
     torch.manual_seed(0)
     model = CogLM(coglm_config("tiny", tok.vocab_size, dim=32, n_layers=1, max_seq_len=128))
     root = Path(sr_run["out"]).parent
-    return save_coglm(
-        root / "base", config=model.config, state_dict=model.state_dict(),
+    return save_bundled(
+        root / "base", COGLM_KIND, config=model.config, state_dict=model.state_dict(),
         tokenizer_file=sr_run["tokenizer"], vqvae_path=sr_run["vqvae"],
-        extra=coglm_extra(tok, fingerprint(load_vqvae(sr_run["vqvae"])), 32, (8, 8)),
+        extra=bundle_extra(tok, fingerprint(load_vqvae(sr_run["vqvae"])), image_size=32,
+                           grid=(8, 8)),
     )
 
 
@@ -418,18 +419,39 @@ def test_bare_sr_flag_uses_the_shipped_sr_model(sr_run, base_dir, tmp_path, monk
 
 
 def test_generate_refuses_sr_of_another_codebook(sr_run, base_dir, tmp_path, capsys):
+    from cogview.pipeline import bundle_extra, save_bundled
     from cogview.pretrained import save_vqvae
-    from cogview.superres import save_sr, sr_extra
+    from cogview.superres import SR_KIND
     from vqvae.model import VQVAE, fingerprint, vqvae_config
 
     tok = UnifiedTokenizer.load(sr_run["tokenizer"])
     vq = VQVAE(dataclasses.replace(vqvae_config("tiny"), channels=8))
     save_vqvae(tmp_path / "vq", vq)
     model = SRModel(sr_config("tiny", tok.vocab_size))
-    other = save_sr(tmp_path / "sr", config=model.config, state_dict=model.state_dict(),
-                    tokenizer_file=sr_run["tokenizer"], vqvae_path=tmp_path / "vq",
-                    extra=sr_extra(tok, fingerprint(vq), 32, 64))
+    other = save_bundled(tmp_path / "sr", SR_KIND, config=model.sr,
+                         state_dict=model.state_dict(), tokenizer_file=sr_run["tokenizer"],
+                         vqvae_path=tmp_path / "vq",
+                         extra=bundle_extra(tok, fingerprint(vq), low_res_size=32, image_size=64))
     code = main(["generate", "x", "-o", str(tmp_path / "o"), "--model", str(base_dir),
                  "--sr", str(other)])
     err = capsys.readouterr().err
     assert code == 2 and "another VQVAE" in err and len(err.strip().splitlines()) == 1
+
+
+def test_sr_config_reads_its_own_layout_and_the_earlier_flat_one():
+    import json
+    from dataclasses import asdict
+
+    from cogview.checkpoint import CheckpointError
+    from cogview.superres import SRConfig
+
+    config = sr_config("tiny", 300, window=2, lr_size=4, hr_size=8)
+    nested = json.loads(json.dumps(asdict(config)))  # as config.json holds it
+    lm = {k: v for k, v in nested["lm"].items() if k not in ("max_seq_len", "max_grid")}
+    flat = {**lm, **{k: v for k, v in nested.items() if k != "lm"}}
+    assert SRConfig.from_dict(nested) == config == SRConfig.from_dict(flat)
+    assert config.lm.max_seq_len == config.seq_len and config.lm.max_grid == 8
+    with pytest.raises(CheckpointError, match="unknown SRConfig fields"):
+        SRConfig.from_dict({**flat, "heads": 3})
+    with pytest.raises(CheckpointError, match="max_seq_len"):
+        SRConfig.from_dict({**nested, "text_len": 3})  # the transformer no longer fits

@@ -1,53 +1,67 @@
 """`cogview train-classifier`: the Fashion-MNIST judge that `cogview eval` scores images with.
 
 Trains `cogview.bench.classifier.Classifier` on the real training split of fashion shards
-(`cogview data fashion`), reports its accuracy on the real test split and writes
-`OUT/step-N/` (kind "classifier", class names in the extra JSON).
+(`cogview data fashion`) on the shared training loop (`train.loop`: checkpoints, exact resume,
+signals, metrics), reports its accuracy on the real test split and writes `OUT/step-N/`
+(kind "classifier", class names in the extra JSON).
 """
 
 from __future__ import annotations
 
 import math
-import sys
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from cogview.bench.classifier import PRESETS, Classifier, accuracy, save_classifier
-from cogview.checkpoint import step_dir_name
-from cogview.errors import UserError
+from cogview.config import option
+from cogview.errors import ConfigError, UserError
+from cogview.losses import LossSums
+from train.config import LoopConfig
+from train.loop import run_objective
+
+# the loop settings of `cogview train-classifier`: a 10% warmup, then cosine to 0
+LOOP_DEFAULTS = LoopConfig(steps=800, batch_size=128, lr=3e-3, warmup=80, min_lr=0.0,
+                           weight_decay=1e-4, betas=(0.9, 0.999), clip=0.0, precision="fp32",
+                           save_every=200, eval_every=0)
+TRAIN_ACCURACY_IMAGES = 10000  # training images scored for the train accuracy
 
 
 @dataclass(frozen=True)
 class ClassifierTrainConfig:
-    data: str
-    out: str
-    preset: str = "small"
-    steps: int = 800
-    batch_size: int = 128
-    lr: float = 3e-3
-    weight_decay: float = 1e-4
-    warmup: float = 0.1  # fraction of the steps with a linear warm-up, then cosine to 0
-    flip: bool = True  # random horizontal flips (garments look alike mirrored)
-    limit: int | None = None  # training images to load (default: all)
-    test_limit: int | None = None
-    seed: int = 0
+    """What `cogview train-classifier` asks for besides the loop."""
+
+    data: str = option(help="fashion shards folder (cogview data fashion)", metavar="SHARDS")
+    out: str = option(help="run folder for checkpoints", metavar="DIR")
+    preset: str = option("small", "classifier size: tiny or small", metavar="NAME")
+    flip: bool = option(True, "random horizontal flips (garments look alike mirrored)")
+    limit: int | None = option(None, "training images to load (default: all)", type=int,
+                               metavar="N")
+    test_limit: int | None = option(None, "test images to score (default: all)", type=int,
+                                    metavar="N")
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise ConfigError.of("preset", f"{self.preset!r}: choose from {', '.join(PRESETS)}")
+        for name in ("limit", "test_limit"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError.of(name, "must be at least 1")
 
 
 @dataclass
 class ClassifierResult:
-    path: Path
+    path: Path | None
     test_accuracy: float
     train_accuracy: float
     n_train: int
     n_test: int
     seconds: float
+    interrupted: str | None = None
 
 
 def labels_of(metas: list[dict[str, Any]], source: str) -> Tensor:
@@ -74,123 +88,120 @@ def class_names_of(data: str, metas: list[dict[str, Any]], n_classes: int) -> li
     return [seen.get(i, str(i)) for i in range(n_classes)]
 
 
-def fit_classifier(
-    model: Classifier,
-    images: Tensor,
-    labels: Tensor,
-    *,
-    steps: int,
-    batch_size: int,
-    lr: float,
-    weight_decay: float = 1e-4,
-    warmup: float = 0.1,
-    flip: bool = True,
-    generator: torch.Generator | None = None,
-    on_step: Callable[[int, float], None] | None = None,
-) -> list[float]:
-    """Train `model` on uint8 images (N, 3, S, S) and labels (N,); the loss of every step."""
-    if len(images) == 0:
-        raise UserError("no training images")
-    g = generator or torch.Generator().manual_seed(0)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    n_warm = max(1, int(warmup * steps))
+@dataclass
+class LabelledBatch:
+    images: Tensor  # uint8 (B, 3, S, S)
+    labels: Tensor  # (B,)
 
-    def factor(step: int) -> float:
-        if step < n_warm:
-            return (step + 1) / n_warm
-        return 0.5 * (1 + math.cos(math.pi * (step - n_warm) / max(1, steps - n_warm)))
+    def to(self, device: torch.device) -> LabelledBatch:
+        return LabelledBatch(self.images.to(device), self.labels.to(device))
 
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-    model.train()
-    losses = []
-    for step in range(steps):
-        idx = torch.randint(len(images), (batch_size,), generator=g)
-        x = images[idx].float().div(255)  # (B, 3, S, S) in [0, 1]
-        if flip:
-            mirror = torch.rand(batch_size, generator=g) < 0.5
+
+@dataclass
+class ClassifierObjective:
+    """Cross-entropy on labelled uint8 images; accuracy on the test split (and on up to
+    TRAIN_ACCURACY_IMAGES training images) as its evaluation."""
+
+    model: Classifier
+    images: Tensor
+    labels: Tensor
+    save_fn: Callable[..., Path]
+    test_images: Tensor | None = None
+    test_labels: Tensor | None = None
+    flip: bool = True
+    task_names: tuple[str, ...] = ("ce",)
+
+    def __post_init__(self) -> None:
+        self.metrics: dict[str, float] = {}
+
+    def draw(self, step: int, n: int, g: torch.Generator) -> list[tuple[Tensor, int]]:
+        idx = torch.randint(len(self.images), (n,), generator=g)
+        x = self.images[idx]
+        if self.flip:
+            mirror = torch.rand(n, generator=g) < 0.5
             x = torch.where(mirror[:, None, None, None], x.flip(-1), x)
-        loss = F.cross_entropy(model(x), labels[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(float(loss.detach()))
-        if on_step is not None:
-            on_step(step + 1, losses[-1])
-    model.eval()
-    return losses
+        return list(zip(x, self.labels[idx].tolist(), strict=True))
+
+    def collate(self, samples: Sequence[tuple[Tensor, int]]) -> LabelledBatch:
+        return LabelledBatch(torch.stack([x for x, _ in samples]),
+                             torch.tensor([y for _, y in samples], dtype=torch.long))
+
+    def count(self, samples: Sequence[Any]) -> tuple[int, int]:
+        return len(samples), len(samples)
+
+    def loss(self, model: nn.Module, batch: LabelledBatch) -> LossSums:
+        logits = model(batch.images.float().div(255))
+        total = F.cross_entropy(logits.float(), batch.labels, reduction="sum")
+        n = torch.tensor([len(batch.labels)], device=total.device)
+        return LossSums(total, total.detach()[None], n)
+
+    def evaluate(self, model: nn.Module, device: torch.device, precision: str) -> dict[str, float]:
+        n = min(len(self.images), TRAIN_ACCURACY_IMAGES)
+        self.metrics = {"train_accuracy": _accuracy_u8(model, self.images[:n], self.labels[:n])}
+        if self.test_labels is not None:
+            self.metrics["test_accuracy"] = _accuracy_u8(model, self.test_images,
+                                                         self.test_labels)
+        return self.metrics
+
+    def save(self, path: Path, state_dict: dict[str, Tensor], **kwargs: Any) -> Path:
+        return self.save_fn(path, state_dict, metrics=self.metrics, **kwargs)
 
 
-def _accuracy_u8(model: Classifier, images: Tensor, labels: Tensor) -> float:
-    return accuracy(model, images.float().div(255), labels)
+def _accuracy_u8(model: nn.Module, images: Tensor, labels: Tensor) -> float:
+    device = next(model.parameters()).device
+    return accuracy(model, images.float().div(255).to(device), labels.to(device))
 
 
-def train_classifier(cfg: ClassifierTrainConfig, *, progress: bool = True) -> ClassifierResult:
+def train_classifier(
+    cfg: ClassifierTrainConfig,
+    loop: LoopConfig = LOOP_DEFAULTS,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    on_step: Callable[[int], None] | None = None,
+) -> ClassifierResult:
     """Load the fashion shards, train, score the test split and write the checkpoint."""
-    from tqdm import tqdm
-
     from train.data.loader import load_images
 
-    if cfg.preset not in PRESETS:
-        raise UserError(f"--preset {cfg.preset!r}; choose from {', '.join(PRESETS)}")
-    if cfg.steps < 1 or cfg.batch_size < 1 or not cfg.lr > 0:
-        raise UserError("--steps, --batch-size and --lr must be positive")
     config = PRESETS[cfg.preset]
-    t0 = time.perf_counter()
     train = load_images(
         cfg.data, config.image_size, limit=cfg.limit, split="train", progress=progress
     )
     if len(train) == 0:
-        raise UserError(f"--data {cfg.data}: the train split has no images")
-    train_labels = labels_of(train.metas, f"--data {cfg.data}")
+        raise ConfigError.of("data", f"{cfg.data}: the train split has no images")
+    train_labels = labels_of(train.metas, f"data {cfg.data}")
     test = load_images(
         cfg.data, config.image_size, limit=cfg.test_limit, split="test", progress=progress
     )
-    test_labels = labels_of(test.metas, f"--data {cfg.data}") if len(test) else None
+    test_labels = labels_of(test.metas, f"data {cfg.data}") if len(test) else None
     n_classes = int(train_labels.max()) + 1
     if n_classes != config.num_classes:
         config = type(config)(**{**asdict(config), "num_classes": max(n_classes, 2)})
     names = class_names_of(cfg.data, train.metas + test.metas, config.num_classes)
 
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(loop.seed)
     model = Classifier(config)
-    bar = tqdm(total=cfg.steps, desc="train-classifier", unit="step", file=sys.stderr,
-               disable=not progress, dynamic_ncols=True)  # fmt: skip
+    info = {"n_train": len(train), "n_test": len(test), "train_args": {**asdict(cfg),
+                                                                        **asdict(loop)}}
 
-    def on_step(step: int, loss: float) -> None:
-        bar.update(1)
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{loss:.3f}")
+    def save_fn(path, state_dict, *, step, training_state, copy, ema, metrics):
+        saved = Classifier(config)
+        saved.load_state_dict(state_dict)
+        return save_classifier(path, saved, names, step=step, extra={**info, **metrics},
+                               training_state=training_state)
 
-    with bar:
-        fit_classifier(
-            model, train.images, train_labels, steps=cfg.steps, batch_size=cfg.batch_size,
-            lr=cfg.lr, weight_decay=cfg.weight_decay, warmup=cfg.warmup, flip=cfg.flip,
-            generator=torch.Generator().manual_seed(cfg.seed), on_step=on_step,
-        )  # fmt: skip
-    n_check = min(len(train), 10000)
-    train_acc = _accuracy_u8(model, train.images[:n_check], train_labels[:n_check])
-    test_acc = (
-        _accuracy_u8(model, test.images, test_labels) if test_labels is not None else math.nan
-    )
-    path = save_classifier(
-        Path(cfg.out) / step_dir_name(cfg.steps),
-        model,
-        names,
-        step=cfg.steps,
-        extra={
-            "test_accuracy": test_acc,
-            "train_accuracy": train_acc,
-            "n_train": len(train),
-            "n_test": len(test),
-            "train_args": asdict(cfg),
-        },
-    )
+    objective = ClassifierObjective(model=model, images=train.images, labels=train_labels,
+                                    save_fn=save_fn, test_images=test.images,
+                                    test_labels=test_labels, flip=cfg.flip)
+    result = run_objective(objective, loop, cfg.out, resume=resume, progress=progress,
+                           on_step=on_step)
+    metrics = result.metrics
     return ClassifierResult(
-        path=path,
-        test_accuracy=test_acc,
-        train_accuracy=train_acc,
+        path=result.checkpoint,
+        test_accuracy=metrics.get("test_accuracy", math.nan),
+        train_accuracy=metrics.get("train_accuracy", math.nan),
         n_train=len(train),
         n_test=len(test),
-        seconds=time.perf_counter() - t0,
+        seconds=result.seconds,
+        interrupted=result.interrupted,
     )

@@ -77,7 +77,7 @@ class CogLMObjective:
     train: Any
     scheduler: MaskingScheduler
     image_size: int
-    save_fn: Callable[..., Path]  # save_coglm with the tokenizer, VQVAE and extra bound
+    save_fn: Callable[..., Path]  # save_bundled with the tokenizer, VQVAE and extra bound
     loss_config: LossConfig = LossConfig()
     test: Any = None
     eval_samples: int = 256
@@ -330,7 +330,7 @@ def train_coglm(
     """`cogview train`: load tokenizer, VQVAE and token shards, build the model, run the loop."""
     from cogview.inpainting import context_from_codes
     from cogview.model import coglm_config
-    from cogview.pipeline import coglm_extra, save_coglm
+    from cogview.pipeline import COGLM_KIND, bundle_extra, save_bundled
     from cogview.pretrained import load_vqvae
 
     schedule = TaskSchedule.parse(run.tasks)
@@ -347,11 +347,12 @@ def train_coglm(
     train_args = {**asdict(run), **asdict(loop)}
 
     def save_fn(path, state_dict, *, step, training_state, copy, ema):
-        extra = coglm_extra(tok, vq_fp, run.image_size, grid, train_args, ema=ema,
-                            domain=(train.info.get("source_info") or {}).get("source"))
-        return save_coglm(path, config=model.config, state_dict=state_dict,
-                          tokenizer_file=run.tokenizer, vqvae_path=vq_dir, extra=extra,
-                          step=step, training_state=training_state, copy=copy)
+        extra = bundle_extra(tok, vq_fp, train_args=train_args, ema=ema,
+                             domain=(train.info.get("source_info") or {}).get("source"),
+                             image_size=run.image_size, grid=list(grid))
+        return save_bundled(path, COGLM_KIND, config=model.config, state_dict=state_dict,
+                            tokenizer_file=run.tokenizer, vqvae_path=vq_dir, extra=extra,
+                            step=step, training_state=training_state, copy=copy)
 
     vqvae = load_vqvae(vq_dir).eval()  # on the CPU, where batches are built
     scheduler = MaskingScheduler(tok, schedule=schedule, text_dropout=run.text_dropout,

@@ -60,6 +60,7 @@ class Objective(Protocol):
 
     model: nn.Module
     task_names: tuple[str, ...]  # names of the loss groups that LossSums counts
+    # optional: `model_config`, the config its checkpoints store when not `model.config`
 
     def draw(self, step: int, n: int, g: torch.Generator) -> list[Any]:
         """The global batch of optimizer step `step` (`n` samples, or another number that the
@@ -458,7 +459,8 @@ def _resume(
     state = load_training_state(path)
     meta = read_meta(path)
     model = backend.module.model
-    model_config = getattr(model, "config", None)
+    # what the checkpoint stores as the model's config (an SR model: its whole SRConfig)
+    model_config = getattr(objective, "model_config", getattr(model, "config", None))
     # through JSON, as config.json holds it (tuples become lists)
     if model_config is not None and meta["config"] != json.loads(json.dumps(asdict(model_config))):
         raise UserError(f"resume: {path} holds a model of another shape than the one asked "

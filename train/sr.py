@@ -23,6 +23,7 @@ from cogview.masks import IGNORE
 from cogview.superres import (
     SR_PRESETS,
     SR_TASKS,
+    SRConfig,
     SRModel,
     SRSample,
     collate_sr,
@@ -76,6 +77,10 @@ class SRObjective:
     eval_samples: int = 256
     task_names: tuple[str, ...] = SR_TASKS
 
+    @property
+    def model_config(self) -> SRConfig:
+        return self.model.sr
+
     def __post_init__(self) -> None:
         if len(self.lr) == 0:
             raise UserError("the token shards' train split is empty")
@@ -85,16 +90,16 @@ class SRObjective:
         idx = torch.randint(len(self.lr), (n,), generator=g)
         texts = [self.texts[i] for i in idx.tolist()]
         return draw_sr_samples(
-            self.tokenizer, self.model.config, texts, self.lr[idx], self.hr[idx], g,
+            self.tokenizer, self.model.sr, texts, self.lr[idx], self.hr[idx], g,
             self.text_dropout,
         )
 
     def collate(self, samples: Sequence[SRSample]) -> Any:
-        return collate_sr(self.tokenizer, self.model.config, samples)
+        return collate_sr(self.tokenizer, self.model.sr, samples)
 
     def count(self, samples: Sequence[SRSample]) -> tuple[int, int]:
         targets = sum(int((s.labels != IGNORE).sum()) for s in samples)
-        return len(samples) * self.model.config.seq_len, targets
+        return len(samples) * self.model.sr.seq_len, targets
 
     def loss(self, model: nn.Module, batch: Any) -> LossSums:
         return lm_loss(model, batch, self.loss_config, len(self.task_names))
@@ -105,7 +110,7 @@ class SRObjective:
             self._eval_sets = {}
             if self.test is not None and len(self.test[0]):
                 lr, hr, texts = (x[: self.eval_samples] for x in self.test)
-                config, tok = self.model.config, self.tokenizer
+                config, tok = self.model.sr, self.tokenizer
                 g = torch.Generator().manual_seed(EVAL_SEED)
                 rs = torch.randint(1, max(config.num_orders, 2), (len(lr),), generator=g)
                 rows = list(zip(texts, lr, hr, rs.tolist(), strict=True))
@@ -158,7 +163,8 @@ def train_sr(
     on_step: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """`cogview train-sr`: load tokenizer, VQVAE and token shards, build the model, run the loop."""
-    from cogview.superres import save_sr, sr_extra
+    from cogview.pipeline import bundle_extra, save_bundled
+    from cogview.superres import SR_KIND
 
     loss_config = LossConfig(run.loss, run.poly_eps)
     tok, vq_dir, vq_fp, train, held = load_training_inputs(run.data, run.tokenizer, run.vqvae)
@@ -183,10 +189,11 @@ def train_sr(
     train_args = {**asdict(run), **asdict(loop)}
 
     def save_fn(path, state_dict, *, step, training_state, copy, ema):
-        extra = sr_extra(tok, vq_fp, run.low_res, run.image_size, train_args, ema=ema)
-        return save_sr(path, config=config, state_dict=state_dict, tokenizer_file=run.tokenizer,
-                       vqvae_path=vq_dir, extra=extra, step=step,
-                       training_state=training_state, copy=copy)
+        extra = bundle_extra(tok, vq_fp, train_args=train_args, ema=ema,
+                             low_res_size=run.low_res, image_size=run.image_size)
+        return save_bundled(path, SR_KIND, config=config, state_dict=state_dict,
+                            tokenizer_file=run.tokenizer, vqvae_path=vq_dir, extra=extra,
+                            step=step, training_state=training_state, copy=copy)
 
     objective = SRObjective(model=model, tokenizer=tok, lr=lr, hr=hr, texts=train.text_ids,
                             save_fn=save_fn, text_dropout=run.text_dropout,

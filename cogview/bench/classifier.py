@@ -118,6 +118,7 @@ def save_classifier(
     class_names: list[str],
     step: int = 0,
     extra: dict | None = None,
+    training_state: dict | None = None,
 ) -> Path:
     """Write a classifier checkpoint folder; the class names travel with it (index = label)."""
     if len(class_names) != model.config.num_classes:
@@ -129,6 +130,7 @@ def save_classifier(
         state_dict=model.state_dict(),
         step=step,
         extra={**(extra or {}), "class_names": list(class_names)},
+        training_state=training_state,
     )
 
 

@@ -182,22 +182,18 @@ def run_train_classifier(args: argparse.Namespace) -> int:
 
 
 def _run_train_classifier(args: argparse.Namespace) -> int:
-    from train.classifier import ClassifierTrainConfig, train_classifier
+    from cogview.cli.flags import from_flags
+    from cogview.cli.train import loop_config
+    from train.classifier import LOOP_DEFAULTS, ClassifierTrainConfig, train_classifier
 
     if not os.path.exists(args.data) and not any(c in args.data for c in "*?[{"):
         raise UserError(f"--data {args.data}: no such file or folder")
-    cfg = ClassifierTrainConfig(
-        data=args.data,
-        out=args.out,
-        preset=args.preset,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        limit=args.limit,
-        test_limit=args.test_limit,
-        seed=args.seed,
-    )
-    result = train_classifier(cfg)
+    cfg = from_flags(ClassifierTrainConfig, args)
+    result = train_classifier(cfg, loop_config(args, LOOP_DEFAULTS), resume=args.resume,
+                              progress=not args.no_progress)
+    if result.interrupted:
+        print(f"interrupted by {result.interrupted}; wrote {result.path}", file=sys.stderr)
+        return 130
     print(
         f"test accuracy {100 * result.test_accuracy:.2f}% on {result.n_test} real test images "
         f"(train {100 * result.train_accuracy:.2f}%, {result.n_train} training images, "
@@ -211,7 +207,9 @@ THREADS_HELP = "CPU threads for torch (default: torch's choice; 1 is faster on a
 
 
 def register(subparsers: Any) -> None:
-    from cogview.cli.flags import add_dtype_flag, add_sampling_flags
+    from cogview.cli.flags import add_dtype_flag, add_flags, add_sampling_flags
+    from cogview.cli.train import add_loop_flags
+    from train.classifier import LOOP_DEFAULTS, ClassifierTrainConfig
 
     p = subparsers.add_parser(
         "eval",
@@ -266,14 +264,7 @@ def register(subparsers: Any) -> None:
         description="Train a small CNN on the real training split of fashion shards (cogview "
         "data fashion), print its accuracy on the real test split, write OUT/step-N/.",
     )
-    p.add_argument("--data", required=True, metavar="SHARDS", help="fashion shards folder")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    p.add_argument("--preset", default="small", help="classifier size: tiny or small")
-    p.add_argument("--steps", type=int, default=800, help="training steps (default: 800)")
-    p.add_argument("--batch-size", type=int, default=128, help="images per step (default: 128)")
-    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default: 3e-3)")
-    p.add_argument("--limit", type=int, metavar="N", help="training images to load (all)")
-    p.add_argument("--test-limit", type=int, metavar="N", help="test images to score (all)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    add_flags(p, ClassifierTrainConfig, show_defaults=True)
     p.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
+    add_loop_flags(p, LOOP_DEFAULTS, keep=lambda f: f.name not in ("deepspeed", "eval_every"))
     p.set_defaults(func=run_train_classifier)

@@ -138,8 +138,8 @@ def run_superres(args: argparse.Namespace) -> int:
     picture = superres_image(sr, image, args.prompt, steps=args.steps,
                              temperature=sampling.temperature, top_k=sampling.top_k, generator=g)
     _save_image(np.asarray(picture), out, fmt)
-    steps = args.steps or sr.model.config.num_orders
-    lr, hr = sr.model.config.lr_size, sr.model.config.hr_size
+    steps = args.steps or sr.model.sr.num_orders
+    lr, hr = sr.model.sr.lr_size, sr.model.sr.hr_size
     print(f"wrote {out} ({picture.width}x{picture.height} px from {lr}x{lr} -> {hr}x{hr} "
           f"codes, {steps} pass{'es' if steps > 1 else ''})")
     return 0
