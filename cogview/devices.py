@@ -6,17 +6,18 @@ from pathlib import Path
 
 import torch
 
-from cogview.errors import UserError
+from cogview.errors import ConfigError
 
 
-def parse_device(name: str, flag: str = "--device") -> torch.device:
-    """`name` as a torch.device this build can use; a one-line UserError naming `flag` if not."""
+def parse_device(name: str, field: str = "device") -> torch.device:
+    """`name` as a torch.device this build can use; a one-line error of parameter `field` if
+    not."""
     try:
         device = torch.device(name)
         torch.empty(0, device=device)  # a device this torch build cannot use fails here
     except (RuntimeError, AssertionError) as e:
         why = str(e).splitlines()[0] if str(e) else e.__class__.__name__
-        raise UserError(f"{flag} {name}: {why}") from None
+        raise ConfigError.of(field, f"{name}: {why}") from None
     return device
 
 

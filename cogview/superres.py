@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from cogview.errors import UserError
+from cogview.errors import ConfigError, UserError
 from cogview.masks import IGNORE, TaskBatch, grid_cells
 from cogview.model import CogLM, CogLMConfig, KVCache
 from cogview.sampling import SamplingConfig, SamplingError, sample_logits
@@ -178,12 +178,12 @@ def lopar_orders(size: int, window: int) -> Tensor:
     return idx[:, None] + idx[None, :]
 
 
-def lopar_schedule(num_orders: int, steps: int, flag: str = "--steps") -> list[int]:
+def lopar_schedule(num_orders: int, steps: int, field: str = "steps") -> list[int]:
     """The first order re-predicted by each of `steps` passes: pass k predicts every cell of
     order >= starts[k] and fixes those below starts[k + 1]. steps = num_orders gives one order
-    per pass; steps = 1 is direct SR."""
+    per pass; steps = 1 is direct SR. A bad `steps` is an error of parameter `field`."""
     if not 1 <= steps <= num_orders:
-        raise UserError(f"{flag} must be in 1..{num_orders} (2 * window - 1), got {steps}")
+        raise ConfigError.of(field, f"must be in 1..{num_orders} (2 * window - 1), got {steps}")
     return [k * num_orders // steps for k in range(steps)]
 
 
@@ -351,7 +351,7 @@ def sr_training_batch(
 
 def _check_sampling(sampling: SamplingConfig) -> None:
     if sampling.guided or sampling.text_attention_bias:
-        raise SamplingError("super-resolution takes no --cfg or --text-attention-bias")
+        raise SamplingError("super-resolution takes no cfg_scale or text_attention_bias")
 
 
 def _pick(

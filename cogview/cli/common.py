@@ -37,7 +37,7 @@ def load_model(args: argparse.Namespace, model: str | None = None) -> CogView:
         except UserError as e:
             raise UserError(f"--sr {e}") from None
         if args.sr_steps is not None:
-            lopar_schedule(pipe.sr.model.sr.num_orders, args.sr_steps, flag="--sr-steps")
+            lopar_schedule(pipe.sr.model.sr.num_orders, args.sr_steps, field="sr_steps")
     return pipe
 
 

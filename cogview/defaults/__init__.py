@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cogview.errors import UserError
+from cogview.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent
 DEFAULTS = {
@@ -24,7 +24,8 @@ DEFAULTS = {
     "vqvae": ROOT / "shapes" / "vqvae",
     "tokenizer": ROOT / "shapes" / "tokenizer.json",
 }
-FLAGS = {"coglm": "--model", "sr": "--sr", "vqvae": "--vqvae", "tokenizer": "--tokenizer"}
+# the parameter (and flag) that names a model of each kind
+PARAMETERS = {"coglm": "model", "sr": "sr", "vqvae": "vqvae", "tokenizer": "tokenizer"}
 # shipped CogLM folders by name (`--model fashion`); a folder of that name, if one exists, wins
 NAMED = {"shapes": DEFAULTS["coglm"], "fashion": ROOT / "fashion"}
 
@@ -45,8 +46,6 @@ def model_path_or_default(path: str | Path | None, kind: str = "coglm") -> Path:
         return Path(path)
     found = default_model_path(kind)
     if found is None:
-        raise UserError(
-            f"no {FLAGS[kind]} given and no shipped default {kind} in this install "
-            "(build them with `make default-models`)"
-        )
+        raise ConfigError.of(PARAMETERS[kind], f"not given, and this install has no shipped "
+                             f"default {kind} (build them with `make default-models`)")
     return found

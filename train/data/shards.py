@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cogview.errors import UserError
+from cogview.errors import ConfigError
 
 INFO_FILE = "info.json"
 SPLITS = ("train", "test")
@@ -69,7 +69,7 @@ class SplitWriter:
 
     def __init__(self, folder: Path, split: str, shard_size: int = DEFAULT_SHARD_SIZE) -> None:
         if shard_size < 1:
-            raise UserError(f"--shard-size must be at least 1, got {shard_size}")
+            raise ConfigError.of("shard_size", f"must be at least 1, got {shard_size}")
         self.folder = Path(folder)
         self.split = split
         self.shard_size = shard_size
@@ -113,11 +113,11 @@ class SplitWriter:
 
 def _prepare_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: exists and is not a folder")
+        raise ConfigError.of("out", f"{out}: exists and is not a folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UserError(f"--out {out}: cannot create folder ({e.strerror})") from None
+        raise ConfigError.of("out", f"{out}: cannot create folder ({e.strerror})") from None
 
 
 def write_dataset(

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from cogview.errors import UserError
+from cogview.errors import ConfigError, UserError
 from train.data.shards import DEFAULT_SHARD_SIZE, ShardSample, write_dataset
 
 _SPLIT_IDS = {"train": 0, "test": 1}  # mixed into per-sample seeds
@@ -35,9 +35,9 @@ def _key(split: str, index: int) -> str:
 def split_counts(n: int, test_fraction: float) -> tuple[int, int]:
     """(n_train, n_test) for n samples of which a fraction goes to the test split."""
     if n < 0:
-        raise UserError(f"--n must not be negative, got {n}")
+        raise ConfigError.of("n", f"must not be negative, got {n}")
     if not 0 <= test_fraction < 1:
-        raise UserError(f"--test-fraction must be in [0, 1), got {test_fraction}")
+        raise ConfigError.of("test_fraction", f"must be in [0, 1), got {test_fraction}")
     n_test = int(round(n * test_fraction))
     return n - n_test, n_test
 
@@ -91,11 +91,11 @@ def build_shapes(
     that names its objects against reading order gets a captioning target that names them in
     reading order (`shapes.reading_order_target`); the captions are the same either way."""
     if size < 8:
-        raise UserError(f"--size must be at least 8 px, got {size}")
+        raise ConfigError.of("size", f"must be at least 8 px, got {size}")
     if not 0 <= two_fraction <= 1:
-        raise UserError(f"--two-fraction must be in [0, 1], got {two_fraction}")
+        raise ConfigError.of("two_fraction", f"must be in [0, 1], got {two_fraction}")
     if not 0 <= positions <= 1:
-        raise UserError(f"--positions must be in [0, 1], got {positions}")
+        raise ConfigError.of("positions", f"must be in [0, 1], got {positions}")
     n_train, n_test = split_counts(n, test_fraction)
     info = {
         "source": "shapes",
@@ -222,7 +222,7 @@ def build_fashion(
     test_x, test_y = _fashion_arrays("test", folder)
     if n is not None:
         if n < 1:
-            raise UserError(f"--n must be at least 1, got {n}")
+            raise ConfigError.of("n", f"must be at least 1, got {n}")
         n_test = max(1, round(len(test_x) * min(n, len(train_x)) / len(train_x)))
         train_x, train_y = train_x[:n], train_y[:n]
         test_x, test_y = test_x[:n_test], test_y[:n_test]
@@ -347,9 +347,9 @@ def build_folder(
     if not src.is_dir():
         raise UserError(f"{src}: no such folder")
     if Path(out).resolve().is_relative_to(src.resolve()):
-        raise UserError(f"--out {out}: must not be inside the source folder {src}")
+        raise ConfigError.of("out", f"{out}: must not be inside the source folder {src}")
     if size is not None and size < 1:
-        raise UserError(f"--size must be positive, got {size}")
+        raise ConfigError.of("size", f"must be positive, got {size}")
     pairs, orphans = find_pairs(src)
     report = FolderReport()
     for path in orphans:
@@ -455,7 +455,7 @@ def build_photos(
     """Random square crops of natural photos, resized to `size`; the photos in TEST_PHOTOS
     give the test split only."""
     if size < 1:
-        raise UserError(f"--size must be positive, got {size}")
+        raise ConfigError.of("size", f"must be positive, got {size}")
     photos = _load_photos()
     train_names = sorted(p for p in photos if p not in TEST_PHOTOS)
     test_names = sorted(p for p in photos if p in TEST_PHOTOS)

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from cogview.errors import UserError
+from cogview.errors import ConfigError, UserError
 
 INFO_FILE = "info.json"
 FORMAT = "cogview-token-shards"
@@ -140,14 +140,15 @@ def encode_shards(
 
     out = Path(out)
     if tokenizer.num_image_codes != vqvae.codebook_size:
-        raise UserError(f"--tokenizer has {tokenizer.num_image_codes} image codes but --vqvae "
-                        f"has a codebook of {vqvae.codebook_size}; they must match")
+        raise ConfigError.of("tokenizer", f"has {tokenizer.num_image_codes} image codes but the "
+                             f"VQVAE a codebook of {vqvae.codebook_size}; they must match")
     for size in sizes:
         if size % vqvae.factor:
-            raise UserError(f"--sizes: {size} px is not divisible by the VQVAE factor "
+            raise ConfigError.of("sizes", f"{size} px is not divisible by the VQVAE factor "
                             f"f={vqvae.factor}")
     if (out / INFO_FILE).exists():
-        raise UserError(f"--out: {out} already holds token shards; remove it or choose another")
+        raise ConfigError.of("out", f"{out} already holds token shards; remove it or choose "
+                             "another")
     out.mkdir(parents=True, exist_ok=True)
     vqvae.eval()
 
