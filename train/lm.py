@@ -170,24 +170,29 @@ class CogLMObjective:
             ]
         return self._eval_sets
 
-    @torch.no_grad()
     def evaluate(self, model: nn.Module, device: torch.device, precision: str) -> dict[str, float]:
-        """Held-out cross-entropy per task (CE whatever the training loss, so that runs with
-        --loss ce and --loss poly1 compare)."""
-        out = {}
-        for name, seqs in self.eval_sets().items():
-            total, count = 0.0, 0
-            for i in range(0, len(seqs), EVAL_BATCH):
-                batch = self.collate(seqs[i : i + EVAL_BATCH]).to(device)
-                with autocast(device, precision):
-                    s = lm_loss(model, batch, LossConfig("ce"), len(self.task_names))
-                total += float(s.total)
-                count += s.count
-            out[f"eval_{name}"] = total / max(count, 1)
-        return out
+        return held_out_losses(self, model, device, precision)
 
     def save(self, path: Path, state_dict: dict[str, Tensor], **kwargs: Any) -> Path:
         return self.save_fn(path, state_dict, **kwargs)
+
+
+@torch.no_grad()
+def held_out_losses(objective: Any, model: nn.Module, device: torch.device,
+                    precision: str) -> dict[str, float]:
+    """Held-out cross-entropy of each of `objective.eval_sets()` (CogLM or SR), CE whatever
+    the training loss, so that runs with loss ce and poly1 compare."""
+    out = {}
+    for name, samples in objective.eval_sets().items():
+        total, count = 0.0, 0
+        for i in range(0, len(samples), EVAL_BATCH):
+            batch = objective.collate(samples[i : i + EVAL_BATCH]).to(device)
+            with autocast(device, precision):
+                s = lm_loss(model, batch, LossConfig("ce"), len(objective.task_names))
+            total += float(s.total)
+            count += s.count
+        out[f"eval_{name}"] = total / max(count, 1)
+    return out
 
 
 def sample_regions(tokenizer: Any, metas: Sequence[dict[str, Any] | None]) -> list[list[Region]]:

@@ -258,12 +258,13 @@ def _check_split(n: int, cfg: LoopConfig, world: int) -> int:
     return n // per
 
 
-def _check_resumed_loop(saved: dict[str, Any], cfg: LoopConfig, path: Path) -> None:
-    """UserError when a resumed run asks for other loop settings than it was trained with
-    (only steps and the save/eval intervals may change)."""
-    current = json.loads(json.dumps(asdict(cfg)))
+def check_unchanged(saved: dict[str, Any], config: Any, path: Path,
+                    may_change: Sequence[str] = ()) -> None:
+    """UserError when a resumed run asks for other settings (fields of dataclass `config`) than
+    the ones `saved` with checkpoint `path`, except the fields `may_change`."""
+    current = json.loads(json.dumps(asdict(config)))  # as the checkpoint holds them
     changed = [k for k, v in current.items()
-               if k not in RESUME_MAY_CHANGE and k in saved and saved[k] != v]
+               if k not in may_change and k in saved and saved[k] != v]
     if changed:
         raise UserError(f"resume: {path} was trained with other settings of "
                         f"{', '.join(changed)}; resume with the same ones, or start another run")
@@ -468,7 +469,7 @@ def _resume(
     if int(state.get("world", 1)) != backend.world:
         raise UserError(f"resume: {path} was written by {state.get('world')} process(es), "
                         f"this run has {backend.world}; resume with the same number")
-    _check_resumed_loop(state.get("loop", {}), cfg, path)
+    check_unchanged(state.get("loop", {}), cfg, path, RESUME_MAY_CHANGE)
     if "model" in state:  # EMA runs keep the trained weights here, the average in safetensors
         load_state_strict(model, state["model"], source=str(path / TRAINING_STATE_FILE))
     else:

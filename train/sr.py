@@ -31,9 +31,8 @@ from cogview.superres import (
     sr_config,
     sr_sample,
 )
-from train.backends import autocast
 from train.config import LoopConfig
-from train.lm import TokenRunConfig, load_training_inputs
+from train.lm import TokenRunConfig, held_out_losses, load_training_inputs
 from train.loop import TrainResult, run_objective
 
 EVAL_SEED = 0  # the held-out LoPAR steps: the same at every evaluation
@@ -120,20 +119,8 @@ class SRObjective:
                 }
         return self._eval_sets
 
-    @torch.no_grad()
     def evaluate(self, model: nn.Module, device: torch.device, precision: str) -> dict[str, float]:
-        """Held-out cross-entropy per set (CE whatever the training loss, as for CogLM)."""
-        out = {}
-        for name, samples in self.eval_sets().items():
-            total, count = 0.0, 0
-            for i in range(0, len(samples), EVAL_BATCH):
-                batch = self.collate(samples[i : i + EVAL_BATCH]).to(device)
-                with autocast(device, precision):
-                    s = lm_loss(model, batch, LossConfig("ce"), len(self.task_names))
-                total += float(s.total)
-                count += s.count
-            out[f"eval_{name}"] = total / max(count, 1)
-        return out
+        return held_out_losses(self, model, device, precision)
 
     def save(self, path: Path, state_dict: dict[str, Tensor], **kwargs: Any) -> Path:
         return self.save_fn(path, state_dict, **kwargs)

@@ -25,11 +25,11 @@ from tqdm import tqdm
 
 from cogview.checkpoint import read_meta, step_dirs
 from cogview.config import option
-from cogview.errors import ConfigError, UserError
+from cogview.errors import ConfigError
 from cogview.losses import LossSums
 from cogview.pretrained import save_vqvae
 from train.config import LoopConfig
-from train.loop import TrainResult, run_objective
+from train.loop import TrainResult, check_unchanged, run_objective
 from vqvae.metrics import (
     code_histogram,
     mse_per_image,
@@ -243,21 +243,6 @@ def _jsonable(x: Any) -> Any:
     return json.loads(json.dumps(x))
 
 
-def _check_resume(out_dir: Path, run: VQVAETrainConfig) -> None:
-    """UserError when the newest checkpoint of `out_dir` was trained with other settings."""
-    existing = step_dirs(out_dir)
-    if not existing:
-        return
-    path = existing[-1][1]
-    saved = read_meta(path).get("extra", {}).get("train", {})
-    current = _jsonable(asdict(run))
-    changed = [k for k, v in current.items()
-               if k not in RESUME_MAY_CHANGE and k in saved and saved[k] != v]
-    if changed:
-        raise UserError(f"resume: {path} was trained with other settings of "
-                        f"{', '.join(changed)}; resume with the same ones, or start another run")
-
-
 def train_vqvae(
     model_config: VQVAEConfig,
     run: VQVAETrainConfig,
@@ -281,8 +266,11 @@ def train_vqvae(
         if size % model_config.factor:
             raise ConfigError.of("sizes", f"{size} px is not divisible by the VQVAE factor "
                                  f"f={model_config.factor}")
-    if resume:
-        _check_resume(out_dir, run)
+    existing = step_dirs(out_dir)
+    if resume and existing:
+        path = existing[-1][1]
+        check_unchanged(read_meta(path).get("extra", {}).get("train", {}), run, path,
+                        RESUME_MAY_CHANGE)
     torch.manual_seed(loop.seed)  # the same initial weights on every process
     model = VQVAE(model_config)
     extra = {**(extra or {}), "train": _jsonable(asdict(run)), "loop": _jsonable(asdict(loop))}
