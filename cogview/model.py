@@ -57,6 +57,7 @@ PRESETS: dict[str, dict] = {
 
 
 def coglm_config(preset: str, vocab_size: int, **overrides) -> CogLMConfig:
+    """The preset's CogLMConfig for this vocabulary; ValueError naming the choices if none."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
     return CogLMConfig(vocab_size=vocab_size, **{**PRESETS[preset], **overrides})

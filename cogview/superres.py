@@ -146,7 +146,7 @@ def sr_config(preset: str, vocab_size: int, **overrides: Any) -> SRConfig:
     """The SR preset's transformer for this vocabulary; `overrides` set geometry fields
     (lr_size, hr_size, window, ...) or transformer fields."""
     if preset not in SR_PRESETS:
-        raise UserError(f"unknown SR preset {preset!r}; choose from {', '.join(SR_PRESETS)}")
+        raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(SR_PRESETS)}")
     lm = {"vocab_size": vocab_size, **SR_PRESETS[preset]}
     lm.update({k: v for k, v in overrides.items() if k not in GEOMETRY})
     return SRConfig.build(lm, **{k: v for k, v in overrides.items() if k in GEOMETRY})

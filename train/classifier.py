@@ -18,7 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cogview.bench.classifier import PRESETS, Classifier, accuracy, save_classifier
+from cogview.bench.classifier import (
+    PRESETS,
+    Classifier,
+    accuracy,
+    classifier_config,
+    save_classifier,
+)
 from cogview.config import option
 from cogview.errors import ConfigError, UserError
 from cogview.losses import LossSums
@@ -163,7 +169,7 @@ def train_classifier(
     """Load the fashion shards, train, score the test split and write the checkpoint."""
     from train.data.loader import load_images
 
-    config = PRESETS[cfg.preset]
+    config = classifier_config(cfg.preset)
     train = load_images(
         cfg.data, config.image_size, limit=cfg.limit, split="train", progress=progress
     )

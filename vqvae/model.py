@@ -92,9 +92,9 @@ PRESETS: dict[str, VQVAEConfig] = {
 
 
 def vqvae_config(name: str) -> VQVAEConfig:
-    """The preset called `name` (see PRESETS)."""
+    """The preset called `name` (see PRESETS); ValueError naming the choices if none."""
     if name not in PRESETS:
-        raise KeyError(f"unknown VQVAE preset {name!r}; choose from {sorted(PRESETS)}")
+        raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
     return PRESETS[name]
 
 

@@ -51,6 +51,13 @@ PRESETS: dict[str, ClassifierConfig] = {
 }
 
 
+def classifier_config(name: str) -> ClassifierConfig:
+    """The preset called `name`; ValueError naming the choices if none."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
 class Classifier(nn.Module):
     """(B, C, H, W) images in [0, 1] -> (B, num_classes) logits."""
 

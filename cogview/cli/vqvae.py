@@ -173,8 +173,8 @@ def _run_train(args: argparse.Namespace) -> int:
     loop = loop_config(args, LOOP_DEFAULTS)
     try:
         model_config = vqvae_config(args.preset)
-    except KeyError as e:
-        raise UserError(f"--preset: {e.args[0]}") from e
+    except ValueError as e:
+        raise UserError(f"--preset: {e}") from e
     train = load_image_sets(args.data, run.sizes, "train", limit=args.limit)
     try:
         test = load_image_sets(args.data, run.sizes, "test", limit=run.eval_images)
