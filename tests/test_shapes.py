@@ -209,3 +209,28 @@ def test_restatements_say_the_same_from_the_other_object():
     for text in ("a red circle at the top left", "a photo of a sneaker", "",
                  "a red circle at the top left and a blue square in the center"):
         assert shapes.restatements(text) == []
+
+
+def test_paraphrased_prompts_ask_the_same_in_wordings_training_never_uses():
+    import re
+
+    rng = np.random.default_rng(0)
+    scenes = [shapes.sample_scene(rng, int(rng.integers(1, 3))) for _ in range(4000)]
+    captions = [shapes.caption(scene, rng, positions=0.3) for scene in scenes]
+    training_words = {w for c in captions for w in re.findall(r"[a-z']+", c)}
+    for n_objects in (1, 2):
+        plain = shapes.eval_prompts(n_objects, 48)
+        worded = shapes.paraphrase_prompts(n_objects, 48)
+        assert [a for _, a in worded] == [a for _, a in plain]  # the same requests
+        assert not {p for p, _ in worded} & set(captions)
+        for prompt, attrs in worded:
+            words = re.findall(r"[a-z']+", prompt)
+            assert set(words) - training_words, prompt  # a word no caption uses
+            for o in attrs["objects"]:  # every attribute asked for is in the prompt
+                assert {o["colour"], o["shape"], o["size"]} <= set(words), prompt
+                if "position" in o:
+                    assert o["position"].replace("center", "") in prompt, prompt
+    templates = {re.sub(r"(red|green|blue|yellow|purple|white|circle|square|triangle|small|"
+                        r"large|top|bottom|left|right|center|middle)", "_", p)
+                 for p, _ in shapes.paraphrase_prompts(1, 324)}
+    assert len(templates) >= 8

@@ -4,7 +4,8 @@ Every score here is checkable without people: the shapes domain (`cogview.bench.
 detector (`cogview.bench.detect`) that reads colour, shape, size and position back from pixels, and
 captions parse back into attributes (`shapes.parse_caption`). One report holds
 - text-to-image: per-attribute and all-correct accuracy of the detector on images generated
-  for the fixed prompt sets (`shapes.eval_prompts(1)` and `(2)`);
+  for the fixed prompt sets (`shapes.eval_prompts(1)` and `(2)`), and for the same requests
+  worded as no training caption is (`shapes.paraphrase_prompts`);
 - captioning: generated captions of held-out images, parsed and compared with the truth;
 - inpainting: the cells of one object masked (the cells its bounding box touches),
   regenerated with the image's caption, decoded and composited into the true image; PSNR
@@ -52,6 +53,9 @@ class EvalConfig:
     """How much of each evaluation to run; 0 skips a part."""
 
     n_prompts: int = 240  # per prompt set (one object: up to 324; two objects: any number)
+    # per prompt set: the first prompts of each set again, worded as the training captions
+    # never are (`shapes.paraphrase_prompts`)
+    n_paraphrase: int = 240
     n_per_prompt: int = 1  # images per prompt
     rerank: int = 1  # text-to-image, inpainting: candidates per image, the best kept by reranking
     caption_temperature: float = 0.0  # captioning is scored on the greedy caption by default
@@ -73,8 +77,8 @@ class EvalConfig:
 
 
 QUICK = EvalConfig(
-    n_prompts=3, n_per_prompt=1, n_captions=2, n_inpaint=2, n_edit=2, n_fashion_per_class=1,
-    n_loss=8,
+    n_prompts=3, n_paraphrase=3, n_per_prompt=1, n_captions=2, n_inpaint=2, n_edit=2,
+    n_fashion_per_class=1, n_loss=8,
 )
 
 
@@ -633,6 +637,17 @@ def run_eval(
                 ),
             ),
         }  # fmt: skip
+    if config.n_paraphrase:
+        n = config.n_paraphrase
+        sets = (("one_object_paraphrased", "t2i (1 object, paraphrased)",
+                 shapes.paraphrase_prompts(1, min(n, 324))),
+                ("two_objects_paraphrased", "t2i (2 objects, paraphrased)",
+                 shapes.paraphrase_prompts(2, n)))
+        t2i = report.setdefault("t2i", {})
+        for name, what, prompts in sets:
+            t2i[name] = timed(f"t2i_{name}", lambda prompts=prompts, what=what: (
+                eval_text_to_image(pipe, prompts, config.n_per_prompt, sampling, generator,
+                                   progress=progress, what=what, rerank=config.rerank)))
     if held is not None and len(held):
         scored = held.with_attributes()
         captioning = replace(sampling, temperature=config.caption_temperature)
@@ -708,7 +723,9 @@ def format_report(report: dict[str, Any]) -> str:
                 rows.append((part, k, _pct(v)))
 
     t2i = report.get("t2i", {})
-    for name, label in (("one_object", "t2i 1 object"), ("two_objects", "t2i 2 objects")):
+    for name, label in (("one_object", "t2i 1 object"), ("two_objects", "t2i 2 objects"),
+                        ("one_object_paraphrased", "t2i 1 object, paraphrased"),
+                        ("two_objects_paraphrased", "t2i 2 objects, paraphrased")):
         if name in t2i:
             acc_rows(label, t2i[name]["accuracy"], t2i[name]["n"])
     if "captioning" in report:

@@ -478,6 +478,71 @@ def eval_prompts(n_objects: int, n: int | None = None) -> list[tuple[str, dict[s
     raise ValueError(f"n_objects must be 1 or 2, got {n_objects}")
 
 
+# Prompts as people write them: wordings that `caption` never produces (new templates, word
+# orders and position phrases) with only the domain's words for colours, shapes, sizes,
+# positions and relations. Training captions must never use these templates; every one holds a
+# word that no training caption has ("draw", "image", "with", "show", ...).
+_PARAPHRASE_ONE = (
+    "draw {a} {z} {c} {s} {p}",
+    "an image with {a} {z} {c} {s} {p}",
+    "{p} there should be {a} {z} {c} {s}",
+    "{a} {c} {s}, {z}, {p}",
+    "show me {a} {c} {z} {s} {p}",
+    "{a} {z} {s} in {c} {p}",
+    "{z} {c} {s} {p}",
+    "please put {a} {z} {c} {s} {p}",
+)
+_PARAPHRASE_TWO = (
+    "draw {d1} {rel} {d2}",
+    "an image where {d1} sits {rel} {d2}",
+    "{d1}, with {d2} {inverse} it",
+    "show {d1} placed {rel} {d2}",
+    "{d2}, and {d1} {rel} it",
+    "a scene with {d1} {rel} {d2}",
+)
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def _paraphrase_position(position: str, i: int) -> str:
+    where = "in" if position == "center" or " " in position else "at"
+    if i % 2:
+        return f"{where} the image's {position}"
+    return f"{where} the {'middle' if position == 'center' else position} of the image"
+
+
+def paraphrase(attributes: dict[str, Any], i: int) -> str:
+    """The prompt of `attributes` (as `eval_prompts` gives them) in held-out wording number
+    `i` (templates and adjective orders taken in turn)."""
+    objs = attributes["objects"]
+    if len(objs) == 1:
+        o = objs[0]
+        template = _PARAPHRASE_ONE[i % len(_PARAPHRASE_ONE)]
+        first = template.split("{a} ", 1)[-1].split()[0].strip(",")
+        word = {"{z}": o["size"], "{c}": o["colour"], "{s}": o["shape"]}.get(first, o["size"])
+        position = _paraphrase_position(o["position"], i // len(_PARAPHRASE_ONE))
+        return template.format(a=_article(word), z=o["size"], c=o["colour"], s=o["shape"],
+                               p=position)
+    swap = (i // len(_PARAPHRASE_TWO)) % 2  # every other round: colour before size
+
+    def describe(o: dict[str, str]) -> str:
+        words = (o["colour"], o["size"]) if swap else (o["size"], o["colour"])
+        return f"{_article(words[0])} {words[0]} {words[1]} {o['shape']}"
+
+    relation = attributes["relation"]
+    return _PARAPHRASE_TWO[i % len(_PARAPHRASE_TWO)].format(
+        d1=describe(objs[0]), d2=describe(objs[1]), rel=_RELATION_WORDS[relation][0],
+        inverse=_RELATION_WORDS[INVERSE_RELATION[relation]][0])
+
+
+def paraphrase_prompts(n_objects: int, n: int | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """`eval_prompts(n_objects, n)` with each prompt in a held-out wording (`paraphrase`): the
+    same requests, so that the two sets compare prompt by prompt."""
+    return [(paraphrase(a, i), a) for i, (_, a) in enumerate(eval_prompts(n_objects, n))]
+
+
 def _cell(o: dict[str, Any]) -> tuple[int, int] | None:
     if "row" in o and "col" in o:
         return int(o["row"]), int(o["col"])

@@ -125,8 +125,8 @@ def _run_eval(args: argparse.Namespace) -> int:
         base = QUICK if args.quick else EvalConfig()
         overrides = {
             k: getattr(args, k)
-            for k in ("n_prompts", "n_per_prompt", "rerank", "n_captions", "caption_temperature",
-                      "n_inpaint", "n_edit", "n_loss")
+            for k in ("n_prompts", "n_paraphrase", "n_per_prompt", "rerank", "n_captions",
+                      "caption_temperature", "n_inpaint", "n_edit", "n_loss")
             if getattr(args, k) is not None
         }
         if args.n_fashion is not None:
@@ -229,6 +229,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--split", default="test", help="split of --data to use (default: test)")
     p.add_argument("--quick", action="store_true", help="a few samples of each part (smoke test)")
     p.add_argument("--n-prompts", type=int, metavar="N", help="prompts per t2i prompt set")
+    p.add_argument("--n-paraphrase", type=int, metavar="N",
+                   help="per prompt set: the first N prompts again, worded as no training caption "
+                   "is ('draw a ...', 'an image with ...')")
     p.add_argument("--n-per-prompt", type=int, metavar="K", help="images per prompt")
     p.add_argument("--rerank", type=int, metavar="N",
                    help="text-to-image and inpainting: keep the best of N candidates by "
