@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup test demo default-models fashion-model lint clean
+.PHONY: setup test demo serve web-screenshots default-models fashion-model lint clean
 
 setup: $(VENV)/.installed
 
@@ -13,11 +13,16 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# the CPU wheel first: a bare `torch` requirement would pull a multi-GB CUDA build
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev,photos]'
+	$(BIN)/python -m pip install -q -e '.[dev,photos,web]'
 	@test -d $(FASHION_DIR) || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; } \
 	  || echo "warning: dataset-fashion-mnist not installed; 'cogview data fashion' will not work"
+	@# the web page's browser test drives Debian's chromium (never a browser downloaded later)
+	@command -v chromium >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; } \
+	  || echo "warning: chromium not installed; the web page's browser test will be skipped"
 	touch $@
 
 test: setup
@@ -33,6 +38,15 @@ demo: setup
 	  --prompt "a small yellow triangle at the bottom right" -n 4 --seed 0 -o demo/inpaint
 	$(BIN)/cogview caption $(DEMO_ASSETS)/scene.png -n 3 --seed 0
 	$(BIN)/cogview generate "a large purple triangle in the center" -n 4 --seed 0 --sr -o demo/sr
+
+# the web page on the shipped models: http://127.0.0.1:7860 (this machine only)
+SERVE_FLAGS ?=
+serve: setup
+	$(BIN)/cogview serve $(SERVE_FLAGS)
+
+# the README's screenshots of the web page, by the browser test's own code path
+web-screenshots: setup
+	COGVIEW_SCREENSHOTS=docs/web $(BIN)/python -m pytest tests/test_web.py -k chromium
 
 # The recipe of the shipped default models (shapes, 32 px base, 64 px super-resolution), on a
 # CPU; about 2 h 35 min on 2 cores. Every training step resumes where an interrupted run stopped.
