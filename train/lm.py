@@ -294,8 +294,10 @@ class CogLMTrainConfig(TokenRunConfig):
                 raise ConfigError.of(name, f"must lie in [0, 1], got {getattr(self, name)}")
 
 
-def load_training_inputs(data: str, tokenizer: str, vqvae: str) -> tuple[Any, Path, str, Any, Any]:
-    """Tokenizer, VQVAE folder and fingerprint, and the train (and test, if any) token data.
+def load_training_inputs(data: str, tokenizer: str, vqvae: str, *, load_train: bool = True
+                         ) -> tuple[Any, Path, str, Any, Any]:
+    """Tokenizer, VQVAE folder and fingerprint, and the train (and test, if any) token data
+    (train None unless `load_train`: a streamed run reads it as it goes).
 
     The token shards must come from this tokenizer and VQVAE, and hold only ids the tokenizer
     knows: each mismatch is a one-line error naming the parameter.
@@ -315,8 +317,10 @@ def load_training_inputs(data: str, tokenizer: str, vqvae: str) -> tuple[Any, Pa
     vq_dir = resolve_checkpoint(vqvae)
     vq_fp = fingerprint(load_vqvae(vq_dir))
     check_compatible(read_info(data), tok, vq_fp)
-    train = load_token_shards(data, "train")
-    vocab_check(tok, train)
+    train = None
+    if load_train:
+        train = load_token_shards(data, "train")
+        vocab_check(tok, train)
     test = None
     if any(Path(data).glob("test-*.tar")):
         test = load_token_shards(data, "test")
@@ -331,8 +335,11 @@ def train_coglm(
     resume: bool = False,
     progress: bool = True,
     on_step: Callable[[int], None] | None = None,
+    stream: Any = None,
 ) -> TrainResult:
-    """`cogview train`: load tokenizer, VQVAE and token shards, build the model, run the loop."""
+    """`cogview train`: load tokenizer, VQVAE and token shards, build the model, run the loop.
+    With `stream` (a `train.data.stream.StreamConfig` whose `stream` is set) the train shards
+    are read as a stream (`train.streaming`)."""
     from cogview.inpainting import context_from_codes
     from cogview.model import coglm_config
     from cogview.pipeline import COGLM_KIND, bundle_extra, save_bundled
@@ -340,7 +347,14 @@ def train_coglm(
 
     schedule = TaskSchedule.parse(run.tasks)
     loss_config = LossConfig(run.loss, run.poly_eps)
-    tok, vq_dir, vq_fp, train, test = load_training_inputs(run.data, run.tokenizer, run.vqvae)
+    streaming = stream is not None and stream.stream
+    tok, vq_dir, vq_fp, train, test = load_training_inputs(run.data, run.tokenizer, run.vqvae,
+                                                           load_train=not streaming)
+    if streaming:
+        from train.data.tokens import read_info
+        from train.streaming import StreamedData
+
+        train = StreamedData(read_info(run.data))
 
     torch.manual_seed(loop.seed)  # the same initial weights on every process
     model = CogLM(coglm_config(run.preset, tok.vocab_size))
@@ -349,7 +363,7 @@ def train_coglm(
     grid = tuple(int(x) for x in train.codes[run.image_size].shape[1:]) if (
         run.image_size in train.codes
     ) else (0, 0)
-    train_args = {**asdict(run), **asdict(loop)}
+    train_args = {**asdict(run), **asdict(loop), **(asdict(stream) if streaming else {})}
 
     def save_fn(path, state_dict, *, step, training_state, copy, ema):
         extra = bundle_extra(tok, vq_fp, train_args=train_args, ema=ema,
@@ -363,11 +377,18 @@ def train_coglm(
     scheduler = MaskingScheduler(tok, schedule=schedule, text_dropout=run.text_dropout,
                                  region_masks=run.region_masks, region_prompts=run.region_prompts,
                                  context=functools.partial(context_from_codes, vqvae))
-    objective = CogLMObjective(model=model, tokenizer=tok, train=train, test=test,
-                               scheduler=scheduler, image_size=run.image_size, save_fn=save_fn,
-                               loss_config=loss_config, eval_samples=run.eval_samples)
-    if (not objective.regions and run.region_masks > 0 and "inp" in objective.used_tasks
-            and int(os.environ.get("RANK", "0")) == 0):
+    common = dict(model=model, tokenizer=tok, test=test, scheduler=scheduler,
+                  image_size=run.image_size, save_fn=save_fn, loss_config=loss_config,
+                  eval_samples=run.eval_samples)
+    if streaming:
+        from train.streaming import StreamCogLMObjective
+
+        objective: Any = StreamCogLMObjective(train=train.info, data=run.data,
+                                              stream_config=stream, seed=loop.seed, **common)
+    else:
+        objective = CogLMObjective(train=train, **common)
+    if (not streaming and not objective.regions and run.region_masks > 0
+            and "inp" in objective.used_tasks and int(os.environ.get("RANK", "0")) == 0):
         print("note: no sample of --data lists regions; inpainting masks are random shapes "
               "prompted with the whole caption", file=sys.stderr)
     return run_objective(objective, loop, run.out, resume=resume, progress=progress,

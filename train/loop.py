@@ -79,7 +79,12 @@ class Objective(Protocol):
     # optional: `groups(samples) -> list[list[sample]]` splits a micro-batch into parts of
     # similar length that run as separate forward/backward passes (one-process training only);
     # `step_metrics() -> dict[str, float]` adds figures of the last step (this process's) to
-    # the metrics and the progress bar
+    # the metrics and the progress bar;
+    # `draw_rank(step, n, rank, world, g) -> list[sample]` replaces `draw` for objectives whose
+    # processes read different data (a streamed data set): only this process's slice of the
+    # global batch, the counts summed over processes;
+    # `data_state() -> dict` and `load_data_state(state)`: the data position, saved in every
+    # checkpoint and handed back on resume
 
     def loss(self, model: nn.Module, batch: Any) -> LossSums: ...
 
@@ -300,6 +305,7 @@ def train_loop(
     # not padded to the longest of the micro-batch
     group = getattr(objective, "groups", lambda samples: [samples])
     step_metrics = getattr(objective, "step_metrics", dict)
+    draw_rank = getattr(objective, "draw_rank", None)
 
     # resume -----------------------------------------------------------------------------
     step, g = 0, torch.Generator().manual_seed(cfg.seed)
@@ -329,6 +335,8 @@ def train_loop(
             "rng": _rng_state(),
             "loop": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()},
         }
+        if hasattr(objective, "data_state"):
+            training_state["data"] = objective.data_state()
         opt_state = backend.optimizer_state()
         if opt_state is not None:
             training_state["optimizer"] = opt_state
@@ -374,10 +382,20 @@ def train_loop(
             while step < cfg.steps:
                 t0 = time.perf_counter()
                 lr = lr_at(step, cfg)
-                samples = objective.draw(step, cfg.batch_size, g)
-                micro = _check_split(len(samples), cfg, world)
-                n_tokens, n_targets = objective.count(samples)
-                mine = samples[rank * micro * cfg.grad_accum : (rank + 1) * micro * cfg.grad_accum]
+                if draw_rank is None:
+                    samples = objective.draw(step, cfg.batch_size, g)
+                    data_wait = time.perf_counter() - t0
+                    micro = _check_split(len(samples), cfg, world)
+                    n_tokens, n_targets = objective.count(samples)
+                    span = micro * cfg.grad_accum
+                    mine = samples[rank * span : (rank + 1) * span]
+                else:
+                    mine = draw_rank(step, cfg.batch_size, rank, world, g)
+                    data_wait = time.perf_counter() - t0
+                    micro = _check_split(len(mine) * world, cfg, world)
+                    counted = torch.tensor(objective.count(mine), dtype=torch.float64)
+                    n_tokens, n_targets = (int(x) for x in backend.all_reduce(
+                        counted.to(device)).tolist())
                 sums = torch.zeros(n_tasks, device=device)
                 counts = torch.zeros(n_tasks, device=device)
                 for k in range(cfg.grad_accum):
@@ -408,7 +426,8 @@ def train_loop(
                 for i, name in enumerate(objective.task_names):
                     if stats[n_tasks + i] > 0:
                         record[f"loss_{name}"] = float(stats[i] / stats[n_tasks + i])
-                record.update(lr=lr, grad_norm=grad_norm, tokens_per_s=n_tokens / dt, step_s=dt)
+                record.update(lr=lr, grad_norm=grad_norm, tokens_per_s=n_tokens / dt, step_s=dt,
+                              data_wait_s=data_wait)
                 extra = step_metrics()
                 record.update(extra)
                 log.write(record)
@@ -481,6 +500,8 @@ def _resume(
     if ema is not None:
         ema.shadow = {k: v.float() for k, v in state["ema"].items()}
         ema.updates = int(state.get("ema_updates", 0))
+    if hasattr(objective, "load_data_state"):
+        objective.load_data_state(state.get("data") or {})
     g.set_state(state["generator"])
     _set_rng_state(state["rng"])
     return int(state["step"])

@@ -31,8 +31,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         allow_abbrev=False,
     )
     add_flags(p, CogLMTrainConfig, show_defaults=True)
+    add_stream_flags(p)
     add_loop_flags(p, LOOP_DEFAULTS)
     p.set_defaults(func=run_train)
+
+
+def add_stream_flags(p: argparse.ArgumentParser) -> None:
+    """--stream and its settings (train.data.stream.StreamConfig)."""
+    from cogview.cli.flags import add_flags
+    from train.data.stream import StreamConfig
+
+    add_flags(p.add_argument_group("streaming"), StreamConfig, show_defaults=True)
 
 
 def add_loop_flags(p: argparse.ArgumentParser, defaults: Any,
@@ -81,8 +90,11 @@ def report(result: Any) -> int:
 
 def run_train(args: argparse.Namespace) -> int:
     from cogview.cli.flags import from_flags
+    from train.data.stream import StreamConfig
     from train.lm import LOOP_DEFAULTS, CogLMTrainConfig, train_coglm
 
     loop = loop_config(args, LOOP_DEFAULTS)
     run = from_flags(CogLMTrainConfig, args)
-    return report(train_coglm(run, loop, resume=args.resume, progress=not args.no_progress))
+    stream = from_flags(StreamConfig, args)
+    return report(train_coglm(run, loop, resume=args.resume, progress=not args.no_progress,
+                              stream=stream))

@@ -1,0 +1,162 @@
+"""Streamed token shards: the shuffle and fast-forward, coverage per epoch, the split over
+processes (two gloo processes), bounded memory, and resume equality of `cogview train --stream`."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+from test_train_lm import make_inputs
+
+from cogview.checkpoint import load_checkpoint
+from cogview.cli import main
+from cogview.errors import UserError
+from train.data.stream import ShardGroup, StreamConfig, iter_shard, plan_layout
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def reshard(data: Path, shards: int) -> None:
+    """Split the train shard of a token folder into `shards` shards of (nearly) equal size."""
+    source = data / "train-000000.tar"
+    samples = [raw for _, raw in iter_shard(source)]
+    source.unlink()
+    for k in range(shards):
+        with tarfile.open(data / f"train-{k:06d}.tar", "w") as tar:
+            for key, parts in samples[k::shards]:
+                for ext, body in parts.items():
+                    member = tarfile.TarInfo(f"{key}.{ext}")
+                    member.size = len(body)
+                    member.mtime = 0
+                    tar.addfile(member, io.BytesIO(body))
+
+
+def make_stream_inputs(root: Path, shards: int = 4, n_train: int = 48) -> dict[str, str]:
+    """make_inputs (a tokenizer, a tiny VQVAE, token shards) with the train split in `shards`."""
+    inputs = make_inputs(root, n_train=n_train)
+    reshard(Path(inputs["data"]), shards)
+    return inputs
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return make_stream_inputs(tmp_path_factory.mktemp("stream_inputs"))
+
+
+def _keys(group: ShardGroup, start: int, n: int) -> list[str]:
+    it = group.samples(start)
+    return [next(it)[0] for _ in range(n)]
+
+
+def test_each_epoch_covers_the_group_once_and_fast_forward_matches_reading(inputs):
+    paths = sorted(Path(inputs["data"]).glob("train-*.tar"))
+    for buffer in (1, 5, 1000):
+        layout = plan_layout(paths, batch=4, world=1, seed=3,
+                             cfg=StreamConfig(stream=True, streams=2, shuffle_buffer=buffer))
+        group = layout.groups[0]
+        n = group.size
+        assert n == 24 and [p.name for p in group.paths] == ["train-000000.tar",
+                                                               "train-000002.tar"]
+        keys = _keys(group, 0, 3 * n)
+        epochs = [keys[i * n : (i + 1) * n] for i in range(3)]
+        everything = sorted(k for p in group.paths for _, (k, _) in iter_shard(p))
+        assert all(sorted(e) == everything for e in epochs)  # once per epoch
+        if buffer > 1:
+            assert epochs[0] != epochs[1]  # reshuffled every epoch
+        for start in (1, 7, n - 3, n, n + 20, 2 * n + 1):  # fast-forward, within and across
+            assert _keys(group, start, 10) == keys[start : start + 10], (buffer, start)
+
+
+def test_two_processes_read_disjoint_shards_and_cover_every_sample(inputs, tmp_path):
+    """Two gloo processes (torchrun): each reads only its shard groups; per step their parts
+    make the global batch of one process; over one epoch every sample comes once."""
+    out = tmp_path / "ranks.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(Path(__file__).with_name("stream_ranks.py")), inputs["data"], str(out)],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(out.read_text())
+    ranks = got["ranks"]
+    assert not set(ranks[0]["shards"]) & set(ranks[1]["shards"])
+    assert sorted(ranks[0]["shards"] + ranks[1]["shards"]) == sorted(
+        p.name for p in Path(inputs["data"]).glob("train-*.tar"))
+    # one epoch: 48 samples, batch 8 -> 6 steps
+    seen = [k for r in ranks for step in r["steps"] for k in step]
+    assert len(seen) == 48 and len(set(seen)) == 48
+    # per step, rank 0's part then rank 1's is the batch of a single process
+    one = got["one_process"]
+    assert [a + b for a, b in zip(ranks[0]["steps"], ranks[1]["steps"], strict=True)] == one
+
+
+def _train(inputs: dict[str, str], out: Path, *extra: str) -> int:
+    args = ["train", *(f"--{k}={v}" for k, v in inputs.items()), "--preset", "tiny",
+            "--out", str(out), "--batch-size", "4", "--lr", "3e-3", "--warmup", "2",
+            "--eval-every", "0", "--eval-samples", "4", "--precision", "fp32",
+            "--no-progress", "--tasks", "t2i=0.5,cap=0.25,inp=0.25", "--stream",
+            "--shuffle-buffer", "8", *extra]
+    return main(args)
+
+
+def _lm_run(inputs: dict[str, str], out: Path, workers: int, buffer: int = 8, steps: int = 8):
+    from train.config import LoopConfig
+    from train.lm import CogLMTrainConfig
+
+    run = CogLMTrainConfig(**inputs, out=str(out), preset="tiny", eval_samples=4,
+                           tasks="t2i=0.5,cap=0.25,inp=0.25")
+    loop = LoopConfig(steps=steps, batch_size=4, lr=3e-3, warmup=2, precision="fp32",
+                      save_every=3, eval_every=0)
+    return run, loop, StreamConfig(stream=True, shuffle_buffer=buffer, workers=workers)
+
+
+def test_stream_resume_equals_uninterrupted_run(inputs, tmp_path):
+    """8 steps straight, against a run stopped at step 5 (SIGINT) and resumed, with a worker
+    process building the batches; and the same batches without one."""
+    from train.lm import train_coglm
+
+    run, loop, stream = _lm_run(inputs, tmp_path / "whole", workers=1)
+    whole = train_coglm(run, loop, progress=False, stream=stream)
+
+    def interrupt(step: int) -> None:
+        if step == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    run, loop, stream = _lm_run(inputs, tmp_path / "part", workers=1)
+    part = train_coglm(run, loop, progress=False, stream=stream, on_step=interrupt)
+    assert part.step == 5 and part.interrupted == "SIGINT"
+    rest = train_coglm(run, loop, progress=False, stream=stream, resume=True)
+    assert part.losses + rest.losses == whole.losses
+    a, b = load_checkpoint(tmp_path / "whole"), load_checkpoint(tmp_path / "part")
+    assert a.step == b.step == 8
+    assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
+    state = torch.load(tmp_path / "part/step-00000005/training_state.pt", weights_only=True)
+    assert state["data"]["streams"] == 4 and state["data"]["position"][0] == [0, 5]
+    records = [json.loads(x) for x in (tmp_path / "whole/metrics.jsonl").read_text().splitlines()]
+    assert all("data_wait_s" in r for r in records if "loss" in r)
+
+    run, loop, stream = _lm_run(inputs, tmp_path / "inline", workers=0)
+    assert train_coglm(run, loop, progress=False, stream=stream).losses == whole.losses
+    # the stream's settings are part of the run
+    run, loop, stream = _lm_run(inputs, tmp_path / "part", workers=1, buffer=9, steps=9)
+    with pytest.raises(UserError, match="other buffer"):
+        train_coglm(run, loop, progress=False, stream=stream, resume=True)
+
+
+def test_stream_errors_name_the_flag(inputs, tmp_path, capsys):
+    assert _train(inputs, tmp_path / "a", "--steps", "1", "--streams", "3") == 2
+    assert "--batch-size 4 does not split into 3" in capsys.readouterr().err
+    assert _train(inputs, tmp_path / "b", "--steps", "1", "--streams", "8",
+                  "--batch-size", "8") == 2
+    assert "--streams 8 exceeds the 4 train shard(s)" in capsys.readouterr().err
+    assert _train(inputs, tmp_path / "c", "--steps", "1", "--shuffle-buffer", "0") == 2
+    assert "--shuffle-buffer must be at least 1" in capsys.readouterr().err
