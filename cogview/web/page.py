@@ -234,7 +234,7 @@ class Page:
         """Run each model once on a small job, so that the first click pays no start-up cost
         (lazy initialisation inside torch); seconds taken."""
         start = time.perf_counter()
-        out = self.pipe.generate("", 1, rerank=1, seed=0)
+        out = self.pipe.generate("a red circle", 1, rerank=2, seed=0)  # reranking included
         if self.sr is not None:
             from cogview.api import superres_image
 
@@ -385,7 +385,7 @@ def build_page(pipe: CogView, page: Page | None = None) -> gr.Blocks:
                         prompt = gr.Textbox(label="Prompt", value="a red circle at the top left",
                                             elem_id="prompt")
                         n = gr.Slider(1, MAX_N, value=4, step=1, label="Number of images")
-                        seed = gr.Number(0, precision=0, label="Seed", minimum=0)
+                        seed = gr.Number(0, precision=0, label="Seed", minimum=0, elem_id="seed")
                         temperature = gr.Slider(0.1, 1.5, value=page.temperature, step=0.05,
                                                 label="Temperature")
                         rerank = gr.Slider(
