@@ -268,6 +268,14 @@ def test_log_line_says_who_can_reach_the_page():
 def test_serve_bad_port(capsys):
     assert main(["serve", "--port", "70000"]) == 2
     assert "--port must be from 1 to 65535" in capsys.readouterr().err
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--port", str(port)]) == 2  # before loading any model
+    assert f"--port {port}: cannot listen there" in capsys.readouterr().err
+    assert main(["serve", "--host", "no.such.host.invalid"]) == 2
+    assert "--host no.such.host.invalid: not an address" in capsys.readouterr().err
 
 
 def test_serve_command_starts_and_stops_cleanly():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 import time
 from typing import Any
@@ -14,6 +15,7 @@ from cogview.errors import UserError
 def run_serve(args: argparse.Namespace) -> int:
     if not 0 < args.port < 65536:
         raise UserError(f"--port must be from 1 to 65535, got {args.port}")
+    check_address(args.host, args.port)  # before minutes of loading, not after
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # nothing leaves the machine
     try:
         import gradio  # noqa: F401
@@ -39,6 +41,23 @@ def run_serve(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("stopped", file=sys.stderr)
     return 0
+
+
+def check_address(host: str, port: int) -> None:
+    """A UserError naming the flags when `host:port` cannot be listened on (taken, or not an
+    address of this machine)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise UserError(f"--host {host}: not an address ({e.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(address)
+        except OSError as e:
+            raise UserError(f"--host {host} --port {port}: cannot listen there "
+                            f"({e.strerror})") from None
 
 
 def register(subparsers: Any) -> None:

@@ -49,10 +49,10 @@ CSS = """
 
 @dataclass
 class Loaded:
-    """The pictures a page function works on, checked."""
+    """The inpainting editor's picture and mask, checked."""
 
     picture: np.ndarray  # uint8 (H, W, 3), the real pixels
-    mask: np.ndarray | None = None  # bool (H, W): True = regenerate
+    mask: np.ndarray  # bool (H, W): True = regenerate
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,6 +174,7 @@ def read_editor(editor: dict[str, Any] | None, original: np.ndarray | None) -> L
 
 
 def check_prompt(prompt: str | None) -> str:
+    """The prompt without surrounding spaces; an empty one is refused."""
     text = (prompt or "").strip()
     if not text:
         raise gr.Error("the prompt is empty: type what to draw", print_exception=False)
