@@ -1,5 +1,6 @@
 """Crash safety: a run killed with SIGKILL resumes to the weights of an uninterrupted run, for
-every trainer (VQVAE, CogLM, SR, classifier) and for CogLM under DeepSpeed with two processes."""
+every trainer (VQVAE, CogLM, SR, classifier), for CogLM under DeepSpeed with two processes, and
+for CogLM on streamed shards (one process with a data-loader worker, and two processes)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_stream import make_stream_inputs
 from test_superres import make_sr_inputs
 from test_train_lm import make_inputs
 
@@ -61,6 +63,17 @@ def _lm_deepspeed(root: Path) -> list[str]:
     return [*_lm(root), "--deepspeed", str(REPO / "ds_config.json")]
 
 
+def _lm_stream(root: Path) -> list[str]:
+    inputs = make_stream_inputs(root)
+    return ["train", *(f"--{k}={v}" for k, v in inputs.items()), *LM_FLAGS,
+            "--tasks", "t2i=0.5,cap=0.25,inp=0.25", "--stream", "--shuffle-buffer", "8",
+            "--workers", "1"]
+
+
+def _lm_stream_deepspeed(root: Path) -> list[str]:
+    return [*_lm_stream(root), "--deepspeed", str(REPO / "ds_config.json")]
+
+
 def _launch(argv: list[str], out: Path, resume: bool, processes: int) -> subprocess.Popen:
     launcher = [sys.executable, "-m", "cogview"]
     if processes > 1:
@@ -105,6 +118,8 @@ def _finish(proc: subprocess.Popen) -> None:
     pytest.param(_sr, "sr", 1, id="sr"),
     pytest.param(_classifier, "classifier", 1, id="classifier"),
     pytest.param(_lm_deepspeed, "coglm", 2, id="coglm-deepspeed-2proc"),
+    pytest.param(_lm_stream, "coglm", 1, id="coglm-stream"),
+    pytest.param(_lm_stream_deepspeed, "coglm", 2, id="coglm-stream-deepspeed-2proc"),
 ])
 def test_sigkill_mid_run_then_resume_equals_uninterrupted_run(tmp_path, build, kind, processes):
     argv = build(tmp_path / "inputs")
