@@ -157,3 +157,31 @@ def test_stream_errors_name_the_flag(inputs, tmp_path, capsys):
     assert "--streams 8 exceeds the 4 train shard(s)" in capsys.readouterr().err
     assert _train(inputs, tmp_path / "c", "--steps", "1", "--shuffle-buffer", "0") == 2
     assert "--shuffle-buffer must be at least 1" in capsys.readouterr().err
+
+
+def test_sr_stream_resume_equals_uninterrupted_run(tmp_path):
+    from test_superres import make_sr_inputs
+
+    from train.config import LoopConfig
+    from train.sr import SRTrainConfig, train_sr
+
+    inputs = make_sr_inputs(tmp_path / "in")
+    reshard(Path(inputs["data"]), 2)
+    loop = LoopConfig(steps=6, batch_size=4, lr=3e-3, warmup=2, precision="fp32",
+                      save_every=6, eval_every=0)
+    stream = StreamConfig(stream=True, shuffle_buffer=4, workers=0)
+
+    def run(out: str) -> SRTrainConfig:
+        return SRTrainConfig(**inputs, out=str(tmp_path / out), preset="tiny", eval_samples=4)
+
+    whole = train_sr(run("whole"), loop, progress=False, stream=stream)
+
+    def interrupt(step: int) -> None:
+        if step == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    part = train_sr(run("part"), loop, progress=False, stream=stream, on_step=interrupt)
+    rest = train_sr(run("part"), loop, progress=False, stream=stream, resume=True)
+    assert part.step == 4 and part.losses + rest.losses == whole.losses
+    a, b = (load_checkpoint(tmp_path / r, kind="sr").state_dict for r in ("whole", "part"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

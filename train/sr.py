@@ -148,13 +148,23 @@ def train_sr(
     resume: bool = False,
     progress: bool = True,
     on_step: Callable[[int], None] | None = None,
+    stream: Any = None,
 ) -> TrainResult:
-    """`cogview train-sr`: load tokenizer, VQVAE and token shards, build the model, run the loop."""
+    """`cogview train-sr`: load tokenizer, VQVAE and token shards, build the model, run the loop.
+    With `stream` (a `train.data.stream.StreamConfig` whose `stream` is set) the train shards
+    are read as a stream (`train.streaming`)."""
     from cogview.pipeline import bundle_extra, save_bundled
     from cogview.superres import SR_KIND
 
     loss_config = LossConfig(run.loss, run.poly_eps)
-    tok, vq_dir, vq_fp, train, held = load_training_inputs(run.data, run.tokenizer, run.vqvae)
+    streaming = stream is not None and stream.stream
+    tok, vq_dir, vq_fp, train, held = load_training_inputs(run.data, run.tokenizer, run.vqvae,
+                                                           load_train=not streaming)
+    if streaming:
+        from train.data.tokens import read_info
+        from train.streaming import StreamedData
+
+        train = StreamedData(read_info(run.data))
     lr, hr = _grids(train, run, "train split")
     test = None
     if held is not None:
@@ -173,7 +183,7 @@ def train_sr(
         raise ConfigError.of("window", f"{run.window} with text_len {run.text_len}: {e}") from e
     torch.manual_seed(loop.seed)  # the same initial weights on every process
     model = SRModel(config)
-    train_args = {**asdict(run), **asdict(loop)}
+    train_args = {**asdict(run), **asdict(loop), **(asdict(stream) if streaming else {})}
 
     def save_fn(path, state_dict, *, step, training_state, copy, ema):
         extra = bundle_extra(tok, vq_fp, train_args=train_args, ema=ema,
@@ -182,8 +192,16 @@ def train_sr(
                             tokenizer_file=run.tokenizer, vqvae_path=vq_dir, extra=extra,
                             step=step, training_state=training_state, copy=copy)
 
-    objective = SRObjective(model=model, tokenizer=tok, lr=lr, hr=hr, texts=train.text_ids,
-                            save_fn=save_fn, text_dropout=run.text_dropout,
-                            loss_config=loss_config, test=test, eval_samples=run.eval_samples)
+    common = dict(model=model, tokenizer=tok, lr=lr, hr=hr, save_fn=save_fn,
+                  text_dropout=run.text_dropout, loss_config=loss_config, test=test,
+                  eval_samples=run.eval_samples)
+    if streaming:
+        from train.streaming import StreamSRObjective
+
+        objective: Any = StreamSRObjective(texts=[], data=run.data, stream_config=stream,
+                                           seed=loop.seed, low_res=run.low_res,
+                                           image_size=run.image_size, **common)
+    else:
+        objective = SRObjective(texts=train.text_ids, **common)
     return run_objective(objective, loop, run.out, resume=resume, progress=progress,
                          on_step=on_step)

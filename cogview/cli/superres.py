@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from cogview.cli.flags import add_flags, from_flags
-from cogview.cli.train import add_loop_flags, loop_config, report
+from cogview.cli.train import add_loop_flags, add_stream_flags, loop_config, report
 from cogview.errors import UserError
 from train.lm import LOOP_DEFAULTS
 from train.sr import SRTrainConfig
@@ -33,6 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         allow_abbrev=False,
     )
     add_flags(p, SRTrainConfig, show_defaults=True)
+    add_stream_flags(p)
     add_loop_flags(p, LOOP_DEFAULTS)
     p.set_defaults(func=run_train_sr)
 
@@ -82,6 +83,7 @@ def add_sr_sampling_flags(p: argparse.ArgumentParser) -> None:
 
 
 def run_train_sr(args: argparse.Namespace) -> int:
+    from train.data.stream import StreamConfig
     from train.sr import train_sr
 
     for flag in ("data", "tokenizer", "vqvae"):
@@ -89,7 +91,9 @@ def run_train_sr(args: argparse.Namespace) -> int:
             raise UserError(f"--{flag} {getattr(args, flag)}: no such file or folder")
     run = from_flags(SRTrainConfig, args)
     loop = loop_config(args, LOOP_DEFAULTS)
-    return report(train_sr(run, loop, resume=args.resume, progress=not args.no_progress))
+    stream = from_flags(StreamConfig, args)
+    return report(train_sr(run, loop, resume=args.resume, progress=not args.no_progress,
+                           stream=stream))
 
 
 def sr_sampling(args: argparse.Namespace):
