@@ -158,7 +158,7 @@ def run(args: argparse.Namespace, precision: str, tasks: str, grouped: bool) -> 
     counting = Counting(objective, grouped)
     steps = args.warmup_steps + args.steps
     loop = LoopConfig(steps=steps, batch_size=args.batch_size, warmup=1, precision=precision,
-                      save_every=10**9, eval_every=0)
+                      save_every=10**9, eval_every=0, compile=args.compile)
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as out:
         train_loop(counting, loop, out, progress=False)
@@ -180,6 +180,13 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     p.add_argument("--mix", default="t2i=0.6,cap=0.2,inp=0.2",
                    help="task mix of the second set of runs (the first is t2i only)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the blocks (the loop's --compile); warm-up steps "
+                   "then include the compilation")
+    p.add_argument("--rows", default="t2i,mixed,by-task",
+                   help="which sets of runs: t2i (t2i only), mixed and by-task (the mix, one "
+                   "pass per batch or per task)")
+    p.add_argument("--precisions", default="fp32,bf16")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -190,12 +197,14 @@ def main() -> None:
     print(f"matmul peak (2048^3): fp32 {peak['fp32'] / 1e9:.1f} GFLOP/s, "
           f"bf16 {peak['bf16'] / 1e9:.1f} GFLOP/s")
     rows = []
-    for tasks, grouped in (("t2i=1", True), (args.mix, False), (args.mix, True)):
-        for precision in ("fp32", "bf16"):
+    sets = {"t2i": ("t2i=1", True), "mixed": (args.mix, False), "by-task": (args.mix, True)}
+    for tasks, grouped in (sets[name] for name in args.rows.split(",")):
+        for precision in args.precisions.split(","):
             r = run(args, precision, tasks, grouped)
             rows.append((tasks, "by task" if grouped else "mixed", precision, r,
                          r["flops_per_s"] / peak[precision]))
-    print(f"\n{args.preset} preset, batch {args.batch_size}, {args.steps} timed steps")
+    print(f"\n{args.preset} preset, batch {args.batch_size}, {args.steps} timed steps"
+          f"{', compiled' if args.compile else ''}")
     print(f"{'tasks':<26} {'batches':<8} {'prec':<5} {'tokens/s':>9} {'GFLOP/s':>8} "
           f"{'MFU':>5} {'load':>5}")
     for tasks, how, precision, r, mfu in rows:

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 
 @dataclass(frozen=True)
@@ -50,9 +51,11 @@ PRESETS: dict[str, dict] = {
     "tiny": dict(dim=64, n_layers=2, n_heads=4, max_seq_len=512),
     "small": dict(dim=256, n_layers=6, n_heads=8, max_seq_len=512),  # ~5M
     "medium": dict(dim=384, n_layers=8, n_heads=6, max_seq_len=512),  # ~15M
-    "base": dict(dim=768, n_layers=14, n_heads=12, max_seq_len=1024),  # ~100M
-    "large": dict(dim=1024, n_layers=28, n_heads=16, max_seq_len=1024),  # ~350M
-    "xl": dict(dim=2048, n_layers=20, n_heads=16, max_seq_len=1024),  # ~1B
+    # the GPU sizes fit 256 px images: an inpainting sample on a 32x32 grid (f=8) with up to
+    # 126 text tokens is 2050 + text positions (train.lm.max_sequence_len); 16x16 (f=16) is 514
+    "base": dict(dim=768, n_layers=14, n_heads=12, max_seq_len=2176),  # ~100M
+    "large": dict(dim=1024, n_layers=28, n_heads=16, max_seq_len=2176),  # ~350M
+    "xl": dict(dim=2048, n_layers=20, n_heads=16, max_seq_len=2176),  # ~1B
 }
 
 
@@ -199,6 +202,10 @@ class Block(nn.Module):
 
 
 class CogLM(nn.Module):
+    # activation checkpointing in training: each block's activations are recomputed in the
+    # backward pass instead of kept (set by the trainer; no effect on results)
+    checkpointing = False
+
     def __init__(self, config: CogLMConfig) -> None:
         super().__init__()
         self.config = config
@@ -279,7 +286,10 @@ class CogLM(nn.Module):
             t, s = ids.shape[1], (cache.length if cache is not None else 0) + ids.shape[1]
             mask = torch.ones(t, s, dtype=torch.bool, device=ids.device).tril(s - t)
         for block in self.blocks:
-            x = block(x, mask, cache)
+            if self.checkpointing and self.training and cache is None and torch.is_grad_enabled():
+                x = checkpoint(block, x, mask, None, use_reentrant=False)
+            else:
+                x = block(x, mask, cache)
         if cache is not None:
             cache.length += ids.shape[1]
         return self.ln_f(x)

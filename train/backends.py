@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from cogview.checkpoint import CheckpointError
+from cogview.errors import ConfigError
 from cogview.losses import LossSums
 from train.config import LoopConfig
 
@@ -24,6 +25,22 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def prepare_model(model: nn.Module, cfg: LoopConfig) -> None:
+    """Set up `model` for training as `cfg` asks, in place (its state dict keeps its keys):
+    activation checkpointing (`cfg.checkpointing`, a model with a `checkpointing` switch) and
+    torch.compile of each transformer block (`cfg.compile`, a model with `blocks`)."""
+    if cfg.checkpointing:
+        if not hasattr(model, "checkpointing"):
+            raise ConfigError.of("checkpointing", f"{type(model).__name__} does not support it")
+        model.checkpointing = True
+    if cfg.compile:
+        blocks = getattr(model, "blocks", None)
+        if blocks is None:
+            raise ConfigError.of("compile", f"{type(model).__name__} has no blocks to compile")
+        for block in blocks:
+            block.compile()
 
 
 class LossModule(nn.Module):

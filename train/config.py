@@ -19,7 +19,8 @@ from cogview.errors import ConfigError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # fields that a resumed run may change; any other change would make it another run
-RESUME_MAY_CHANGE = ("steps", "save_every", "eval_every", "deepspeed")
+RESUME_MAY_CHANGE = ("steps", "save_every", "eval_every", "deepspeed", "compile",
+                     "checkpointing")
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,12 @@ class LoopConfig:
     deepspeed: str | None = option(
         None, "train data-parallel with DeepSpeed using this config (e.g. ds_config.json)",
         type=str, metavar="DS_CONFIG")
+    compile: bool = option(
+        False, "torch.compile the transformer blocks (pays on a GPU; on a CPU the eager step "
+        "was as fast, see benchmarks/README.md)")
+    checkpointing: bool = option(
+        False, "activation checkpointing: recompute each block's activations in the backward "
+        "pass (less memory for the large presets, about a third more compute)")
 
     def __post_init__(self) -> None:
         def check(ok: bool, name: str, detail: str) -> None:

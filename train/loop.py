@@ -45,7 +45,7 @@ from cogview.checkpoint import (
 )
 from cogview.errors import ConfigError, UserError
 from cogview.losses import LossSums
-from train.backends import DEEPSPEED_DIR, Backend, LocalBackend, LossModule
+from train.backends import DEEPSPEED_DIR, Backend, LocalBackend, LossModule, prepare_model
 from train.config import RESUME_MAY_CHANGE, LoopConfig, lr_at
 
 METRICS_FILE = "metrics.jsonl"
@@ -300,6 +300,7 @@ def train_loop(
     rank, world, device = backend.rank, backend.world, backend.device
     _check_split(cfg.batch_size, cfg, world)
     model = backend.module.model
+    prepare_model(model, cfg)
     n_tasks = len(objective.task_names)
     # samples of very different lengths run as separate passes, so that short sequences are
     # not padded to the longest of the micro-batch

@@ -21,6 +21,7 @@ from vector_quantize_pytorch import FSQ, VectorQuantize
 NORMS = ("group", "channel", "none")
 QUANTIZERS = ("vq", "fsq")
 MAX_CODEBOOK_SIZE = 2**16  # token shards store codes as uint16
+FACTORS = (4, 8, 16)
 CPU_CHUNK_PIXELS = 2**14  # VQVAE.encode on a CPU: 16 images of 32 px, 4 of 64 px at a time
 
 
@@ -58,8 +59,8 @@ class VQVAEConfig:
     def __post_init__(self) -> None:
         if not self.channel_mult or any(m < 1 for m in self.channel_mult):
             raise ValueError(f"channel_mult must be positive integers, got {self.channel_mult}")
-        if self.factor not in (4, 8):
-            raise ValueError(f"downsampling factor must be 4 or 8, got {self.factor}")
+        if self.factor not in FACTORS:
+            raise ValueError(f"downsampling factor must be one of {FACTORS}, got {self.factor}")
         if self.norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
         widths = [self.channels * m for m in self.channel_mult]
@@ -88,6 +89,11 @@ PRESETS: dict[str, VQVAEConfig] = {
     # the shipped default: 32 px -> 8x8 codes and 64 px -> 16x16 codes, 512 codes of dim 8
     "small": VQVAEConfig(channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, norm="channel",
                          codebook_size=512, codebook_dim=8),
+    # 256 px images on a GPU: f=8 -> 32x32 codes, f=16 -> 16x16 codes, 8192 codes of dim 8
+    "f8": VQVAEConfig(channels=64, channel_mult=(1, 1, 2, 4), num_res_blocks=2, norm="channel",
+                      codebook_size=8192, codebook_dim=8),
+    "f16": VQVAEConfig(channels=64, channel_mult=(1, 1, 2, 2, 4), num_res_blocks=2,
+                       norm="channel", codebook_size=8192, codebook_dim=8),
 }
 
 
