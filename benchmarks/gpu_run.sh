@@ -12,6 +12,12 @@
 # It writes to $OUT: run.log (everything printed), results.tar.gz (benchmark JSON, each run's
 # config, metrics and log) and each trained model's weights in bf16 as safetensors parts of at
 # most 15 MB (`benchmarks/gpu_weights.py join` puts them back together).
+#
+# SCALE=1: only the training-at-scale suite (no inputs needed; at most 8 minutes):
+#   OUT=out/gpu-scale SCALE=1 bash benchmarks/gpu_run.sh
+# writes $OUT/scale.json and run.log: base (~100M) and large (~350M) at 256 px / f=16 on
+# streamed shards, eager vs compiled, DeepSpeed ZeRO-2 vs the plain loop, MFU and the share of
+# each step spent waiting for a batch (`python benchmarks/gpu.py --suite scale`).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out/gpu}
@@ -34,6 +40,13 @@ fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv
 date -u
+
+if [ -n "${SCALE:-}" ]; then
+  # rows start only within the first 380 s; each writes scale.json when it ends
+  timeout -s INT 470 $PY benchmarks/gpu.py --suite scale --budget 380 --json "$OUT/scale.json"
+  date -u
+  exit 0
+fi
 
 # the data sets unpack on the CPU while the GPU benchmarks run
 ( $PY benchmarks/token_pack.py unpack "$IN/shapes.npz" "$W/shapes" &&

@@ -59,14 +59,16 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
 class SyntheticTokenizer:
     """The id layout of a UnifiedTokenizer ([specials][text][image codes]) without a BPE."""
 
-    def __init__(self) -> None:
+    max_text_len = 32
+
+    def __init__(self, text_vocab: int = TEXT_VOCAB, image_codes: int = IMAGE_CODES) -> None:
         from tokenizer import SPECIAL_TOKENS
 
         self._ids = {name: i for i, name in enumerate(SPECIAL_TOKENS)}
-        self.text_range = range(len(SPECIAL_TOKENS), len(SPECIAL_TOKENS) + TEXT_VOCAB)
-        self.image_range = range(self.text_range.stop, self.text_range.stop + IMAGE_CODES)
+        self.text_range = range(len(SPECIAL_TOKENS), len(SPECIAL_TOKENS) + text_vocab)
+        self.image_range = range(self.text_range.stop, self.text_range.stop + image_codes)
         self.vocab_size = self.image_range.stop
-        self.num_image_codes = IMAGE_CODES
+        self.num_image_codes = image_codes
         self.pad_id = self._special("pad")
         self.boi_id, self.eoi_id = self._special("boi"), self._special("eoi")
         self.bot_id, self.eot_id = self._special("bot"), self._special("eot")
@@ -124,7 +126,16 @@ class Counting:
             self.groups = lambda samples: [samples]
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
+        attr = getattr(self.inner, name)
+        if name != "draw_rank":
+            return attr
+
+        def draw_rank(step: int, n: int, rank: int, world: int, g: torch.Generator) -> Any:
+            samples = attr(step, n, rank, world, g)  # this process's part of the batch
+            self.flops.append(world * useful_flops(self.inner.model, samples))
+            return samples
+
+        return draw_rank
 
     def draw(self, step: int, n: int, g: torch.Generator) -> list[TaskSequence]:
         samples = self.inner.draw(step, n, g)
