@@ -15,7 +15,8 @@ With `--browser` it also loads the page in headless Chromium (Playwright driving
 first generation of a fresh server (the browser goes first, before any client request), then
 `--runs` times more.
 
-The server runs with torch's default threads; figures depend on what else runs on the machine.
+The server runs with torch's default threads unless `--threads` says otherwise; figures depend
+on what else runs on the machine (the JSON records the load average at the start).
 """
 
 from __future__ import annotations
@@ -38,9 +39,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model: str | None, port: int, warm: bool) -> tuple[subprocess.Popen, float]:
+def start_server(model: str | None, port: int, warm: bool, threads: int | None
+                 ) -> tuple[subprocess.Popen, float]:
     """`cogview serve` on `port`; seconds until it says where it serves."""
     cmd = [sys.executable, "-m", "cogview", "serve", "--port", str(port)]
+    if threads:
+        cmd += ["--threads", str(threads)]
     if model:
         cmd += ["--model", model]
     if not warm:
@@ -124,12 +128,14 @@ def main() -> None:
     ap.add_argument("--browser", action="store_true",
                     help="also time clicks in headless Chromium (goes first)")
     ap.add_argument("--no-warm", action="store_true", help="serve without the warm-up run")
+    ap.add_argument("--threads", type=int, help="the server's torch threads (default: torch's "
+                    "choice)")
     ap.add_argument("--json", metavar="FILE", help="write the figures as JSON")
     args = ap.parse_args()
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
-    proc, startup = start_server(args.model, port, warm=not args.no_warm)
-    report: dict = {"startup_s": startup, "warm": not args.no_warm,
+    proc, startup = start_server(args.model, port, warm=not args.no_warm, threads=args.threads)
+    report: dict = {"startup_s": startup, "warm": not args.no_warm, "threads": args.threads,
                     "cpus": os.cpu_count(), "load_average": os.getloadavg()[0]}
     try:
         if args.browser:

@@ -39,6 +39,10 @@ from cogview.web.page import (  # noqa: E402
     read_editor,
 )
 
+# Gradio's queue calls pandas in ways pandas 3 deprecates: not this project's to fix
+pytestmark = [pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
+              pytest.mark.filterwarnings("ignore:The copy keyword is deprecated")]
+
 SCENE = ROOT / "demo" / "scene.png"  # 64 px, two objects
 MASK = ROOT / "demo" / "mask.png"  # white = regenerate
 PROMPT = "a red circle at the top left"
