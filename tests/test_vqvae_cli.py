@@ -69,6 +69,11 @@ def test_encode_shards_round_trip(workdir, tokens):
     tok = UnifiedTokenizer.load(workdir / "tok.json")
     info = read_info(out)
     assert info["counts"] == {"train": 14, "test": 6}
+    from train.data.stream import count_samples
+
+    for split in ("train", "test"):  # what a streamed run reads instead of every header
+        assert info["shard_counts"][split] == [count_samples(out / name)
+                                               for name in info["shards"][split]]
     assert info["grids"] == {"32": [8, 8], "64": [16, 16]} and info["codebook_size"] == CODES
     assert info["vqvae_fingerprint"] == fingerprint(model)
     assert info["tokenizer_fingerprint"] == tok.fingerprint

@@ -21,7 +21,7 @@ import torch
 from cogview.errors import ConfigError, UserError
 from cogview.masks import TaskBatch, TaskSequence
 from train.data.stream import RankStream, RawSample, StreamConfig, StreamLayout, plan_layout
-from train.data.tokens import _load_npy
+from train.data.tokens import INFO_FILE, _load_npy
 from train.lm import CogLMObjective, max_sequence_len, sample_regions
 from train.sr import SRObjective
 
@@ -78,13 +78,26 @@ class _Streamed:
         if not self.paths:
             raise UserError(f"{self.data}: no train-*.tar token shards")
 
+    def _known_sizes(self) -> list[int] | None:
+        """Samples per train shard from info.json (`cogview encode` writes them), when it
+        lists exactly the shards present; else None (they are counted from the headers)."""
+        info = json.loads((Path(self.data) / INFO_FILE).read_text())
+        names = info.get("shards", {}).get("train")
+        counts = info.get("shard_counts", {}).get("train")
+        if (not names or not counts or len(names) != len(counts)
+                or sorted(names) != [p.name for p in self.paths]):
+            return None
+        by_name = dict(zip(names, counts, strict=True))
+        return [int(by_name[p.name]) for p in self.paths]
+
     def draw_rank(self, step: int, n: int, rank: int, world: int, g: torch.Generator
                   ) -> list[Any]:
         """This process's samples of step `step`'s global batch of `n` (the loop's hook for
         objectives whose processes read different data). `g` is not used: the stream's
         randomness is seeded from the run's seed, the step and the shard group."""
         if self._stream is None or self._layout is None or self._layout.batch != n:
-            self._layout = plan_layout(self.paths, n, world, self.stream_config, self.seed)
+            self._layout = plan_layout(self.paths, n, world, self.stream_config, self.seed,
+                                       sizes=self._known_sizes())
             if self._saved_state is not None:
                 self._layout.check_state(self._saved_state, "the checkpoint")
             self._stream = RankStream(self._layout, rank, world, self.decode, self.build,

@@ -159,10 +159,12 @@ def encode_shards(
     counts: dict[str, int] = {}
     skipped = 0
     shard_names: dict[str, list[str]] = {}
+    shard_counts: dict[str, list[int]] = {}  # samples per shard, in the order of shard_names
     bar = tqdm(total=total, desc="encode", unit="img", file=sys.stderr, disable=not progress)
     for split in SPLITS:
         counts[split] = 0
         shard_names[split] = []
+        shard_counts[split] = []
         for shard in _split_shards(data, split):
             name = Path(shard).name
             tmp = out / f".{name}.tmp-{os.getpid()}"
@@ -185,6 +187,7 @@ def encode_shards(
             skipped += samples.stats.skipped
             tmp.replace(out / name)
             shard_names[split].append(name)
+            shard_counts[split].append(counts[split] - sum(shard_counts[split]))
     bar.close()
     if counts["train"] + counts["test"] == 0:
         raise UserError(f"{data}: no readable samples to encode")
@@ -196,6 +199,7 @@ def encode_shards(
         "counts": counts,
         "skipped": skipped,  # damaged source samples that were left out
         "shards": shard_names,
+        "shard_counts": shard_counts,
         "sizes": list(sizes),
         "grids": {str(s): [s // f, s // f] for s in sizes},
         "codebook_size": int(vqvae.codebook_size),
