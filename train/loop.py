@@ -12,7 +12,10 @@ Batches: every process draws the whole global batch (`batch_size` samples) from 
 seeded `torch.Generator` and keeps its own slice, so a run on N processes sees the same samples
 as a run on one. The loss is the mean over every target token of the global batch: each
 micro-batch backpropagates its summed loss divided by the global target count, which makes the
-gradient independent of how the batch is split.
+gradient independent of how the batch is split. An objective whose processes read different
+data (streamed shards, `train.streaming`) hands each process its own slice instead
+(`draw_rank`), the token and target counts summed over processes, and keeps its data position
+in the checkpoints (`data_state`).
 """
 
 from __future__ import annotations
