@@ -101,6 +101,7 @@ def iter_shard(path: Path, skip: int = 0, want: set[int] | None = None
         f = open(path, "rb")
     except OSError as e:
         raise UserError(f"{path}: unreadable token shard ({e})") from e
+    last = max(want, default=-1) if want is not None else None
     with f:
         index, key, parts = -1, None, {}
         while True:
@@ -127,6 +128,8 @@ def iter_shard(path: Path, skip: int = 0, want: set[int] | None = None
                 if key is not None and parts:
                     yield index, (key, parts)
                 index, key, parts = index + 1, k, {}
+                if last is not None and index > last:
+                    return  # every wanted sample was read
             if index < skip or (want is not None and index not in want):
                 f.seek(padded, 1)
                 continue
