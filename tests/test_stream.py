@@ -147,6 +147,8 @@ def test_stream_resume_equals_uninterrupted_run(inputs, tmp_path):
     run, loop, stream = _lm_run(inputs, tmp_path / "part", workers=1, buffer=9, steps=9)
     with pytest.raises(UserError, match="other buffer"):
         train_coglm(run, loop, progress=False, stream=stream, resume=True)
+    with pytest.raises(UserError, match="trained on streamed data"):
+        train_coglm(run, loop, progress=False, resume=True)  # without the stream
 
 
 def test_stream_errors_name_the_flag(inputs, tmp_path, capsys):

@@ -506,6 +506,9 @@ def _resume(
         ema.updates = int(state.get("ema_updates", 0))
     if hasattr(objective, "load_data_state"):
         objective.load_data_state(state.get("data") or {})
+    elif state.get("data"):
+        raise UserError(f"resume: {path} was trained on streamed data (stream); resume it the "
+                        "same way")
     g.set_state(state["generator"])
     _set_rng_state(state["rng"])
     return int(state["step"])
