@@ -62,16 +62,28 @@ class Pipeline:
 # model folder names its own: sampling.json's "restate", else the domain of the data it was
 # trained on (config.json's extra "domain"); a model of another domain never uses one.
 RESTATERS = {"shapes": "cogview.bench.shapes:restatements"}
+# Grammars that word a training prompt anew from a sample's attributes (caption augmentation,
+# `cogview train --rephrase`), by the domain of the token data (its info.json "source").
+REPHRASERS = {"shapes": "cogview.bench.shapes:rephrase"}
 
 
-def restater(name: str | None) -> Any:
-    """The restating function of a grammar in RESTATERS (None for None)."""
+def _domain_function(table: Mapping[str, str], name: str | None) -> Any:
     import importlib
 
     if name is None:
         return None
-    module, _, attr = RESTATERS[name].partition(":")
+    module, _, attr = table[name].partition(":")
     return getattr(importlib.import_module(module), attr)
+
+
+def restater(name: str | None) -> Any:
+    """The restating function of a grammar in RESTATERS (None for None)."""
+    return _domain_function(RESTATERS, name)
+
+
+def rephraser(domain: str | None) -> Any:
+    """`(attributes, numpy rng) -> str | None` of a domain in REPHRASERS; None for others."""
+    return _domain_function(REPHRASERS, domain if domain in REPHRASERS else None)
 
 
 def split_sampling_defaults(values: Mapping[str, Any]) -> tuple[dict[str, Any], int, str | None]:

@@ -217,6 +217,8 @@ def test_paraphrased_prompts_ask_the_same_in_wordings_training_never_uses():
     rng = np.random.default_rng(0)
     scenes = [shapes.sample_scene(rng, int(rng.integers(1, 3))) for _ in range(4000)]
     captions = [shapes.caption(scene, rng, positions=0.3) for scene in scenes]
+    # prompts of caption augmentation (cogview train --rephrase) are training prompts too
+    captions += [shapes.rephrase(shapes.scene_to_json(scene), rng) for scene in scenes]
     training_words = {w for c in captions for w in re.findall(r"[a-z']+", c)}
     for n_objects in (1, 2):
         plain = shapes.eval_prompts(n_objects, 48)
@@ -234,3 +236,18 @@ def test_paraphrased_prompts_ask_the_same_in_wordings_training_never_uses():
                         r"large|top|bottom|left|right|center|middle)", "_", p)
                  for p, _ in shapes.paraphrase_prompts(1, 324)}
     assert len(templates) >= 8
+
+
+def test_rephrased_prompts_state_the_scene():
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        scene = shapes.sample_scene(rng, int(rng.integers(1, 3)))
+        attrs = shapes.scene_to_json(scene)
+        text = shapes.rephrase(attrs, rng)
+        words = set(text.replace(",", "").split())
+        for o in attrs["objects"]:
+            assert {o["colour"], o["shape"]} <= words, text
+        if len(attrs["objects"]) == 1:
+            assert shapes.parse_caption(text)["objects"][0]["colour"] == attrs["objects"][0][
+                "colour"]
+    assert shapes.rephrase({"label": 3}, rng) is None

@@ -300,3 +300,32 @@ def test_loop_config_errors_name_the_field_and_the_command_line_its_flag(tmp_pat
             "--out", str(tmp_path / "run"), "--grad-accum", "0"]
     assert main(args) == 2
     assert "error: --grad-accum must be at least 1" in capsys.readouterr().err
+
+
+def test_caption_augmentation_words_prompts_anew_and_keeps_captioning_targets():
+    import numpy as np
+
+    from cogview.bench import shapes
+    from cogview.defaults import default_model_path
+    from tokenizer import UnifiedTokenizer
+    from train.lm import reworded
+
+    tok = UnifiedTokenizer.load(default_model_path("tokenizer"))
+    rng = np.random.default_rng(0)
+    g = torch.Generator().manual_seed(0)
+    changed = 0
+    for _ in range(40):
+        scene = shapes.sample_scene(rng, 1)
+        meta = shapes.scene_to_json(scene)
+        ids = tok.encode_text(shapes.caption(scene, rng))
+        text, target = reworded(tok, ids, None, meta, shapes.rephrase, 0.5, g)
+        if target is not None:  # worded anew (sometimes as the data's own template)
+            changed += text != ids
+            assert target == ids  # captioning learns the data's caption
+            words = tok.decode_text(text).split()
+            assert meta["objects"][0]["colour"] in words and meta["objects"][0]["shape"] in words
+        else:
+            assert text == ids
+    assert 10 <= changed <= 30
+    assert reworded(tok, ids, None, meta, shapes.rephrase, 0.0, g) == (ids, None)
+    assert reworded(tok, ids, None, None, shapes.rephrase, 1.0, g) == (ids, None)

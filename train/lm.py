@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -82,6 +83,9 @@ class CogLMObjective:
     test: Any = None
     eval_samples: int = 256
     task_names: tuple[str, ...] = TASKS
+    # caption augmentation: (attributes, numpy rng) -> prompt or None, and its probability
+    rephrase: Callable[[Any, np.random.Generator], str | None] | None = None
+    rephrase_p: float = 0.0
 
     def __post_init__(self) -> None:
         if self.image_size not in self.train.codes:
@@ -114,11 +118,16 @@ class CogLMObjective:
     def draw(self, step: int, n: int, g: torch.Generator) -> list[TaskSequence]:
         idx = torch.randint(len(self.codes), (n,), generator=g).tolist()
         data, regions = self.train, self.regions
-        plans = [
-            self.scheduler.plan(data.text_ids[i], self.codes[i], step, g, data.targets[i],
-                                regions[i] if regions else ())
-            for i in idx
-        ]
+        metas = getattr(data, "metas", None) or []
+        plans = []
+        for i in idx:
+            text, target = data.text_ids[i], data.targets[i]
+            if self.rephrase is not None and self.rephrase_p > 0:
+                meta = metas[i] if i < len(metas) else None
+                text, target = reworded(self.tokenizer, text, target, meta, self.rephrase,
+                                        self.rephrase_p, g)
+            plans.append(self.scheduler.plan(text, self.codes[i], step, g, target,
+                                             regions[i] if regions else ()))
         return self.scheduler.sequences(plans)
 
     def collate(self, samples: Sequence[TaskSequence]) -> Any:
@@ -175,6 +184,33 @@ class CogLMObjective:
 
     def save(self, path: Path, state_dict: dict[str, Tensor], **kwargs: Any) -> Path:
         return self.save_fn(path, state_dict, **kwargs)
+
+
+def reworded(
+    tokenizer: Any,
+    text_ids: Sequence[int],
+    target_ids: Sequence[int] | None,
+    meta: dict[str, Any] | None,
+    rephrase: Callable[[Any, np.random.Generator], str | None],
+    p: float,
+    g: torch.Generator,
+) -> tuple[Sequence[int], Sequence[int] | None]:
+    """Caption augmentation of one sample: (prompt, captioning target). With probability `p`
+    the prompt is `rephrase(meta)`, a new wording of the sample's attributes, and captioning
+    still learns the data's caption (its target, else the caption itself). Draws two numbers
+    from `g` whatever happens, so that the batch stream does not depend on the outcome."""
+    seed = int(torch.randint(2**31, (1,), generator=g))
+    if float(torch.rand(1, generator=g)) >= p or not meta:
+        return text_ids, target_ids
+    worded = rephrase(meta, np.random.default_rng(seed))
+    if worded is None:
+        return text_ids, target_ids
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # an over-long prompt is cut to the model's length
+        ids = tokenizer.encode_text(worded)
+    return ids, text_ids if target_ids is None else target_ids
 
 
 @torch.no_grad()
@@ -277,6 +313,10 @@ class CogLMTrainConfig(TokenRunConfig):
     init_from: str | None = option(
         None, "start from the weights of this CogLM folder or shipped model (same preset, "
         "tokenizer and VQVAE); optimizer and schedule start afresh", type=str, metavar="MODEL")
+    rephrase: float = option(
+        0.0, "caption augmentation: with this probability a sample's prompt is worded anew from "
+        "its attributes by the data domain's grammar (shapes); captioning keeps the data's "
+        "captions", metavar="P")
 
     def __post_init__(self) -> None:
         from cogview.model import PRESETS
@@ -289,7 +329,7 @@ class CogLMTrainConfig(TokenRunConfig):
             raise ConfigError.of("tasks", str(e)) from None
         if not 0 <= self.text_dropout < 1:
             raise ConfigError.of("text_dropout", f"must lie in [0, 1), got {self.text_dropout}")
-        for name in ("region_masks", "region_prompts"):
+        for name in ("region_masks", "region_prompts", "rephrase"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError.of(name, f"must lie in [0, 1], got {getattr(self, name)}")
 
@@ -342,7 +382,7 @@ def train_coglm(
     are read as a stream (`train.streaming`)."""
     from cogview.inpainting import context_from_codes
     from cogview.model import coglm_config
-    from cogview.pipeline import COGLM_KIND, bundle_extra, save_bundled
+    from cogview.pipeline import COGLM_KIND, bundle_extra, rephraser, save_bundled
     from cogview.pretrained import load_vqvae
 
     schedule = TaskSchedule.parse(run.tasks)
@@ -377,6 +417,13 @@ def train_coglm(
     scheduler = MaskingScheduler(tok, schedule=schedule, text_dropout=run.text_dropout,
                                  region_masks=run.region_masks, region_prompts=run.region_prompts,
                                  context=functools.partial(context_from_codes, vqvae))
+    domain = (train.info.get("source_info") or {}).get("source")
+    rephrase = rephraser(domain) if run.rephrase > 0 else None
+    if run.rephrase > 0 and rephrase is None:
+        raise ConfigError.of("rephrase", f"the data's domain ({domain}) has no grammar to word "
+                             "prompts anew")
+    if streaming and rephrase is not None:
+        raise ConfigError.of("rephrase", "is not available with a streamed data set yet")
     common = dict(model=model, tokenizer=tok, test=test, scheduler=scheduler,
                   image_size=run.image_size, save_fn=save_fn, loss_config=loss_config,
                   eval_samples=run.eval_samples)
@@ -386,7 +433,8 @@ def train_coglm(
         objective: Any = StreamCogLMObjective(train=train.info, data=run.data,
                                               stream_config=stream, seed=loop.seed, **common)
     else:
-        objective = CogLMObjective(train=train, **common)
+        objective = CogLMObjective(train=train, rephrase=rephrase, rephrase_p=run.rephrase,
+                                   **common)
     if (not streaming and not objective.regions and run.region_masks > 0
             and "inp" in objective.used_tasks and int(os.environ.get("RANK", "0")) == 0):
         print("note: no sample of --data lists regions; inpainting masks are random shapes "

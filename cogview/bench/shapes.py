@@ -502,6 +502,66 @@ _PARAPHRASE_TWO = (
 )
 
 
+# Caption augmentation (`cogview train --rephrase P`): more wordings for training prompts, all
+# of them unlike the paraphrase test set above (none of its templates, words, adjective orders
+# or position phrases), so that the test still measures wordings the model never saw.
+_REPHRASE_ONE = (
+    "{d} {p}",
+    "{p} is {d}",
+    "{p} you can see {d}",
+    "a photo of {d} {p}",
+    "we see {d} {p}",
+    "{d} located {p}",
+    "make {d} {p}",
+    "create {d} {p}",
+    "an illustration of {d} {p}",
+    "{d} that is {p}",
+)
+_REPHRASE_TWO = (
+    "{d1} that is {rel} {d2}",
+    "{d1} located {rel} {d2}",
+    "we see {d1} {rel} {d2}",
+    "a photo of {d1} {rel} {d2}",
+    "make {d1} {rel} {d2}",
+    "{rel} {d2} is {d1}",
+    "{d2} and {d1} {rel} that one",
+)
+_REPHRASE_POSITIONS = ("near the {p}", "toward the {p}", "in the {p} area", "in the {p} part")
+
+
+def rephrase(attributes: dict[str, Any], rng: np.random.Generator) -> str | None:
+    """A training prompt for a scene (`scene_to_json`'s attributes) in a wording drawn from
+    the augmentation templates; None for attributes that are not a shapes scene."""
+    objects = attributes.get("objects") if isinstance(attributes, dict) else None
+    if not objects or not all({"colour", "shape", "size", "position"} <= set(o) for o in objects):
+        return None
+    with_size = bool(rng.random() < 0.7)
+
+    def describe(o: dict[str, Any]) -> str:
+        words = [o["colour"], o["shape"]]
+        if with_size:
+            words.insert(0, _pick(rng, _SIZE_WORDS[o["size"]]))
+        return f"{_article(words[0])} {' '.join(words)}"
+
+    if len(objects) == 1:
+        o = objects[0]
+        if rng.random() < 0.5:
+            position = _pick(rng, _position_phrases(o["position"])[0])
+        else:
+            name = "middle" if o["position"] == "center" else o["position"]
+            position = _pick(rng, _REPHRASE_POSITIONS).format(p=name)
+        return _pick(rng, _REPHRASE_ONE).format(d=describe(o), p=position)
+    relations = attributes.get("relations") or []
+    if len(objects) != 2 or not relations:
+        return None
+    relation = _pick(rng, relations)  # of objects[0] to objects[1]
+    first, second = objects
+    if rng.random() < 0.5:
+        first, second, relation = second, first, INVERSE_RELATION[relation]
+    rel = _pick(rng, _RELATION_WORDS[relation])
+    return _pick(rng, _REPHRASE_TWO).format(d1=describe(first), d2=describe(second), rel=rel)
+
+
 def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
