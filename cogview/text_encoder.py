@@ -118,6 +118,19 @@ def extract_packaged(name: str, root: str | Path | None = None) -> Path:
     return folder
 
 
+def _quietly(load: Any, *args: Any, **kwargs: Any) -> Any:
+    """`load(*args, **kwargs)` without transformers' progress bar on stderr (restored after)."""
+    from transformers.utils import logging
+
+    shown = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        return load(*args, **kwargs)
+    finally:
+        if shown:
+            logging.enable_progress_bar()
+
+
 class TextEncoder:
     """A frozen `transformers` encoder and its tokenizer: prompts -> last hidden states.
 
@@ -131,7 +144,7 @@ class TextEncoder:
             from transformers import AutoModel
         except ImportError as e:
             raise TextEncoderError("text encoders need transformers: pip install "
-                                   "'cogview[encoder]'") from e
+                                   "'cogview-toolkit[encoder]'") from e
         self.name, self.folder, self.max_len = name, Path(folder), int(max_len)
         weights = self.folder / WEIGHTS_FILE
         tok_file = self.folder / TOKENIZER_FILE
@@ -141,7 +154,7 @@ class TextEncoder:
         self.fingerprint = file_fingerprint(weights)
         try:
             self.tokenizer = Tokenizer.from_file(str(tok_file))
-            model = AutoModel.from_pretrained(str(self.folder), local_files_only=True)
+            model = _quietly(AutoModel.from_pretrained, str(self.folder), local_files_only=True)
         except Exception as e:  # transformers and tokenizers raise many kinds
             raise TextEncoderError(f"{self.folder}: cannot load the text encoder "
                                    f"({str(e).splitlines()[0] if str(e) else type(e).__name__})"
