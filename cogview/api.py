@@ -177,6 +177,21 @@ class CogView:
         return next(self.model.parameters()).device
 
     @property
+    def text_encoder(self) -> Any:
+        """The frozen text encoder the model reads its prompts with, or None (text ids)."""
+        return self.pipeline.text_encoder
+
+    def conditions(self, prompts: Sequence[str], ids: Sequence[Sequence[int]]) -> list[Any]:
+        """What each prompt conditions sampling on: its text ids (`encode_prompt`), or for a
+        model with a text encoder its `EncodedText` (reranking still scores the ids)."""
+        enc = self.text_encoder
+        if enc is None:
+            return [list(i) for i in ids]
+        from cogview.masks import EncodedText
+
+        return [EncodedText(p, s) for p, s in zip(prompts, enc.encode(prompts), strict=True)]
+
+    @property
     def restate(self) -> Any:
         """How reranking restates a prompt (the model's domain grammar), or None."""
         return restater(self.pipeline.restate)
@@ -338,19 +353,22 @@ class CogView:
         clusters = self.clusters(config.n_clusters) if config.cluster else None
         g = generator if generator is not None else self.generator(seed)
         ids = [self.encode_prompt(t) for t in texts]
+        conds = self.conditions(texts, ids)
         tok = self.tokenizer
         results: list[tuple[Tensor, Tensor | None]] = []
         if candidates:
-            for prompt_ids in ids:
+            for prompt_ids, cond in zip(ids, conds, strict=True):
                 best = draw_and_rerank(self.model, tok, prompt_ids, self.grid, config, g,
                                        candidates, n, clusters=clusters, progress=progress,
-                                       restate=self.restate)
+                                       restate=self.restate,
+                                       condition=cond if self.text_encoder is not None else None)
                 results.append((best.codes, best.scores))
         else:
             # every picture of every prompt in one stream of batches: prompts of different
             # lengths share a batch (left-padded)
             all_ids = [p for p in ids for _ in range(n * group)]
-            codes = generate_images(self.model, tok, all_ids, self.grid, config, g,
+            all_conds = [c for c in conds for _ in range(n * group)]
+            codes = generate_images(self.model, tok, all_conds, self.grid, config, g,
                                     clusters=clusters, progress=progress)
             codes = best_of_groups(self.model, tok, codes, all_ids, group, config.batch_size,
                                    restate=self.restate)
@@ -406,6 +424,7 @@ class CogView:
         small = np.array(Image.fromarray(original).resize((size, size), resample=resample),
                          dtype=np.uint8)
         ids = self.encode_prompt(prompt)
+        cond = self.conditions([prompt], [ids])[0]
         clusters = self.clusters(config.n_clusters) if config.cluster else None
         g = generator if generator is not None else self.generator(seed)
         if not prompt:  # nothing to score by
@@ -414,7 +433,7 @@ class CogView:
             group = 1 if candidates else (self.rerank_default if rerank is None else rerank)
         total = candidates or n * group
         if pixel_mask.all():
-            codes = generate_images(self.model, tok, [ids] * total, self.grid, config, g,
+            codes = generate_images(self.model, tok, [cond] * total, self.grid, config, g,
                                     clusters=clusters, progress=progress)
         else:
             # the kept cells' codes, from the picture with the masked cells blanked: codes of
@@ -424,8 +443,8 @@ class CogView:
             if tuple(src.shape) != tuple(self.grid):
                 raise UserError(f"the model's VQVAE gives a {tuple(src.shape)} grid at {size} "
                                 f"px, the model expects {self.grid}")
-            codes = inpaint(self.model, tok, ids, src, torch.from_numpy(cells), config, g, total,
-                            clusters=clusters, progress=progress)
+            codes = inpaint(self.model, tok, cond, src, torch.from_numpy(cells), config, g,
+                            total, clusters=clusters, progress=progress)
         # reranking also scores the region alone: the prompt may name only what goes there
         view = RegionView(torch.from_numpy(cells), blank_codes(self.vqvae, size))
         scores = None

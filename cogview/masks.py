@@ -9,6 +9,11 @@ predicted left to right and see the whole prefix, and the loss covers targets on
 
 Builders are pure functions from tokens to a `TaskSequence`; `collate` pads sequences into a
 `TaskBatch` that the model consumes. Ids come from the tokenizer, never from literals here.
+
+The prompt of text-to-image and inpainting is text ids, or, for a model that reads a frozen
+text encoder (`CogLMConfig.text_dim`), an `EncodedText`: its token states fill the text slots
+(whose ids are the tokenizer's `<unk>`, never seen by the model) and the model embeds them
+with its projection instead of its token embedding. Captioning text is always ids.
 """
 
 from __future__ import annotations
@@ -29,6 +34,18 @@ TASKS = ("t2i", "cap", "inp")
 MASK_KINDS = ("rectangle", "patches", "half", "strokes")
 
 
+@dataclass(frozen=True)
+class EncodedText:
+    """A prompt read by a frozen text encoder: the string and its token states (L, text_dim);
+    L = 0 for an empty prompt (no text slots: the unconditional case)."""
+
+    text: str
+    states: Tensor  # (L, text_dim) float
+
+
+Text = Sequence[int] | EncodedText  # a prompt as the builders take it
+
+
 @dataclass
 class TaskSequence:
     """One sample, ready for the model. T = sequence length minus one (inputs predict the next)."""
@@ -40,6 +57,9 @@ class TaskSequence:
     labels: Tensor  # (T,) next-token targets, IGNORE outside the targets
     prefix_len: int
     task: str
+    # an encoded prompt: its states (L, text_dim) go to the positions where text_slots is True
+    text_states: Tensor | None = None  # (L, text_dim)
+    text_slots: Tensor | None = None  # (T,) bool, L of them True
 
 
 @dataclass
@@ -55,14 +75,19 @@ class TaskBatch:
     task: Tensor  # (B,) index into the task names of the loss groups
     prefix_len: Tensor | None = None  # (B,)
     attn_mask: Tensor | None = None  # (B, 1, T, T) bool
+    text_states: Tensor | None = None  # (B, T, text_dim) encoder states at the text slots
+    text_mask: Tensor | None = None  # (B, T) bool, True at the text slots
 
     def to(self, device: torch.device | str) -> TaskBatch:
         moved = {f.name: getattr(self, f.name) for f in fields(self)}
         return TaskBatch(**{k: v.to(device) if v is not None else None for k, v in moved.items()})
 
     def model_inputs(self) -> dict[str, Tensor | None]:
-        return dict(ids=self.ids, pos=self.pos, cell=self.cell, next_cell=self.next_cell,
-                    prefix_len=self.prefix_len, attn_mask=self.attn_mask)
+        inputs = dict(ids=self.ids, pos=self.pos, cell=self.cell, next_cell=self.next_cell,
+                      prefix_len=self.prefix_len, attn_mask=self.attn_mask)
+        if self.text_states is not None:
+            inputs.update(text_states=self.text_states, text_mask=self.text_mask)
+        return inputs
 
 
 def grid_cells(h: int, w: int) -> Tensor:
@@ -118,14 +143,33 @@ def _image_ids(tok, codes: Tensor | np.ndarray) -> np.ndarray:
     return tok.codes_to_ids(_ids(codes))
 
 
-def text_to_image(tok, text_ids: Sequence[int], codes: Tensor) -> TaskSequence:
-    """`<t2i> text <boi> | codes`; `codes` (h, w) are codebook indices."""
+def _prompt_ids(tok, text: Text) -> np.ndarray:
+    """The ids of a prompt's text slots: its ids, or `<unk>` once per encoder state."""
+    if isinstance(text, EncodedText):
+        return np.full(text.states.shape[0], tok.unk_id, dtype=np.int64)
+    return _ids(text)
+
+
+def _with_states(seq: TaskSequence, text: Text, start: int) -> TaskSequence:
+    """`seq` with an encoded prompt's states at its slots, which begin at input `start`."""
+    if isinstance(text, EncodedText):
+        slots = torch.zeros(seq.ids.numel(), dtype=torch.bool)
+        slots[start : start + text.states.shape[0]] = True
+        seq.text_states, seq.text_slots = text.states, slots
+    return seq
+
+
+def text_to_image(tok, text_ids: Text, codes: Tensor) -> TaskSequence:
+    """`<t2i> text <boi> | codes`; `codes` (h, w) are codebook indices; the text is ids or an
+    `EncodedText`."""
     h, w = codes.shape
-    prefix = np.concatenate([_ids([tok.task_id("t2i")]), _ids(text_ids), _ids([tok.boi_id])])
+    prompt = _prompt_ids(tok, text_ids)
+    prefix = np.concatenate([_ids([tok.task_id("t2i")]), prompt, _ids([tok.boi_id])])
     image = _image_ids(tok, codes)
-    return _sequence(
+    seq = _sequence(
         [prefix, image], [_no_cells(prefix.size), _cells(h, w)], prefix.size, h * w, "t2i"
     )
+    return _with_states(seq, text_ids, 1)
 
 
 def captioning(tok, text_ids: Sequence[int], codes: Tensor) -> TaskSequence:
@@ -146,7 +190,7 @@ def captioning(tok, text_ids: Sequence[int], codes: Tensor) -> TaskSequence:
 
 
 def inpainting(
-    tok, text_ids: Sequence[int], codes: Tensor, mask: Tensor, context: Tensor | None = None
+    tok, text_ids: Text, codes: Tensor, mask: Tensor, context: Tensor | None = None
 ) -> TaskSequence:
     """`<inp> text <boi> context, masked cells as <mask> <eoi> | masked codes in raster order`.
 
@@ -155,6 +199,7 @@ def inpainting(
     (`cogview.inpainting.context_codes`), which carry nothing of the masked pixels. A code
     depends on pixels beyond its cell, so kept codes of the whole image (`codes`, the default
     when no context is given) would show the model the erased content and teach it to copy it.
+    The text is ids or an `EncodedText`.
     """
     h, w = codes.shape
     flat_mask = np.asarray(mask, dtype=bool).reshape(-1)
@@ -162,12 +207,14 @@ def inpainting(
     image = _image_ids(tok, codes)
     shown = image if context is None else _image_ids(tok, context)
     visible = np.where(flat_mask, tok.mask_id, shown)
-    head = np.concatenate([_ids([tok.task_id("inp")]), _ids(text_ids), _ids([tok.boi_id])])
+    prompt = _prompt_ids(tok, text_ids)
+    head = np.concatenate([_ids([tok.task_id("inp")]), prompt, _ids([tok.boi_id])])
     targets = image[flat_mask]
     parts = [head, visible, _ids([tok.eoi_id]), targets]
     part_cells = [_no_cells(head.size), cells, _no_cells(1), cells[flat_mask]]
     prefix_len = head.size + visible.size + 1
-    return _sequence(parts, part_cells, prefix_len, targets.size, "inp")
+    seq = _sequence(parts, part_cells, prefix_len, targets.size, "inp")
+    return _with_states(seq, text_ids, 1)
 
 
 def collate(samples: Sequence[TaskSequence], pad_id: int) -> TaskBatch:
@@ -186,6 +233,17 @@ def collate(samples: Sequence[TaskSequence], pad_id: int) -> TaskBatch:
         cell[i, :n] = s.cell.numpy()
         next_cell[i, :n] = s.next_cell.numpy()
         labels[i, :n] = s.labels.numpy()
+    text_states = text_mask = None
+    encoded = [i for i, s in enumerate(samples) if s.text_states is not None]
+    if encoded:  # a model that reads a text encoder; other rows (captioning) have no slots
+        dim = samples[encoded[0]].text_states.shape[-1]
+        text_states = torch.zeros(b, t, dim)
+        text_mask = torch.zeros(b, t, dtype=torch.bool)
+        for i in encoded:
+            s = samples[i]
+            n = s.ids.numel()
+            text_mask[i, :n] = s.text_slots
+            text_states[i, :n][s.text_slots] = s.text_states.float()
     return TaskBatch(
         ids=torch.from_numpy(ids),
         pos=torch.from_numpy(pos),
@@ -194,6 +252,8 @@ def collate(samples: Sequence[TaskSequence], pad_id: int) -> TaskBatch:
         labels=torch.from_numpy(labels),
         prefix_len=torch.tensor([s.prefix_len for s in samples]),
         task=torch.tensor([TASKS.index(s.task) for s in samples]),
+        text_states=text_states,
+        text_mask=text_mask,
     )
 
 
@@ -379,6 +439,7 @@ class Region:
 
     box: tuple[float, float, float, float]  # x0, y0, x1, y1 in fractions of the image side
     text_ids: tuple[int, ...]  # the region's caption
+    caption: str = ""  # the same caption as a string (what a text encoder reads)
 
 
 @dataclass
@@ -389,9 +450,11 @@ class Plan:
     text_ids: Sequence[int]
     codes: Tensor  # (h, w)
     mask: Tensor | None = None  # (h, w) bool, inpainting only
+    prompt: str | None = None  # the prompt as a string ("" when dropped), when it was given
 
 
 ContextFn = Callable[[Tensor, Tensor], Tensor]  # codes (B, h, w), masks (B, h, w) -> context
+EncoderFn = Callable[[Sequence[str]], list[Tensor]]  # prompts -> states (L_i, text_dim) each
 
 
 @dataclass
@@ -409,6 +472,10 @@ class MaskingScheduler:
     caption. The kept cells show `context(codes, masks)`: codes of the image with the masked
     cells blanked (`cogview.inpainting`), computed for the whole batch at once; without it
     they show the sample's own codes, which leak the masked content.
+
+    With `encoder` (a frozen text encoder, `cogview.text_encoder.TextEncoder`), the prompts of
+    text-to-image and inpainting samples are read by it from their strings (`plan`'s
+    `caption`, a region's `caption`; "" when dropped); captioning still learns text ids.
     """
 
     tokenizer: object
@@ -418,6 +485,7 @@ class MaskingScheduler:
     region_masks: float = 0.5
     region_prompts: float = 0.5
     context: ContextFn | None = None
+    encoder: EncoderFn | None = None
 
     def pick_task(self, step: int, g: torch.Generator) -> str:
         weights = self.schedule.weights(step)
@@ -436,9 +504,12 @@ class MaskingScheduler:
         g: torch.Generator,
         target_ids: Sequence[int] | None = None,
         regions: Sequence[Region] = (),
+        caption: str | None = None,
     ) -> Plan:
         """One sample's task, text and mask; a captioning sample learns `target_ids` when given
-        (another phrasing of the same caption), else the caption itself."""
+        (another phrasing of the same caption), else the caption itself. `caption` is the
+        caption as a string (needed with a text encoder); the random draws do not depend on
+        it."""
         task = self.pick_task(step, g)
         if task == "cap":
             return Plan(task, text_ids if target_ids is None else target_ids, codes)
@@ -450,11 +521,27 @@ class MaskingScheduler:
                 mask = region_mask(region.box, h, w, g)
                 if float(torch.rand(1, generator=g)) < self.region_prompts:
                     text_ids = region.text_ids
+                    caption = None if caption is None else region.caption
             else:
                 mask = self.make_mask(h, w, g)
         if float(torch.rand(1, generator=g)) < self.text_dropout:
             text_ids = []
-        return Plan(task, text_ids, codes, mask)
+            caption = None if caption is None else ""
+        return Plan(task, text_ids, codes, mask, caption)
+
+    def _prompts(self, plans: Sequence[Plan]) -> list[Text]:
+        """Each plan's prompt for the builders: its text ids, or with an encoder its string's
+        states (each distinct string encoded once)."""
+        if self.encoder is None:
+            return [p.text_ids for p in plans]
+        wanted = [p.prompt for p in plans if p.task != "cap"]
+        if any(w is None for w in wanted):
+            raise ValueError("caption: a scheduler with a text encoder needs each sample's "
+                             "caption string")
+        unique = list(dict.fromkeys(wanted))
+        states = dict(zip(unique, self.encoder(unique), strict=True))
+        return [p.text_ids if p.task == "cap" else EncodedText(p.prompt, states[p.prompt])
+                for p in plans]
 
     def sequences(self, plans: Sequence[Plan]) -> list[TaskSequence]:
         """The plans' sequences; the inpainting contexts of all of them in one call."""
@@ -466,13 +553,13 @@ class MaskingScheduler:
             contexts = dict(zip(inp, self.context(codes, cell_masks), strict=True))
         tok = self.tokenizer
         out = []
-        for i, p in enumerate(plans):
+        for i, (p, text) in enumerate(zip(plans, self._prompts(plans), strict=True)):
             if p.task == "t2i":
-                out.append(text_to_image(tok, p.text_ids, p.codes))
+                out.append(text_to_image(tok, text, p.codes))
             elif p.task == "cap":
                 out.append(captioning(tok, p.text_ids, p.codes))
             else:
-                out.append(inpainting(tok, p.text_ids, p.codes, p.mask, contexts.get(i)))
+                out.append(inpainting(tok, text, p.codes, p.mask, contexts.get(i)))
         return out
 
     def build(
@@ -483,9 +570,11 @@ class MaskingScheduler:
         g: torch.Generator,
         target_ids: Sequence[int] | None = None,
         regions: Sequence[Region] = (),
+        caption: str | None = None,
     ) -> TaskSequence:
         """One sample's sequence (`plan`, then `sequences`)."""
-        return self.sequences([self.plan(text_ids, codes, step, g, target_ids, regions)])[0]
+        plan = self.plan(text_ids, codes, step, g, target_ids, regions, caption)
+        return self.sequences([plan])[0]
 
     def batch(
         self,

@@ -8,6 +8,11 @@ The model holds no task logic. Every position carries
   raster order (inpainting, super-resolution),
 and attention is one mask handed in from the batch (or built from per-sample prefix lengths:
 the prefix is visible to every position, the rest is causal).
+
+A model with `text_dim` > 0 reads its prompts from a frozen text encoder (Imagen-style): at
+the positions of `text_mask` its input is `text_proj` of the encoder's states instead of the
+token embedding (positions are embedded as everywhere else). The encoder is not part of the
+model; its states come with the batch.
 """
 
 from __future__ import annotations
@@ -34,12 +39,15 @@ class CogLMConfig:
     sandwich_ln: bool = False  # CogView2: LayerNorm on each branch's output too
     dropout: float = 0.0
     bias: bool = False
+    text_dim: int = 0  # width of a frozen text encoder's states; 0 = prompts are token ids
 
     def __post_init__(self) -> None:
         if self.dim % self.n_heads:
             raise ValueError(f"dim {self.dim} is not divisible by n_heads {self.n_heads}")
         if self.vocab_size <= 0:
             raise ValueError("vocab_size must be positive")
+        if self.text_dim < 0:
+            raise ValueError(f"text_dim must be >= 0, got {self.text_dim}")
 
     @property
     def head_dim(self) -> int:
@@ -222,6 +230,8 @@ class CogLM(nn.Module):
         self.ln_f = nn.LayerNorm(d, bias=config.bias)
         self.head = nn.Linear(d, config.vocab_size, bias=False)
         self.head.weight = self.tok_emb.weight  # tied output embedding
+        # encoder states (B, T, text_dim) -> the model's width, at the text slots
+        self.text_proj = nn.Linear(config.text_dim, d) if config.text_dim else None
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
             if name.endswith("proj.weight"):  # residual branches: GPT-2 scaled init
@@ -247,12 +257,29 @@ class CogLM(nn.Module):
         return n
 
     def embed(
-        self, ids: Tensor, pos: Tensor, cell: Tensor | None = None, next_cell: Tensor | None = None
+        self,
+        ids: Tensor,
+        pos: Tensor,
+        cell: Tensor | None = None,
+        next_cell: Tensor | None = None,
+        text_states: Tensor | None = None,
+        text_mask: Tensor | None = None,
     ) -> Tensor:
-        """(B, T) ids and positions, (B, T, 2) cells -> (B, T, dim)."""
+        """(B, T) ids and positions, (B, T, 2) cells -> (B, T, dim); where `text_mask` (B, T)
+        is True the input is `text_proj(text_states)` (B, T, text_dim), not the token."""
         if int(pos.max()) >= self.config.max_seq_len:
             raise ValueError(f"position {int(pos.max())} >= max_seq_len {self.config.max_seq_len}")
-        x = self.tok_emb(ids) + self.pos_emb(pos)
+        x = self.tok_emb(ids)
+        if text_states is not None:
+            if self.text_proj is None:
+                raise ValueError("text_states given to a model without a text encoder "
+                                 "(text_dim 0)")
+            w = self.text_proj.weight
+            slots = text_mask[..., None]  # (B, T, 1)
+            # only the slots are projected: most positions of a batch are image tokens
+            states = self.text_proj(text_states[text_mask].to(w.dtype))  # (N slots, dim)
+            x = x.masked_scatter(slots, states.to(x.dtype))
+        x = x + self.pos_emb(pos)
         if cell is not None:
             x = x + self.row_emb(cell[..., 0]) + self.col_emb(cell[..., 1])
         if next_cell is not None:
@@ -269,14 +296,17 @@ class CogLM(nn.Module):
         attn_mask: Tensor | None = None,
         prefix_len: Tensor | None = None,
         cache: KVCache | None = None,
+        text_states: Tensor | None = None,
+        text_mask: Tensor | None = None,
     ) -> Tensor:
         """Final hidden states (B, T, dim), after the last LayerNorm.
 
         `attn_mask` is (B, 1|nh, T, S) boolean (True = attend) or additive float, with S the
         number of keys (cached + new). Without it, `prefix_len` (B,) builds a prefix-LM mask;
-        with neither, attention is causal.
+        with neither, attention is causal. `text_states` (B, T, text_dim) and `text_mask`
+        (B, T) give an encoded prompt's states at its slots (`embed`).
         """
-        x = self.embed(ids, pos, cell, next_cell)
+        x = self.embed(ids, pos, cell, next_cell, text_states, text_mask)
         mask = attn_mask
         if mask is None and prefix_len is not None:
             if cache is not None and cache.length:

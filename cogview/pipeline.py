@@ -2,7 +2,9 @@
 
     MODEL/
       config.json        kind "coglm", the CogLMConfig, the step, and `extra`:
-                         tokenizer layout, VQVAE fingerprint, image size, code grid, train args
+                         tokenizer layout, VQVAE fingerprint, image size, code grid, train args,
+                         and for a model that reads a frozen text encoder its `text_encoder`
+                         (name, fingerprint of its weights, width, text length)
       model.safetensors  the weights sampling uses (the EMA weights when training kept an EMA)
       tokenizer.json     the vocabulary the model was trained with
       vqvae/             a copy of the VQVAE checkpoint folder its image codes come from
@@ -12,7 +14,9 @@
 
 Nothing else is needed to sample: `load_pipeline(MODEL)` rebuilds the model from config.json,
 loads the weights strictly and refuses a tokenizer or VQVAE other than the ones it was trained
-with.
+with. A text encoder is not copied into the folder: it is loaded from its installed package
+(or the folder recorded for an encoder given by path) and refused unless its fingerprint is
+the recorded one.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ class Pipeline:
     sampling: dict[str, Any] = field(default_factory=dict)  # sampling.json's SamplingConfig fields
     rerank: int = 1  # sampling.json's "rerank": each image the best of this many candidates
     restate: str | None = None  # the grammar that restates prompts for reranking (RESTATERS)
+    text_encoder: Any = None  # cogview.text_encoder.TextEncoder when config.text_dim > 0
 
 
 # Prompt grammars that self-reranking may use to say a prompt another way, by domain name. A
@@ -264,6 +269,7 @@ def load_pipeline(path: str | Path, device: str | torch.device = "cpu") -> Pipel
         raise CheckpointError(f"{source}: extra lacks {', '.join(missing)}")
 
     tok, vq = load_bundled(ckpt, config, "a CogLM folder", device)
+    encoder = load_recorded_encoder(ckpt, config, device)
 
     model = CogLM(config)
     load_state_strict(model, ckpt.state_dict, source=str(ckpt.path))
@@ -281,4 +287,24 @@ def load_pipeline(path: str | Path, device: str | torch.device = "cpu") -> Pipel
         sampling=sampling,
         rerank=rerank,
         restate=restate,
+        text_encoder=encoder,
     )
+
+
+def load_recorded_encoder(ckpt: Checkpoint, config: CogLMConfig,
+                          device: str | torch.device = "cpu") -> Any:
+    """The text encoder a CogLM folder records (None when `config.text_dim` is 0), refused
+    unless it is the one the model was trained with (`text_encoder.encoder_from_record`)."""
+    if not config.text_dim:
+        return None
+    from cogview.text_encoder import encoder_from_record
+
+    record = ckpt.extra.get("text_encoder")
+    source = str(ckpt.path / CONFIG_FILE)
+    if not isinstance(record, dict):
+        raise CheckpointError(f"{source}: text_dim {config.text_dim} but extra records no "
+                              "text_encoder")
+    if record.get("dim") != config.text_dim:
+        raise CheckpointError(f"{source}: text_encoder dim {record.get('dim')} differs from "
+                              f"text_dim {config.text_dim}")
+    return encoder_from_record(record, str(ckpt.path), device)

@@ -208,16 +208,29 @@ def codebook_clusters(codebook: Tensor, n_clusters: int, seed: int = 0, iters: i
 class _Prefix:
     ids: Tensor  # (L,)
     cell: Tensor  # (L, 2)
+    text_states: Tensor | None = None  # (n slots, text_dim) of an encoded prompt
+    text_slots: Tensor | None = None  # (L,) bool
+    text: str | None = None  # an encoded prompt's string: prefixes of equal ids may differ
+
+    @property
+    def key(self) -> tuple:
+        return (tuple(self.ids.tolist()), self.text)
 
 
-def _t2i_prefix(tok, text_ids: Sequence[int], grid: tuple[int, int]) -> _Prefix:
-    seq = masks.text_to_image(tok, text_ids, torch.zeros(grid, dtype=torch.long))
-    return _Prefix(seq.ids[: seq.prefix_len], seq.cell[: seq.prefix_len])
+def _prefix(seq: masks.TaskSequence, text: masks.Text) -> _Prefix:
+    n = seq.prefix_len
+    if seq.text_states is None:
+        return _Prefix(seq.ids[:n], seq.cell[:n])
+    return _Prefix(seq.ids[:n], seq.cell[:n], seq.text_states, seq.text_slots[:n], text.text)
 
 
-def _inp_prefix(tok, text_ids: Sequence[int], codes: Tensor, cell_mask: Tensor) -> _Prefix:
-    seq = masks.inpainting(tok, text_ids, codes, cell_mask)
-    return _Prefix(seq.ids[: seq.prefix_len], seq.cell[: seq.prefix_len])
+def _t2i_prefix(tok, text_ids: masks.Text, grid: tuple[int, int]) -> _Prefix:
+    return _prefix(masks.text_to_image(tok, text_ids, torch.zeros(grid, dtype=torch.long)),
+                   text_ids)
+
+
+def _inp_prefix(tok, text_ids: masks.Text, codes: Tensor, cell_mask: Tensor) -> _Prefix:
+    return _prefix(masks.inpainting(tok, text_ids, codes, cell_mask), text_ids)
 
 
 def _cap_prefix(tok, codes: Tensor) -> _Prefix:
@@ -249,8 +262,8 @@ class _Decoder:
         n_targets = target_cells.shape[0]
 
         # unique prefixes are prefilled once; `index` (B,) maps each row to its prefix
-        unique: dict[tuple[int, ...], int] = {}
-        index = [unique.setdefault(tuple(p.ids.tolist()), len(unique)) for p in prefixes]
+        unique: dict[tuple, int] = {}
+        index = [unique.setdefault(p.key, len(unique)) for p in prefixes]
         firsts = {}
         for row, u in enumerate(index):
             firsts.setdefault(u, prefixes[row])
@@ -275,6 +288,12 @@ class _Decoder:
         cell = torch.zeros(u_rows, total, 2, dtype=torch.long)
         next_cell = torch.zeros(u_rows, total, 2, dtype=torch.long)
         valid = torch.ones(u_rows, total, dtype=torch.bool)
+        # encoded prompts: their states at the text slots (the model's text_proj reads them)
+        encoded = [p.text_states for p in uniq if p.text_states is not None]
+        text_states = text_mask = None
+        if encoded:
+            text_states = torch.zeros(u_rows, total, encoded[0].shape[-1])
+            text_mask = torch.zeros(u_rows, total, dtype=torch.bool)
         for r, p in enumerate(uniq):
             n, pad = p.ids.numel(), lp - p.ids.numel()
             ids[r, pad:lp] = p.ids
@@ -282,6 +301,9 @@ class _Decoder:
             pos[r, lp:] = torch.arange(n, n + n_targets - 1)
             cell[r, pad:lp] = p.cell
             valid[r, :pad] = False
+            if p.text_states is not None:
+                text_mask[r, pad:lp] = p.text_slots
+                text_states[r, pad:lp][p.text_slots] = p.text_states.float()
         cell[:, lp:] = target_cells[:-1]
         next_cell[:, lp - 1 :] = target_cells
 
@@ -293,6 +315,8 @@ class _Decoder:
             text = torch.zeros(tok.vocab_size, dtype=torch.bool)
             text[tok.text_range.start : tok.text_range.stop] = True
             is_text = text[ids] & valid  # (U, S)
+            if text_mask is not None:
+                is_text |= text_mask
             # queries that predict an image target: the last prefix token and every target
             is_target = torch.arange(total) >= lp - 1  # (T,)
             bias = (is_target[:, None] & is_text[:, None, :]) * text_bias  # (U, T, S)
@@ -312,6 +336,11 @@ class _Decoder:
         self.ids = self.u_ids[self.index]
         self.pos, self.cell = self.u_pos[self.index], self.u_cell[self.index]
         self.next_cell, self.mask = self.u_next_cell[self.index], self.u_mask[self.index]
+        self.u_text: dict[str, Tensor] = {}  # text_states and text_mask, when prompts are encoded
+        self.text: dict[str, Tensor] = {}
+        if text_states is not None:
+            self.u_text = dict(text_states=text_states.to(**dev), text_mask=text_mask.to(**dev))
+            self.text = {k: v[self.index] for k, v in self.u_text.items()}
         self.t = lp  # index of the next input
         self.cache = None
 
@@ -327,6 +356,7 @@ class _Decoder:
                 self.u_next_cell[:, :lp],
                 attn_mask=self.u_mask[:, :, :lp, :lp],
                 cache=self.cache,
+                **{k: v[:, :lp] for k, v in self.u_text.items()},
             )[:, -1]
             if self.index.numel() != self.u_ids.shape[0] or bool(
                 (self.index != torch.arange(self.index.numel(), device=self.index.device)).any()
@@ -343,6 +373,7 @@ class _Decoder:
             self.cell[:, :t],
             self.next_cell[:, :t],
             attn_mask=self.mask[:, :, :t, :t],
+            **{k: v[:, :t] for k, v in self.text.items()},
         )[:, -1]
 
     def step(self, ids: Tensor) -> Tensor:
@@ -431,7 +462,7 @@ def _chunks(n: int, size: int) -> list[range]:
 def generate_images(
     model: CogLM,
     tokenizer,
-    text_ids_list: Sequence[Sequence[int]],
+    text_ids_list: Sequence[masks.Text],
     grid: tuple[int, int],
     config: SamplingConfig,
     generator: torch.Generator | None = None,
@@ -440,7 +471,8 @@ def generate_images(
     use_cache: bool = True,
     progress: Callable[[int], None] | None = None,
 ) -> Tensor:
-    """Codes (B, h, w) of one image per prompt in `text_ids_list` (B lists of text ids).
+    """Codes (B, h, w) of one image per prompt in `text_ids_list` (B lists of text ids, or
+    `masks.EncodedText` for a model that reads a text encoder).
 
     An empty prompt samples unconditionally (the text-dropout case of training). `clusters`
     (K,) from `codebook_clusters` is needed when `config.cluster`. `progress(k)` is called
@@ -466,7 +498,7 @@ def generate_images(
 def inpaint(
     model: CogLM,
     tokenizer,
-    text_ids: Sequence[int],
+    text_ids: masks.Text,
     codes: Tensor,
     cell_mask: Tensor,
     config: SamplingConfig,
@@ -479,7 +511,7 @@ def inpaint(
 ) -> Tensor:
     """n versions (n, h, w) of `codes` (h, w) with the cells where `cell_mask` (h, w) is True
     sampled again, in raster order, each target carrying its cell (the `inpainting` layout).
-    Unmasked cells keep their codes."""
+    Unmasked cells keep their codes. The prompt is text ids or a `masks.EncodedText`."""
     cell_mask = cell_mask.bool().cpu()
     codes = codes.long().cpu()
     if codes.shape != cell_mask.shape:
@@ -682,16 +714,18 @@ def rerank(
     clusters: Tensor | None = None,
     progress: Callable[[int], None] | None = None,
     restate: Restate | None = None,
+    condition: masks.EncodedText | None = None,
 ) -> Reranked:
     """CogView self-reranking: sample `n_candidates` images of the prompt, score each by the
     model's own log p(prompt | image) in captioning mode (`best_candidates`), keep the best
-    `keep`."""
+    `keep`. A model that reads a text encoder draws from `condition`, the prompt's states,
+    and still scores by the text ids."""
     if not 1 <= keep <= n_candidates:
         raise SamplingError(f"keep must be in 1..{n_candidates}, got {keep}")
     codes = generate_images(
         model,
         tokenizer,
-        [list(text_ids)] * n_candidates,
+        [list(text_ids) if condition is None else condition] * n_candidates,
         grid,
         config,
         generator,

@@ -1,6 +1,7 @@
 """Crash safety: a run killed with SIGKILL resumes to the weights of an uninterrupted run, for
-every trainer (VQVAE, CogLM, SR, classifier), for CogLM under DeepSpeed with two processes, and
-for CogLM on streamed shards with two processes (one process: tests/test_stream.py)."""
+every trainer (VQVAE, CogLM, SR, classifier), for CogLM under DeepSpeed with two processes,
+for CogLM on streamed shards with two processes (one process: tests/test_stream.py), and for
+CogLM reading its prompts with a frozen text encoder."""
 
 from __future__ import annotations
 
@@ -30,6 +31,13 @@ def _lm(root: Path) -> list[str]:
     inputs = make_inputs(root)
     return ["train", *(f"--{k}={v}" for k, v in inputs.items()), *LM_FLAGS,
             "--precision", "fp32", "--tasks", "t2i=0.5,cap=0.25,inp=0.25"]
+
+
+def _lm_encoder(root: Path) -> list[str]:
+    pytest.importorskip("transformers")
+    from test_text_encoder import CAPTIONS, make_encoder
+
+    return [*_lm(root), "--text-encoder", str(make_encoder(root / "encoder", CAPTIONS * 4))]
 
 
 def _sr(root: Path) -> list[str]:
@@ -116,6 +124,7 @@ def _finish(proc: subprocess.Popen) -> None:
     pytest.param(_classifier, "classifier", 1, id="classifier"),
     pytest.param(_lm_deepspeed, "coglm", 2, id="coglm-deepspeed-2proc"),
     pytest.param(_lm_stream_deepspeed, "coglm", 2, id="coglm-stream-deepspeed-2proc"),
+    pytest.param(_lm_encoder, "coglm", 1, id="coglm-text-encoder"),
 ])
 def test_sigkill_mid_run_then_resume_equals_uninterrupted_run(tmp_path, build, kind, processes):
     argv = build(tmp_path / "inputs")

