@@ -33,6 +33,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from train_speed import Counting, SyntheticTokenizer, synthetic_data  # benchmarks/, beside this
@@ -92,23 +93,31 @@ def train_rate(preset: str, batch: int, steps: int, backend: str, warmup: int = 
     loop = LoopConfig(steps=warmup + steps, batch_size=batch, warmup=1, precision="bf16",
                       save_every=10**9, eval_every=0,
                       deepspeed=str(DS_CONFIG) if backend == "deepspeed" else None)
+    records, timed, seconds, tokens = _timed_run(counting, loop, backend, torch.device("cuda"),
+                                                 warmup)
+    return {"preset": preset, "batch": batch, "backend": backend,
+            "params_m": model.num_params() / 1e6, "step_ms": 1e3 * seconds / len(timed),
+            "tokens_per_s": tokens / seconds,
+            "flops_per_s": sum(counting.flops[warmup:]) / seconds}
+
+
+def _timed_run(objective: Any, loop: LoopConfig, backend: str, device: torch.device,
+               warmup: int) -> tuple[list[dict], list[dict], float, float]:
+    """Train `objective` through the real loop on `backend` ("local" or "deepspeed"); (every
+    metrics record, the records after `warmup` steps, their seconds, their tokens)."""
     module = LossModule(objective.model, objective.loss)
     if backend == "deepspeed":
         from train.distributed import DeepSpeedBackend
 
         engine = DeepSpeedBackend(module, loop)
     else:
-        engine = LocalBackend(module, loop, torch.device("cuda"))
+        engine = LocalBackend(module, loop, device)
     with tempfile.TemporaryDirectory() as out:
-        train_loop(counting, loop, out, backend=engine, progress=False)
+        train_loop(objective, loop, out, backend=engine, progress=False)
         records = [json.loads(x) for x in (Path(out) / "metrics.jsonl").read_text().splitlines()]
     timed = [r for r in records if "tokens_per_s" in r][warmup:]
     seconds = sum(r["step_s"] for r in timed)
-    tokens = sum(r["tokens_per_s"] * r["step_s"] for r in timed)
-    return {"preset": preset, "batch": batch, "backend": backend,
-            "params_m": model.num_params() / 1e6, "step_ms": 1e3 * seconds / len(timed),
-            "tokens_per_s": tokens / seconds,
-            "flops_per_s": sum(counting.flops[warmup:]) / seconds}
+    return records, timed, seconds, sum(r["tokens_per_s"] * r["step_s"] for r in timed)
 
 
 SCALE_ROWS = (  # name, preset, batch, backend, compile, checkpointing
@@ -170,21 +179,9 @@ def scale_rate(data: Path, tok: SyntheticTokenizer, preset: str, batch: int, bac
                       checkpointing=checkpointing,
                       deepspeed=str(DS_CONFIG) if backend == "deepspeed" else None)
     loop = loop.resolved(device)
-    module = LossModule(objective.model, objective.loss)
-    if backend == "deepspeed":
-        from train.distributed import DeepSpeedBackend
-
-        engine = DeepSpeedBackend(module, loop)
-    else:
-        engine = LocalBackend(module, loop, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    with tempfile.TemporaryDirectory() as out:
-        train_loop(counting, loop, out, backend=engine, progress=False)
-        records = [json.loads(x) for x in (Path(out) / "metrics.jsonl").read_text().splitlines()]
-    timed = [r for r in records if "tokens_per_s" in r][warmup:]
-    seconds = sum(r["step_s"] for r in timed)
-    tokens = sum(r["tokens_per_s"] * r["step_s"] for r in timed)
+    records, timed, seconds, tokens = _timed_run(counting, loop, backend, device, warmup)
     return {"preset": preset, "batch": batch, "backend": backend, "compile": compiled,
             "checkpointing": checkpointing, "precision": loop.precision,
             "params_m": model.num_params() / 1e6, "step_ms": 1e3 * seconds / len(timed),

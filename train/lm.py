@@ -357,10 +357,11 @@ class CogLMTrainConfig(TokenRunConfig):
                 raise ConfigError.of(name, f"must lie in [0, 1], got {getattr(self, name)}")
 
 
-def load_training_inputs(data: str, tokenizer: str, vqvae: str, *, load_train: bool = True
+def load_training_inputs(data: str, tokenizer: str, vqvae: str, *, streaming: bool = False
                          ) -> tuple[Any, Path, str, Any, Any]:
     """Tokenizer, VQVAE folder and fingerprint, and the train (and test, if any) token data
-    (train None unless `load_train`: a streamed run reads it as it goes).
+    (with `streaming`, the train split's `train.streaming.StreamedData`: what is known of it up
+    front, for a run that reads it as it goes).
 
     The token shards must come from this tokenizer and VQVAE, and hold only ids the tokenizer
     knows: each mismatch is a one-line error naming the parameter.
@@ -380,8 +381,11 @@ def load_training_inputs(data: str, tokenizer: str, vqvae: str, *, load_train: b
     vq_dir = resolve_checkpoint(vqvae)
     vq_fp = fingerprint(load_vqvae(vq_dir))
     check_compatible(read_info(data), tok, vq_fp)
-    train = None
-    if load_train:
+    if streaming:
+        from train.streaming import StreamedData
+
+        train = StreamedData(read_info(data))
+    else:
         train = load_token_shards(data, "train")
         vocab_check(tok, train)
     test = None
@@ -412,12 +416,7 @@ def train_coglm(
     loss_config = LossConfig(run.loss, run.poly_eps)
     streaming = stream is not None and stream.stream
     tok, vq_dir, vq_fp, train, test = load_training_inputs(run.data, run.tokenizer, run.vqvae,
-                                                           load_train=not streaming)
-    if streaming:
-        from train.data.tokens import read_info
-        from train.streaming import StreamedData
-
-        train = StreamedData(read_info(run.data))
+                                                           streaming=streaming)
 
     encoder = None
     if run.text_encoder:

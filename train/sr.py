@@ -159,12 +159,7 @@ def train_sr(
     loss_config = LossConfig(run.loss, run.poly_eps)
     streaming = stream is not None and stream.stream
     tok, vq_dir, vq_fp, train, held = load_training_inputs(run.data, run.tokenizer, run.vqvae,
-                                                           load_train=not streaming)
-    if streaming:
-        from train.data.tokens import read_info
-        from train.streaming import StreamedData
-
-        train = StreamedData(read_info(run.data))
+                                                           streaming=streaming)
     lr, hr = _grids(train, run, "train split")
     test = None
     if held is not None:
