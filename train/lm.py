@@ -14,7 +14,7 @@ import functools
 import itertools
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -98,8 +98,15 @@ class CogLMObjective:
         self.codes = self.train.codes[self.image_size]  # (N, h, w)
         if len(self.codes) == 0:
             raise UserError("the token shards' train split is empty")
-        h, w = self.codes.shape[1:]
         text_len = max((len(t) for t in self.train.text_ids), default=0)
+        self.check_fits(tuple(self.codes.shape[1:]), text_len)
+        self._eval_sets: dict[str, list[TaskSequence]] | None = None
+        self.regions = sample_regions(self.tokenizer, getattr(self.train, "metas", []))
+
+    def check_fits(self, grid: tuple[int, int], text_len: int) -> None:
+        """ConfigError unless samples of every task used, with captions of up to `text_len`
+        tokens on an (h, w) code grid, fit the model's max_grid and max_seq_len."""
+        h, w = grid
         # an encoder reads up to the tokenizer's text length, in tokens of its own
         prompt_len = self.tokenizer.max_text_len if self.scheduler.encoder else text_len
         cfg = self.model.config
@@ -112,8 +119,6 @@ class CogLMObjective:
                 raise ConfigError.of("tasks", f"{task} samples need {n} positions, the model has "
                                      f"{cfg.max_seq_len}; drop the task or use a smaller "
                                      "image size")
-        self._eval_sets: dict[str, list[TaskSequence]] | None = None
-        self.regions = sample_regions(self.tokenizer, getattr(self.train, "metas", []))
 
     @property
     def used_tasks(self) -> list[str]:
@@ -274,16 +279,26 @@ def sample_regions(tokenizer: Any, metas: Sequence[dict[str, Any] | None]) -> li
     return out
 
 
+def check_ids(tokenizer: Any, codes: Iterable[Tensor], captions: Iterable[Sequence[int]],
+              where: str) -> None:
+    """UserError naming `where` when image codes or caption ids do not fit the tokenizer (a
+    corrupt or foreign data set)."""
+    n = tokenizer.num_image_codes
+    for c in codes:
+        if len(c) and (int(c.min()) < 0 or int(c.max()) >= n):
+            raise UserError(f"token shards: {where} has codes outside [0, {n}) of the tokenizer")
+    text = tokenizer.text_range
+    for ids in captions:
+        if ids and (min(ids) < text.start or max(ids) >= text.stop):
+            raise UserError(f"token shards: {where} has caption ids outside the tokenizer's "
+                            "text range")
+
+
 def vocab_check(tokenizer: Any, data: Any) -> None:
     """UserError when token ids in `data` do not fit the tokenizer (a corrupt or foreign set)."""
-    n = tokenizer.num_image_codes
     for size, codes in data.codes.items():
-        if len(codes) and (int(codes.min()) < 0 or int(codes.max()) >= n):
-            raise UserError(f"token shards: codes at {size} px outside [0, {n}) of the tokenizer")
-    text = tokenizer.text_range
-    for ids in itertools.chain(data.text_ids, data.targets):
-        if ids and (min(ids) < text.start or max(ids) >= text.stop):
-            raise UserError("token shards: caption ids outside the tokenizer's text range")
+        check_ids(tokenizer, [codes], [], f"the {size} px grid")
+    check_ids(tokenizer, [], itertools.chain(data.text_ids, data.targets), "a sample")
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from cogview.errors import ConfigError, UserError
 from cogview.masks import TaskBatch, TaskSequence
 from train.data.stream import RankStream, RawSample, StreamConfig, StreamLayout, plan_layout
 from train.data.tokens import INFO_FILE, _load_npy
-from train.lm import CogLMObjective, max_sequence_len, sample_regions
+from train.lm import CogLMObjective, check_ids, sample_regions
 from train.sr import SRObjective
 
 
@@ -138,21 +138,11 @@ class StreamCogLMObjective(_Streamed, CogLMObjective):
         if grid is None:
             raise ConfigError.of("image_size", f"{self.image_size}: the token shards hold sizes "
                                  f"{sorted(int(s) for s in info.get('grids', {}))}")
-        h, w = (int(x) for x in grid)
-        cfg = self.model.config
-        if max(h, w) > cfg.max_grid:
-            raise ConfigError.of("image_size", f"{self.image_size}: a {h}x{w} code grid exceeds "
-                                 f"the model's max_grid {cfg.max_grid}")
-        text_len = int(self.tokenizer.max_text_len)  # streamed captions are not seen up front
-        for task in self.used_tasks:
-            n = max_sequence_len(task, text_len, h, w)
-            if n > cfg.max_seq_len:
-                raise ConfigError.of("tasks", f"{task} samples need {n} positions, the model has "
-                                     f"{cfg.max_seq_len}; drop the task or use a smaller "
-                                     "image size")
+        self.grid = (int(grid[0]), int(grid[1]))
+        # streamed captions are not seen up front: as long as the tokenizer allows
+        self.check_fits(self.grid, int(self.tokenizer.max_text_len))
         self._eval_sets = None
         self.regions = []
-        self.grid = (h, w)
         self._setup_stream()
 
     def decode(self, raw: RawSample) -> CogLMSample:
@@ -165,12 +155,7 @@ class StreamCogLMObjective(_Streamed, CogLMObjective):
             raise UserError(f"token shards: sample {key!r} has a {tuple(codes.shape)} code grid,"
                             f" info.json says {self.grid}")
         tok = self.tokenizer
-        if len(codes) and (int(codes.min()) < 0 or int(codes.max()) >= tok.num_image_codes):
-            raise UserError(f"token shards: sample {key!r} has codes outside the tokenizer's")
-        text = tok.text_range
-        if any(i < text.start or i >= text.stop for i in (*ids, *target)):
-            raise UserError(f"token shards: sample {key!r} has caption ids outside the "
-                            "tokenizer's text range")
+        check_ids(tok, [codes], [ids, target], f"sample {key!r}")
         regions: list[Any] = []
         if "json" in parts:
             try:
@@ -218,11 +203,7 @@ class StreamSRObjective(_Streamed, SRObjective):
         key, parts = raw
         lr = torch.from_numpy(_array(parts, f"codes{self.low_res}.npy", key).astype("int64"))
         hr = torch.from_numpy(_array(parts, f"codes{self.image_size}.npy", key).astype("int64"))
-        n = self.tokenizer.num_image_codes
-        for grid in (lr, hr):
-            if int(grid.min()) < 0 or int(grid.max()) >= n:
-                raise UserError(f"token shards: sample {key!r} has codes outside the "
-                                "tokenizer's")
+        check_ids(self.tokenizer, [lr, hr], [], f"sample {key!r}")
         return SRSampleCodes(key, _array(parts, "ids.npy", key).tolist(), lr, hr)
 
     def build(self, samples: list[SRSampleCodes], step: int, g: torch.Generator) -> list[Any]:
