@@ -26,6 +26,7 @@ LOSS_KINDS = ("ce", "poly1")
 class LossConfig:
     kind: str = "ce"  # "ce" or "poly1"
     poly_eps: float = 1.0  # poly-1: CE + eps * (1 - p_target); eps = 0 is plain CE
+    contrastive_weight: float = 0.0  # InfoNCE of the batch's pairs (`cogview.contrastive`)
 
     def __post_init__(self) -> None:
         if self.kind not in LOSS_KINDS:
@@ -39,6 +40,10 @@ class LossSums:
     total: Tensor  # () sum of token losses, with grad
     task_sums: Tensor  # (n_tasks,) float32 sums per task, detached
     task_counts: Tensor  # (n_tasks,) int64 number of target tokens per task
+    # a term that is a mean already (the contrastive loss times this micro-batch's share of
+    # the global batch's pairs), added to the mean over targets as it is; with grad
+    extra: Tensor | None = None
+    contrastive: tuple[Tensor, Tensor] | None = None  # InfoNCE and its accuracy, detached
 
     @property
     def count(self) -> int:
@@ -80,7 +85,8 @@ def lm_loss(
     config: LossConfig = LossConfig(),
     n_tasks: int = len(TASKS),
 ) -> LossSums:
-    """Run `model` (a CogLM) on `batch` and sum its loss over the targets, per task too."""
+    """Run `model` (a CogLM) on `batch` and sum its loss over the targets, per task too; with
+    a `contrastive_weight` and a batch that has pairs, the weighted contrastive loss too."""
     h = model.hidden(**batch.model_inputs())  # (B, T, dim)
     target = batch.labels != IGNORE  # (B, T)
     logits = model.head(h[target])  # (N, vocab), N = number of targets
@@ -88,4 +94,11 @@ def lm_loss(
     task = batch.task[:, None].expand_as(batch.labels)[target]  # (N,) task of each target
     sums = torch.zeros(n_tasks, device=losses.device).index_add_(0, task, losses.detach())
     counts = torch.bincount(task, minlength=n_tasks)
-    return LossSums(total=losses.sum(), task_sums=sums, task_counts=counts)
+    out = LossSums(total=losses.sum(), task_sums=sums, task_counts=counts)
+    if batch.pairs is not None and config.contrastive_weight > 0:
+        from cogview.contrastive import contrastive_loss
+
+        con, accuracy = contrastive_loss(model, h, batch.pairs)
+        out.extra = config.contrastive_weight * batch.pairs.share * con
+        out.contrastive = (con.detach(), accuracy)
+    return out

@@ -60,6 +60,45 @@ class TaskSequence:
     # an encoded prompt: its states (L, text_dim) go to the positions where text_slots is True
     text_states: Tensor | None = None  # (L, text_dim)
     text_slots: Tensor | None = None  # (T,) bool, L of them True
+    # a view (`text_view`, `image_view`): the positions that pool into its embedding
+    pool: Tensor | None = None  # (T,) bool
+    # a sample in the contrastive loss: where its text and image embeddings come from
+    pair: Pair | None = None
+
+
+@dataclass
+class Pair:
+    """What one training sample gives the contrastive loss (`cogview.contrastive`): its text
+    and its image, each pooled either from positions of the sample itself, where they form
+    a unimodal part of its prefix (the prompt of text-to-image, the image of captioning), or
+    from a view of its own (`text_view`, `image_view`)."""
+
+    key: int  # samples with the same key (the same caption) are not each other's negatives
+    text_pool: Tensor | None = None  # (T,) bool, positions of the sample
+    text_view: TaskSequence | None = None
+    image_pool: Tensor | None = None  # (T,) bool
+    image_view: TaskSequence | None = None
+
+
+@dataclass
+class PairBatch:
+    """The contrastive side of a `TaskBatch`: P of its B rows, with their pooled positions in
+    the batch or in views of their own (the views' rows hold rows `*_view_rows` of the batch)."""
+
+    rows: Tensor  # (P,) rows of the batch in the loss
+    keys: Tensor  # (P,)
+    text_pool: Tensor  # (B, T) bool; no position where the text comes from a view
+    image_pool: Tensor  # (B, T) bool
+    text_views: TaskBatch | None
+    text_view_rows: Tensor  # (Vt,) rows of the batch
+    image_views: TaskBatch | None
+    image_view_rows: Tensor  # (Vi,)
+    share: float = 1.0  # this batch's share of the global batch's pairs
+
+    def to(self, device: torch.device | str) -> PairBatch:
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        return PairBatch(**{k: v if v is None or isinstance(v, float) else v.to(device)
+                            for k, v in moved.items()})
 
 
 @dataclass
@@ -77,6 +116,8 @@ class TaskBatch:
     attn_mask: Tensor | None = None  # (B, 1, T, T) bool
     text_states: Tensor | None = None  # (B, T, text_dim) encoder states at the text slots
     text_mask: Tensor | None = None  # (B, T) bool, True at the text slots
+    pool: Tensor | None = None  # (B, T) bool: the pooled positions of views
+    pairs: PairBatch | None = None  # the rows in the contrastive loss
 
     def to(self, device: torch.device | str) -> TaskBatch:
         moved = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -217,6 +258,103 @@ def inpainting(
     return _with_states(seq, text_ids, 1)
 
 
+def _view(tokens: list[np.ndarray], cells: list[np.ndarray], pool: np.ndarray,
+          task: str) -> TaskSequence:
+    """A sequence that is all prefix (no targets) whose positions `pool` make its embedding."""
+    full = np.concatenate(tokens)
+    n = full.size
+    return TaskSequence(
+        ids=torch.from_numpy(full),
+        pos=torch.arange(n),
+        cell=torch.from_numpy(np.concatenate(cells)),
+        next_cell=torch.zeros(n, 2, dtype=torch.long),
+        labels=torch.full((n,), IGNORE),
+        prefix_len=n,
+        task=task,
+        pool=torch.from_numpy(pool),
+    )
+
+
+def text_view(tok, text_ids: Text) -> TaskSequence:
+    """`<t2i> text <boi>`: a prompt alone, as text-to-image reads it (the same inputs as the
+    prefix of `text_to_image`); pools the text slots."""
+    prompt = _prompt_ids(tok, text_ids)
+    ids = np.concatenate([_ids([tok.task_id("t2i")]), prompt, _ids([tok.boi_id])])
+    pool = np.zeros(ids.size, dtype=bool)
+    pool[1 : 1 + prompt.size] = True
+    seq = _view([ids], [_no_cells(ids.size)], pool, "t2i")
+    seq.next_cell[-1] = 1  # <boi> predicts the first cell, as in text-to-image
+    return _with_states(seq, text_ids, 1)
+
+
+def image_view(tok, codes: Tensor) -> TaskSequence:
+    """`<cap> <boi> codes <eoi> <bot>`: an image alone, as captioning reads it; pools the
+    codes."""
+    h, w = codes.shape
+    image = _image_ids(tok, codes)
+    start, end = _ids([tok.task_id("cap"), tok.boi_id]), _ids([tok.eoi_id, tok.bot_id])
+    pool = np.zeros(image.size + 4, dtype=bool)
+    pool[2 : 2 + image.size] = True
+    cells = [_no_cells(2), _cells(h, w), _no_cells(2)]
+    return _view([start, image, end], cells, pool, "cap")
+
+
+def _positions(n: int, start: int, length: int) -> Tensor:
+    pool = torch.zeros(n, dtype=torch.bool)
+    pool[start : start + length] = True
+    return pool
+
+
+def with_pair(tok, seq: TaskSequence, text_ids: Sequence[int], codes: Tensor,
+              encoded: bool = False) -> TaskSequence:
+    """`seq` with its `Pair` for the contrastive loss, when it has one: a text-to-image sample
+    pools its prompt and gets a view of its image; a captioning sample pools its image and gets
+    a view of its caption (not when prompts are `encoded` by a text encoder: its caption is
+    ids). Samples without text (dropped for guidance) and inpainting samples have none."""
+    if not len(text_ids) or seq.task == "inp" or (seq.task == "cap" and encoded):
+        return seq
+    n, key = seq.ids.numel(), hash(tuple(int(i) for i in text_ids))
+    if seq.task == "t2i":
+        slots = seq.text_slots if seq.text_slots is not None else _positions(n, 1, len(text_ids))
+        seq.pair = Pair(key, text_pool=slots, image_view=image_view(tok, codes))
+    else:
+        h, w = codes.shape
+        seq.pair = Pair(key, text_view=text_view(tok, text_ids),
+                        image_pool=_positions(n, 2, h * w))
+    return seq
+
+
+def _pair_batch(samples: Sequence[TaskSequence], t: int, pad_id: int) -> PairBatch | None:
+    paired = [i for i, s in enumerate(samples) if s.pair is not None]
+    if not paired:
+        return None
+    b = len(samples)
+    pools = {"text": torch.zeros(b, t, dtype=torch.bool),
+             "image": torch.zeros(b, t, dtype=torch.bool)}
+    views: dict[str, list[TaskSequence]] = {"text": [], "image": []}
+    view_rows: dict[str, list[int]] = {"text": [], "image": []}
+    for i in paired:
+        pair, n = samples[i].pair, samples[i].ids.numel()
+        for side in ("text", "image"):
+            pool, view = getattr(pair, f"{side}_pool"), getattr(pair, f"{side}_view")
+            if pool is not None:
+                pools[side][i, :n] = pool
+            else:
+                views[side].append(view)
+                view_rows[side].append(i)
+    batched = {side: collate(v, pad_id) if v else None for side, v in views.items()}
+    return PairBatch(
+        rows=torch.tensor(paired),
+        keys=torch.tensor([samples[i].pair.key for i in paired]),
+        text_pool=pools["text"],
+        image_pool=pools["image"],
+        text_views=batched["text"],
+        text_view_rows=torch.tensor(view_rows["text"], dtype=torch.long),
+        image_views=batched["image"],
+        image_view_rows=torch.tensor(view_rows["image"], dtype=torch.long),
+    )
+
+
 def collate(samples: Sequence[TaskSequence], pad_id: int) -> TaskBatch:
     """Right-pad sequences to the longest; padding is never a target and never in a prefix."""
     t = max(s.ids.numel() for s in samples)
@@ -244,6 +382,12 @@ def collate(samples: Sequence[TaskSequence], pad_id: int) -> TaskBatch:
             n = s.ids.numel()
             text_mask[i, :n] = s.text_slots
             text_states[i, :n][s.text_slots] = s.text_states.float()
+    pool = None
+    if any(s.pool is not None for s in samples):  # views (`text_view`, `image_view`)
+        pool = torch.zeros(b, t, dtype=torch.bool)
+        for i, s in enumerate(samples):
+            if s.pool is not None:
+                pool[i, : s.ids.numel()] = s.pool
     return TaskBatch(
         ids=torch.from_numpy(ids),
         pos=torch.from_numpy(pos),
@@ -254,6 +398,8 @@ def collate(samples: Sequence[TaskSequence], pad_id: int) -> TaskBatch:
         task=torch.tensor([TASKS.index(s.task) for s in samples]),
         text_states=text_states,
         text_mask=text_mask,
+        pool=pool,
+        pairs=_pair_batch(samples, t, pad_id),
     )
 
 
@@ -486,6 +632,7 @@ class MaskingScheduler:
     region_prompts: float = 0.5
     context: ContextFn | None = None
     encoder: EncoderFn | None = None
+    pairs: bool = False  # give text-to-image and captioning samples a contrastive `Pair`
 
     def pick_task(self, step: int, g: torch.Generator) -> str:
         weights = self.schedule.weights(step)
@@ -560,6 +707,8 @@ class MaskingScheduler:
                 out.append(captioning(tok, p.text_ids, p.codes))
             else:
                 out.append(inpainting(tok, text, p.codes, p.mask, contexts.get(i)))
+            if self.pairs:
+                with_pair(tok, out[-1], p.text_ids, p.codes, encoded=self.encoder is not None)
         return out
 
     def build(

@@ -40,6 +40,7 @@ class CogLMConfig:
     dropout: float = 0.0
     bias: bool = False
     text_dim: int = 0  # width of a frozen text encoder's states; 0 = prompts are token ids
+    contrastive_dim: int = 0  # width of the contrastive embeddings; 0 = no contrastive head
 
     def __post_init__(self) -> None:
         if self.dim % self.n_heads:
@@ -48,6 +49,8 @@ class CogLMConfig:
             raise ValueError("vocab_size must be positive")
         if self.text_dim < 0:
             raise ValueError(f"text_dim must be >= 0, got {self.text_dim}")
+        if self.contrastive_dim < 0:
+            raise ValueError(f"contrastive_dim must be >= 0, got {self.contrastive_dim}")
 
     @property
     def head_dim(self) -> int:
@@ -209,6 +212,30 @@ class Block(nn.Module):
         return x + self.drop(h)
 
 
+class ContrastiveHead(nn.Module):
+    """CoCa-style: the mean final hidden state over a text's or an image's positions, each
+    projected into a shared space of unit vectors, compared by a learnt temperature."""
+
+    def __init__(self, dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.text = nn.Linear(dim, out_dim, bias=False)
+        self.image = nn.Linear(dim, out_dim, bias=False)
+        self.log_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # CLIP's start
+
+    @property
+    def scale(self) -> Tensor:
+        return self.log_scale.clamp(max=math.log(100.0)).exp()
+
+    def embed(self, hidden: Tensor, pool: Tensor, side: str) -> Tensor:
+        """Unit embeddings (B, out_dim) of hidden states (B, T, dim) averaged over `pool`
+        (B, T) bool; `side` is "text" or "image"."""
+        weights = pool.to(torch.float32)
+        count = weights.sum(1, keepdim=True).clamp(min=1)  # rows without positions pool to 0
+        pooled = (hidden.float() * weights[..., None]).sum(1) / count
+        proj = self.text if side == "text" else self.image
+        return F.normalize(proj(pooled.to(proj.weight.dtype)).float(), dim=-1)
+
+
 class CogLM(nn.Module):
     # activation checkpointing in training: each block's activations are recomputed in the
     # backward pass instead of kept (set by the trainer; no effect on results)
@@ -232,6 +259,8 @@ class CogLM(nn.Module):
         self.head.weight = self.tok_emb.weight  # tied output embedding
         # encoder states (B, T, text_dim) -> the model's width, at the text slots
         self.text_proj = nn.Linear(config.text_dim, d) if config.text_dim else None
+        self.contrastive = (ContrastiveHead(d, config.contrastive_dim)
+                            if config.contrastive_dim else None)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
             if name.endswith("proj.weight"):  # residual branches: GPT-2 scaled init

@@ -46,7 +46,8 @@ def prepare_model(model: nn.Module, cfg: LoopConfig) -> None:
 class LossModule(nn.Module):
     """model + objective loss as one module, so that DeepSpeed's engine runs the forward pass.
 
-    Returns (summed loss, per-task sums, per-task counts) of one micro-batch.
+    Returns (summed loss, per-task sums, per-task counts, a term that is a mean already) of
+    one micro-batch (`LossSums`; the last is 0 when the objective has none).
     """
 
     def __init__(self, model: nn.Module, loss: Callable[[nn.Module, Any], LossSums]) -> None:
@@ -54,9 +55,10 @@ class LossModule(nn.Module):
         self.model = model
         self._loss = loss
 
-    def forward(self, batch: Any) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, batch: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         s = self._loss(self.model, batch)
-        return s.total, s.task_sums, s.task_counts
+        extra = s.extra if s.extra is not None else torch.zeros((), device=s.total.device)
+        return s.total, s.task_sums, s.task_counts, extra
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -89,7 +91,7 @@ class Backend(Protocol):
     multi_backward: bool  # may a micro-batch run as several backward passes?
     module: LossModule  # the unwrapped module: .model is the model being trained
 
-    def forward(self, batch: Any) -> tuple[Tensor, Tensor, Tensor]: ...
+    def forward(self, batch: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]: ...
 
     def backward(self, loss: Tensor, boundary: bool) -> None:
         """Backpropagate a micro-batch's share of the global mean loss."""
@@ -126,7 +128,7 @@ class LocalBackend:
         self.cfg = cfg
         self.optimizer = make_optimizer(module.model, cfg)
 
-    def forward(self, batch: Any) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, batch: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         with autocast(self.device, self.precision):
             return self.module(batch)
 

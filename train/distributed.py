@@ -243,7 +243,7 @@ class DeepSpeedBackend:
         # by the accumulation steps and averages over processes, so scale those back
         self._scale = float(self.world * self.engine.gradient_accumulation_steps())
 
-    def forward(self, batch: Any) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, batch: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         return self.engine(batch)
 
     def backward(self, loss: Tensor, boundary: bool) -> None:

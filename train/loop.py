@@ -407,10 +407,10 @@ def train_loop(
                     parts = group(chunk) if backend.multi_backward else [chunk]
                     for j, part in enumerate(parts):
                         batch = objective.collate(part).to(device)
-                        total, task_sums, task_counts = backend.forward(batch)
+                        total, task_sums, task_counts, extra = backend.forward(batch)
                         # this part's share of the mean over the global batch's targets
                         last = k == cfg.grad_accum - 1 and j == len(parts) - 1
-                        backend.backward(total / max(n_targets, 1), boundary=last)
+                        backend.backward(total / max(n_targets, 1) + extra, boundary=last)
                         sums += task_sums.float()
                         counts += task_counts.float()
                 stats = backend.all_reduce(torch.cat([sums, counts]))

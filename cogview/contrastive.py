@@ -1,0 +1,121 @@
+"""The contrastive head of a CogLM (CoCa-style): text and image embeddings in one space.
+
+A text's embedding is the mean final hidden state over its positions when the model reads it
+alone, as the prompt of text-to-image does (`masks.text_view`: `<t2i> text <boi>`); an image's
+is the mean over its codes read alone, as captioning does (`masks.image_view`: `<cap> <boi>
+codes <eoi> <bot>`). Both prefixes are unimodal, so a text is embedded without any image and
+an image without any text, and the same weights that generate and caption also retrieve.
+
+Training adds InfoNCE over the batch (`contrastive_loss`): a text-to-image sample's prompt is
+pooled from its own forward pass (its prefix never sees the image) and its image from a view;
+a captioning sample's image comes from its own pass and its caption from a view. Samples with
+the same caption are not each other's negatives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cogview.masks import PairBatch, Text, collate, image_view, text_view
+
+
+class NoContrastiveHead(ValueError):
+    """The model was trained without a contrastive head."""
+
+
+def head_of(model: nn.Module) -> nn.Module:
+    head = getattr(model, "contrastive", None)
+    if head is None:
+        raise NoContrastiveHead("the model has no contrastive head (train it with "
+                                "--contrastive-weight)")
+    return head
+
+
+def info_nce(text: Tensor, image: Tensor, scale: Tensor, keys: Tensor | None = None
+             ) -> tuple[Tensor, Tensor]:
+    """Symmetric InfoNCE of P matching (text, image) unit embeddings (P, E) at temperature
+    1 / `scale`; rows with equal `keys` (P,) are not negatives of each other. Returns the loss
+    and the share of rows whose best image (and best text) is their own."""
+    logits = scale * text @ image.T  # (P, P)
+    target = torch.arange(len(text), device=text.device)
+    if keys is not None:
+        same = (keys[:, None] == keys[None, :]) & ~torch.eye(len(text), dtype=torch.bool,
+                                                             device=text.device)
+        logits = logits.masked_fill(same, float("-inf"))
+    loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+    right = (logits.argmax(1) == target).float().mean() + (logits.argmax(0) == target).float(
+    ).mean()
+    return loss, right.detach() / 2
+
+
+def pair_embeddings(model: nn.Module, hidden: Tensor, pairs: PairBatch) -> tuple[Tensor, Tensor]:
+    """Text and image embeddings (P, E) of a batch's pairs, from its hidden states (B, T, dim)
+    and forward passes over the views the pairs need."""
+    head = head_of(model)
+    sides = []
+    for side in ("text", "image"):
+        embedded = head.embed(hidden, getattr(pairs, f"{side}_pool"), side)  # (B, E)
+        views = getattr(pairs, f"{side}_views")
+        if views is not None:
+            h = model.hidden(**views.model_inputs())
+            rows = getattr(pairs, f"{side}_view_rows")
+            embedded = embedded.index_copy(0, rows, head.embed(h, views.pool, side))
+        sides.append(embedded[pairs.rows])
+    return sides[0], sides[1]
+
+
+def contrastive_loss(model: nn.Module, hidden: Tensor, pairs: PairBatch
+                     ) -> tuple[Tensor, Tensor]:
+    """InfoNCE of a batch's pairs and its accuracy (`info_nce`); zero for fewer than 2."""
+    if len(pairs.rows) < 2:
+        zero = hidden.sum() * 0.0
+        return zero, zero.detach()
+    text, image = pair_embeddings(model, hidden, pairs)
+    return info_nce(text, image, head_of(model).scale, pairs.keys)
+
+
+def _embed(model: nn.Module, views: list, side: str, pad_id: int, batch_size: int) -> Tensor:
+    head = head_of(model)
+    device = next(model.parameters()).device
+    out = []
+    for i in range(0, len(views), batch_size):
+        batch = collate(views[i : i + batch_size], pad_id).to(device)
+        h = model.hidden(**batch.model_inputs())
+        out.append(head.embed(h, batch.pool, side))
+    if not out:
+        return torch.zeros(0, head.text.out_features, device=device)
+    return torch.cat(out)
+
+
+@torch.inference_mode()
+def embed_texts(model: nn.Module, tokenizer, texts: Sequence[Text], batch_size: int = 256
+                ) -> Tensor:
+    """Unit embeddings (N, E) of N prompts (text ids, or `EncodedText` for a model that reads a
+    text encoder); ValueError for an empty one (nothing to pool)."""
+    views = []
+    for t in texts:
+        view = text_view(tokenizer, t)
+        if not view.pool.any():
+            raise ValueError("an empty text has no embedding")
+        views.append(view)
+    return _embed(model, views, "text", tokenizer.pad_id, batch_size)
+
+
+@torch.inference_mode()
+def embed_images(model: nn.Module, tokenizer, codes: Tensor, batch_size: int = 256) -> Tensor:
+    """Unit embeddings (N, E) of N images given as codes (N, h, w)."""
+    views = [image_view(tokenizer, c) for c in codes.cpu()]
+    return _embed(model, views, "image", tokenizer.pad_id, batch_size)
+
+
+def recall_at(scores: Tensor, relevant: Tensor, ks: Sequence[int] = (1, 5)) -> dict[int, float]:
+    """Recall@k of a query-by-item score matrix (Q, N): the share of queries with a relevant
+    item (`relevant` (Q, N) bool) among their k best."""
+    k_max = min(max(ks), scores.shape[1])
+    top = scores.topk(k_max, dim=1).indices  # (Q, k)
+    hit = relevant.gather(1, top)  # (Q, k)
+    return {k: float(hit[:, :k].any(1).float().mean()) for k in ks}
