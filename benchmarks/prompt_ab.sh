@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The A/B of prompt conditioning at the shipped recipe's budget: the recipe's three CogLM stages
-# (4500 + 2000 + 1000 steps, the flags of `make default-models`) with one contender's flags,
-# on the recipe's token shards, the shipped tokenizer and VQVAE; resumable (rerun to continue).
+# A contender against the shipped CogLM at the shipped recipe's budget: the recipe's three CogLM
+# stages (4500 + 2000 + 1000 steps, the flags of `make default-models`) with the contender's
+# flags, on the recipe's token shards, the shipped tokenizer and VQVAE; resumable (rerun to
+# continue).
 #
-#   bash benchmarks/prompt_ab.sh rephrase --rephrase 0.5
-#   bash benchmarks/prompt_ab.sh minilm --text-encoder minilm
+#   bash benchmarks/prompt_ab.sh rephrase --rephrase 0.5          # caption augmentation
+#   bash benchmarks/prompt_ab.sh minilm --text-encoder minilm     # frozen text encoder
+#   bash benchmarks/prompt_ab.sh contrastive --contrastive-weight 0.1   # contrastive head
 #
 # Outputs: runs/ab/NAME/{coglm,coglm-edit,coglm-edit2,final}. The baseline is the shipped model
 # (the same stages without either flag). Measure each `final` with the README's eval commands.
