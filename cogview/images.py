@@ -230,6 +230,36 @@ def save_grid(
     return out
 
 
+def labelled(images: np.ndarray, labels: Sequence[str], min_side: int = 128,
+             lines: int = 3) -> np.ndarray:
+    """Images (B, H, W, 3) enlarged by a whole factor (nearest) to at least `min_side` px wide,
+    each above a white strip with its label in black (wrapped to the width, cut at `lines`
+    lines): uint8 (B, H', W', 3), to tile with `make_grid` or `save_grid`."""
+    from PIL import ImageDraw, ImageFont
+
+    batch = _as_batch(images)  # (B, H, W, 3)
+    scale = max(1, -(-min_side // batch.shape[2]))
+    font = ImageFont.load_default()
+    line_h = 12
+    out = []
+    for img, label in zip(batch, labels, strict=True):
+        tile = Image.fromarray(img).resize((img.shape[1] * scale, img.shape[0] * scale),
+                                           Image.Resampling.NEAREST)
+        sheet = Image.new("RGB", (tile.width, tile.height + lines * line_h + 4), "white")
+        sheet.paste(tile)
+        draw = ImageDraw.Draw(sheet)
+        rows: list[str] = []
+        for word in label.split():
+            if rows and draw.textlength(f"{rows[-1]} {word}", font=font) <= tile.width - 4:
+                rows[-1] += f" {word}"
+            else:
+                rows.append(word)
+        for i, row in enumerate(rows[:lines]):
+            draw.text((2, tile.height + 2 + i * line_h), row, fill="black", font=font)
+        out.append(np.asarray(sheet, dtype=np.uint8))
+    return np.stack(out)
+
+
 # ---------------------------------------------------------------------------------------------
 # inpainting masks, painted by hand
 

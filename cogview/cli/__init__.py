@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "cogview.cli.vqvae",
     "cogview.cli.train",
     "cogview.cli.sample",
+    "cogview.cli.search",
     "cogview.cli.superres",
     "cogview.cli.evaluate",
     "cogview.cli.export",
