@@ -10,7 +10,8 @@
     big = pipe.superres(out.images[0])                 # with the shipped SR model
 
 `CogView` owns what turns a prompt into pictures: the model folder's sampling defaults
-(`sampling.json`, overridden by keyword arguments), self-reranking, the leak-free inpainting
+(`sampling.json`, overridden by keyword arguments), reranking (by the model's own caption
+likelihood, its contrastive head, or both: `rerank_by`), the leak-free inpainting
 context, compositing into the original picture and super-resolution. The command line, the
 evaluation and the benchmarks are thin callers of it. No printing: notes for people are the
 caller's to make.
@@ -41,6 +42,7 @@ from cogview.sampling import (
     SamplingConfig,
     best_of_groups,
     caption_logprob,
+    check_reranker,
     codebook_clusters,
     generate_captions,
     generate_images,
@@ -67,11 +69,22 @@ class Images:
 
     arrays: np.ndarray  # uint8 (n, H, W, 3)
     codes: Tensor  # (n, h, w) base-resolution codes
-    scores: Tensor | None = None  # log p(prompt | image) of each, when kept from candidates
+    scores: Tensor | None = None  # reranking score of each (rerank_by), kept from candidates
 
     @property
     def images(self) -> list[Image.Image]:
         return [Image.fromarray(a) for a in self.arrays]
+
+
+@dataclass
+class Candidates:
+    """Undecoded candidates of P prompts, `per_prompt` consecutive rows each
+    (`CogView.candidates`), ready for `CogView.best_of`."""
+
+    codes: Tensor  # (P * per_prompt, h, w)
+    ids: list[list[int]]  # each row's prompt as text ids (what the caption score reads)
+    conditions: list[Any]  # what each row was drawn from: its ids, or an EncodedText
+    batch_size: int  # of the sampling settings that drew them
 
 
 @dataclass
@@ -201,6 +214,24 @@ class CogView:
         """Candidates per image of the model's sampling.json (1: no reranking)."""
         return self.pipeline.rerank
 
+    @property
+    def rerank_by_default(self) -> str:
+        """How the model's sampling.json reranks (`sampling.RERANKERS`; "caption" unless it
+        says otherwise)."""
+        return self.pipeline.rerank_by
+
+    @property
+    def has_contrastive_head(self) -> bool:
+        """Whether the model embeds prompts and images (reranking by "contrastive", "both")."""
+        return getattr(self.model, "contrastive", None) is not None
+
+    def _reranker(self, rerank_by: str | None) -> str:
+        """`rerank_by`, or the model's default for None; an error naming it unless the model
+        can rerank that way (`sampling.check_reranker`)."""
+        by = self.rerank_by_default if rerank_by is None else rerank_by
+        check_reranker(self.model, by)
+        return by
+
     def load_sr(self, path: str | Path | None = None) -> Any:
         """Load an SR folder (None: the shipped one) that reads this model's codes."""
         from cogview.defaults import default_model_path
@@ -326,6 +357,7 @@ class CogView:
         *,
         candidates: int | None = None,
         rerank: int | None = None,
+        rerank_by: str | None = None,
         superres: bool = False,
         sr_steps: int | None = None,
         sr_temperature: float = 0.0,
@@ -336,10 +368,17 @@ class CogView:
     ) -> Images | list[Images]:
         """Text-to-image: `n` pictures of each prompt ("" samples unconditionally).
 
-        Each picture is the best of `rerank` candidates by self-reranking (default: the model's
+        Each picture is the best of `rerank` candidates by reranking (default: the model's
         sampling.json; 1 = off); with `candidates` N, N are drawn per prompt and the n best
-        kept instead. `sampling` holds SamplingConfig fields (temperature=0.7, cfg_scale=2,
-        ...). One prompt gives one `Images`, a list of prompts a list.
+        kept instead. `rerank_by` scores candidates by the model's own log p(prompt | image)
+        ("caption", CogView's self-reranking), by the contrastive cosine of prompt and image
+        ("contrastive": a model with a contrastive head), or by both, each standardised over
+        a prompt's candidates, summed ("both"); default: the model's sampling.json, else
+        "caption". `sampling` holds SamplingConfig fields (temperature=0.7, cfg_scale=2, ...).
+        One prompt gives one `Images`, a list of prompts a list.
+
+            out = pipe.generate("a red circle at the top left", n=4, rerank=8,
+                                rerank_by="contrastive")
         """
         single = isinstance(prompts, str)
         texts = [prompts] if single else list(prompts)
@@ -350,35 +389,76 @@ class CogView:
         group = 1 if candidates else (self.rerank_default if rerank is None else rerank)
         if group < 1:
             raise UserError(f"rerank must be >= 1, got {group}")
+        by = self._reranker(rerank_by)
         clusters = self.clusters(config.n_clusters) if config.cluster else None
         g = generator if generator is not None else self.generator(seed)
         ids = [self.encode_prompt(t) for t in texts]
         conds = self.conditions(texts, ids)
-        tok = self.tokenizer
         results: list[tuple[Tensor, Tensor | None]] = []
         if candidates:
             for prompt_ids, cond in zip(ids, conds, strict=True):
-                best = draw_and_rerank(self.model, tok, prompt_ids, self.grid, config, g,
-                                       candidates, n, clusters=clusters, progress=progress,
-                                       restate=self.restate,
+                best = draw_and_rerank(self.model, self.tokenizer, prompt_ids, self.grid, config,
+                                       g, candidates, n, clusters=clusters, progress=progress,
+                                       restate=self.restate, by=by,
                                        condition=cond if self.text_encoder is not None else None)
                 results.append((best.codes, best.scores))
         else:
-            # every picture of every prompt in one stream of batches: prompts of different
-            # lengths share a batch (left-padded)
-            all_ids = [p for p in ids for _ in range(n * group)]
-            all_conds = [c for c in conds for _ in range(n * group)]
-            codes = generate_images(self.model, tok, all_conds, self.grid, config, g,
-                                    clusters=clusters, progress=progress)
-            codes = best_of_groups(self.model, tok, codes, all_ids, group, config.batch_size,
-                                   restate=self.restate)
-            results = [(c, None) for c in codes.split(n)]
+            drawn = self._draw(ids, conds, n * group, config, g, clusters, progress)
+            results = [(c, None) for c in self.best_of(drawn, group, by).split(n)]
         out = [
             Images(self._pictures(codes, [p] * len(codes), config, g, superres, sr_steps,
                                   sr_temperature), codes, scores)
             for p, (codes, scores) in zip(ids, results, strict=True)
         ]
         return out[0] if single else out
+
+    def candidates(
+        self,
+        prompts: Sequence[str],
+        per_prompt: int,
+        *,
+        seed: int | None = 0,
+        generator: torch.Generator | None = None,
+        progress: Progress | None = None,
+        **sampling: Any,
+    ) -> Candidates:
+        """`per_prompt` undecoded candidates of each prompt, drawn as `generate` draws them
+        before reranking: for the same generator, `generate(prompts, n, rerank=R,
+        rerank_by=b)` keeps `best_of(candidates(prompts, n * R), R, b)`. For scoring one draw
+        by several rerankers (`cogview eval --rerank-by caption,contrastive`)."""
+        texts = list(prompts)
+        if not texts:
+            raise UserError("no prompt")
+        if per_prompt < 1:
+            raise UserError(f"per_prompt must be >= 1, got {per_prompt}")
+        config = self.sampling_config(**sampling)
+        clusters = self.clusters(config.n_clusters) if config.cluster else None
+        g = generator if generator is not None else self.generator(seed)
+        ids = [self.encode_prompt(t) for t in texts]
+        return self._draw(ids, self.conditions(texts, ids), per_prompt, config, g, clusters,
+                          progress)
+
+    def _draw(self, ids: list[list[int]], conds: list[Any], per_prompt: int,
+              config: SamplingConfig, g: torch.Generator, clusters: Tensor | None,
+              progress: Progress | None) -> Candidates:
+        # every picture of every prompt in one stream of batches: prompts of different
+        # lengths share a batch (left-padded)
+        all_ids = [p for p in ids for _ in range(per_prompt)]
+        all_conds = [c for c in conds for _ in range(per_prompt)]
+        codes = generate_images(self.model, self.tokenizer, all_conds, self.grid, config, g,
+                                clusters=clusters, progress=progress)
+        return Candidates(codes, all_ids, all_conds, config.batch_size)
+
+    def best_of(self, drawn: Candidates, group: int, rerank_by: str | None = None) -> Tensor:
+        """Codes (rows / group, h, w): the best of each `group` consecutive candidates by
+        reranking (`rerank_by` as for `generate`; None: the model's default); `drawn.codes`
+        unchanged for a group of 1."""
+        if group < 1 or drawn.codes.shape[0] % group:
+            raise UserError(f"group must divide the {drawn.codes.shape[0]} candidates, got "
+                            f"{group}")
+        return best_of_groups(self.model, self.tokenizer, drawn.codes, drawn.ids, group,
+                              drawn.batch_size, restate=self.restate,
+                              by=self._reranker(rerank_by), conditions=drawn.conditions)
 
     def inpaint(
         self,
@@ -389,6 +469,7 @@ class CogView:
         *,
         candidates: int | None = None,
         rerank: int | None = None,
+        rerank_by: str | None = None,
         superres: bool = False,
         sr_steps: int | None = None,
         sr_temperature: float = 0.0,
@@ -405,9 +486,10 @@ class CogView:
         Every code cell touched by the mask is sampled again, from a context encoded with the
         masked cells blanked (`cogview.inpainting`), and composited back at the original
         size: every unmasked pixel stays exactly as it was. The prompt says what goes in the
-        mask, or describes the whole edited picture. Reranking (`rerank`, `candidates`: as for
-        `generate`) needs a prompt; an all-white mask is plain generation, an all-black one
-        gives the picture back.
+        mask, or describes the whole edited picture. Reranking (`rerank`, `candidates`,
+        `rerank_by`: as for `generate`) needs a prompt and scores each version by the better
+        of the whole picture and the region alone (`sampling.RegionView`); an all-white mask
+        is plain generation, an all-black one gives the picture back.
         """
         original = _as_rgb_array(image, "image")
         height, width = original.shape[:2]
@@ -415,6 +497,7 @@ class CogView:
         if pixel_mask.shape != (height, width):
             pixel_mask = resize_mask(pixel_mask, (height, width))
         self._check_candidates(candidates, n)
+        by = self._reranker(rerank_by)
         if not pixel_mask.any():
             return Images(np.stack([original] * n), torch.empty(0, *self.grid, dtype=torch.long))
         config = self.sampling_config(**sampling)
@@ -450,11 +533,13 @@ class CogView:
         scores = None
         if candidates:
             best = keep_best(self.model, tok, codes, ids, n, config.batch_size, view,
-                             self.restate)
+                             self.restate, by=by,
+                             condition=cond if self.text_encoder is not None else None)
             codes, scores = best.codes, best.scores
         elif group > 1:
             codes = best_of_groups(self.model, tok, codes, [ids] * total, group,
-                                   config.batch_size, view, self.restate)
+                                   config.batch_size, view, self.restate, by=by,
+                                   conditions=[cond] * total)
         generated = self._pictures(codes, [ids] * len(codes), config, g, superres, sr_steps,
                                    sr_temperature)
         results = []

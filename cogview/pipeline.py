@@ -9,7 +9,8 @@
       tokenizer.json     the vocabulary the model was trained with
       vqvae/             a copy of the VQVAE checkpoint folder its image codes come from
       sampling.json      (optional) the sampling settings that score best with this model,
-                         SamplingConfig field names; command-line flags override them
+                         SamplingConfig field names, and "rerank", "rerank_by", "restate";
+                         command-line flags override them
       training_state.pt  (training runs only) optimizer, generator and RNG state
 
 Nothing else is needed to sample: `load_pipeline(MODEL)` rebuilds the model from config.json,
@@ -25,7 +26,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -59,6 +60,7 @@ class Pipeline:
     meta: dict[str, Any]  # the checkpoint's extra JSON, plus "path" and "step"
     sampling: dict[str, Any] = field(default_factory=dict)  # sampling.json's SamplingConfig fields
     rerank: int = 1  # sampling.json's "rerank": each image the best of this many candidates
+    rerank_by: str = "caption"  # sampling.json's "rerank_by": how (sampling.RERANKERS)
     restate: str | None = None  # the grammar that restates prompts for reranking (RESTATERS)
     text_encoder: Any = None  # cogview.text_encoder.TextEncoder when config.text_dim > 0
 
@@ -91,12 +93,21 @@ def rephraser(domain: str | None) -> Any:
     return _domain_function(REPHRASERS, domain if domain in REPHRASERS else None)
 
 
-def split_sampling_defaults(values: Mapping[str, Any]) -> tuple[dict[str, Any], int, str | None]:
-    """(SamplingConfig fields, candidates per image, restating grammar) of a sampling.json's
-    values: every key is a SamplingConfig field except "rerank" (each image the best of that
-    many candidates, by self-reranking) and "restate" (a name in RESTATERS); a ValueError or
-    TypeError names what is wrong."""
-    from cogview.sampling import SamplingConfig
+class SamplingDefaults(NamedTuple):
+    """A sampling.json's values, split by what they set."""
+
+    fields: dict[str, Any]  # SamplingConfig fields
+    rerank: int  # each image the best of this many candidates (1: no reranking)
+    restate: str | None  # the grammar that restates prompts for reranking (RESTATERS)
+    rerank_by: str  # how candidates are scored (sampling.RERANKERS)
+
+
+def split_sampling_defaults(values: Mapping[str, Any]) -> SamplingDefaults:
+    """A sampling.json's values, split: every key is a SamplingConfig field except "rerank"
+    (each image the best of that many candidates), "rerank_by" (how they are scored, one of
+    `sampling.RERANKERS`; default "caption") and "restate" (a name in RESTATERS); a ValueError
+    or TypeError names what is wrong."""
+    from cogview.sampling import RERANKERS, SamplingConfig
 
     fields = dict(values)
     rerank = fields.pop("rerank", 1)
@@ -105,18 +116,22 @@ def split_sampling_defaults(values: Mapping[str, Any]) -> tuple[dict[str, Any], 
     restate = fields.pop("restate", None)
     if restate is not None and restate not in RESTATERS:
         raise ValueError(f"restate must be one of {', '.join(RESTATERS)}, got {restate!r}")
+    rerank_by = fields.pop("rerank_by", "caption")
+    if rerank_by not in RERANKERS:
+        raise ValueError(f"rerank_by must be one of {', '.join(RERANKERS)}, got {rerank_by!r}")
     SamplingConfig(**fields)  # unknown fields and bad values fail here
-    return fields, rerank, restate
+    return SamplingDefaults(fields, rerank, restate, rerank_by)
 
 
-def read_sampling_defaults(folder: str | Path) -> tuple[dict[str, Any], int, str | None]:
-    """A model folder's sampling.json, split as by `split_sampling_defaults` (({}, 1, None)
-    when it has none); an unreadable file or an unknown field is an error naming the file."""
+def read_sampling_defaults(folder: str | Path) -> SamplingDefaults:
+    """A model folder's sampling.json, split as by `split_sampling_defaults` (no fields, no
+    reranking when it has none); an unreadable file or an unknown field is an error naming
+    the file."""
     from cogview.sampling import SamplingError
 
     path = Path(folder) / SAMPLING_FILE
     if not path.is_file():
-        return {}, 1, None
+        return SamplingDefaults({}, 1, None, "caption")
     try:
         values = json.loads(path.read_text())
         if not isinstance(values, dict):
@@ -127,7 +142,8 @@ def read_sampling_defaults(folder: str | Path) -> tuple[dict[str, Any], int, str
 
 
 def write_sampling_defaults(folder: str | Path, values: Mapping[str, Any]) -> Path:
-    """Write `values` (SamplingConfig fields and `rerank`) as the folder's sampling.json."""
+    """Write `values` (SamplingConfig fields, `rerank`, `rerank_by`, `restate`) as the
+    folder's sampling.json."""
     split_sampling_defaults(values)  # refuse what could not be read back
     path = Path(folder) / SAMPLING_FILE
     path.write_text(json.dumps(dict(values), indent=2) + "\n")
@@ -274,9 +290,13 @@ def load_pipeline(path: str | Path, device: str | torch.device = "cpu") -> Pipel
     model = CogLM(config)
     load_state_strict(model, ckpt.state_dict, source=str(ckpt.path))
     grid = ckpt.extra["grid"]
-    sampling, rerank, restate = read_sampling_defaults(ckpt.path)
+    defaults = read_sampling_defaults(ckpt.path)
+    restate = defaults.restate
     if restate is None and ckpt.extra.get("domain") in RESTATERS:
         restate = ckpt.extra["domain"]
+    if defaults.rerank_by != "caption" and not config.contrastive_dim:
+        raise CheckpointError(f"{ckpt.path / SAMPLING_FILE}: rerank_by {defaults.rerank_by!r} "
+                              "needs a contrastive head, and the model has none")
     return Pipeline(
         model=model.to(device).eval(),
         tokenizer=tok,
@@ -284,8 +304,9 @@ def load_pipeline(path: str | Path, device: str | torch.device = "cpu") -> Pipel
         image_size=int(ckpt.extra["image_size"]),
         grid=(int(grid[0]), int(grid[1])),
         meta={**ckpt.extra, "path": str(ckpt.path), "step": ckpt.step},
-        sampling=sampling,
-        rerank=rerank,
+        sampling=defaults.fields,
+        rerank=defaults.rerank,
+        rerank_by=defaults.rerank_by,
         restate=restate,
         text_encoder=encoder,
     )

@@ -693,10 +693,95 @@ def restated_ids(
     return [found[tuple(ids)] for ids in text_ids]
 
 
+# How reranking scores a candidate image against its prompt:
+# - "caption": the model's own mean log p(prompt | image) in captioning mode (CogView's
+#   self-reranking; `prompt_scores`)
+# - "contrastive": the cosine of the prompt's and the image's unit embeddings by the
+#   contrastive head (`contrastive_scores`); one forward pass over the image, none per phrasing
+# - "both": the sum of the two, each standardised over the candidates of one prompt
+#   (`standardised`)
+RERANKERS = ("caption", "contrastive", "both")
+
+
+def check_reranker(model: CogLM, by: str) -> None:
+    """SamplingError unless `by` is one of RERANKERS that `model` can score by: "contrastive"
+    and "both" need a contrastive head."""
+    if by not in RERANKERS:
+        raise SamplingError(f"by must be one of {', '.join(RERANKERS)}, got {by!r}")
+    if by != "caption" and getattr(model, "contrastive", None) is None:
+        raise SamplingError(f"reranking by {by!r} needs a contrastive head, and the model has "
+                            "none (train it with --contrastive-weight)")
+
+
+def _text_key(text: masks.Text) -> object:
+    return ("encoded", text.text) if isinstance(text, masks.EncodedText) else tuple(text)
+
+
+def _is_empty(text: masks.Text) -> bool:
+    return (len(text.states) if isinstance(text, masks.EncodedText) else len(text)) == 0
+
+
+@torch.inference_mode()
+def contrastive_scores(
+    model: CogLM,
+    tokenizer,
+    codes: Tensor,
+    texts: Sequence[masks.Text],
+    batch_size: int = 64,
+    region: RegionView | None = None,
+) -> Tensor:
+    """Contrastive reranking scores (B,): the cosine of each image (B, h, w) with its prompt in
+    `texts` (text ids, or the `masks.EncodedText` a model with a text encoder reads), by
+    `contrastive.embed_texts` and `embed_images`. Each distinct prompt is embedded once; an
+    empty prompt has no embedding and scores 0 (no preference). With a `region`, the better of
+    the whole image and the region alone (`RegionView`), as for the caption score: a prompt
+    may name only what goes into the region, and an image embedding pools every cell."""
+    from cogview.contrastive import embed_images, embed_texts
+
+    if len(texts) != codes.shape[0]:
+        raise SamplingError(f"{len(texts)} texts for {codes.shape[0]} images")
+    index: dict[object, int] = {}
+    distinct: list[masks.Text] = []
+    for t in texts:
+        if not _is_empty(t) and _text_key(t) not in index:
+            index[_text_key(t)] = len(distinct)
+            distinct.append(t)
+    device = next(model.parameters()).device
+    scores = torch.zeros(len(texts), device=device)
+    rows = [i for i, t in enumerate(texts) if not _is_empty(t)]
+    if not rows:
+        return scores
+    prompts = embed_texts(model, tokenizer, distinct, batch_size)  # (D, E)
+    which = torch.tensor([index[_text_key(texts[i])] for i in rows], device=device)
+    rows_t = torch.tensor(rows, device=device)
+    images = embed_images(model, tokenizer, codes[rows_t.to(codes.device)], batch_size)
+    cos = (prompts[which] * images).sum(-1)  # (R,) of unit vectors: cosines
+    if region is not None:
+        alone = embed_images(model, tokenizer, region.apply(codes[rows_t.to(codes.device)]),
+                             batch_size)
+        cos = torch.maximum(cos, (prompts[which] * alone).sum(-1))
+    return scores.index_copy(0, rows_t, cos)
+
+
+def standardised(scores: Tensor) -> Tensor:
+    """Scores (P, n) shifted and scaled to mean 0 and standard deviation 1 within each row (the
+    candidates of one prompt); a row of equal scores gives zeros.
+
+    The caption score (a mean log-likelihood per token, its spread depending on the prompt's
+    length and the model) and a cosine live on unrelated scales; reranking only compares the
+    candidates of one prompt, so each score's offset and unit within that group carry no
+    information. Standardising both there makes the sum weigh them equally, whatever either
+    score's scale, and leaves each one's own order unchanged."""
+    x = scores.double()  # candidates' caption scores may differ in the 5th digit only
+    centred = x - x.mean(dim=1, keepdim=True)
+    spread = x.std(dim=1, unbiased=False, keepdim=True)
+    return (centred / spread.clamp(min=1e-9)).to(scores.dtype)
+
+
 @dataclass
 class Reranked:
     codes: Tensor  # (keep, h, w), best first
-    scores: Tensor  # (keep,) mean log p(prompt | image)
+    scores: Tensor  # (keep,) their reranking scores (`best_candidates`)
     all_scores: Tensor  # (n_candidates,) in generation order
 
 
@@ -715,17 +800,21 @@ def rerank(
     progress: Callable[[int], None] | None = None,
     restate: Restate | None = None,
     condition: masks.EncodedText | None = None,
+    by: str = "caption",
 ) -> Reranked:
-    """CogView self-reranking: sample `n_candidates` images of the prompt, score each by the
-    model's own log p(prompt | image) in captioning mode (`best_candidates`), keep the best
-    `keep`. A model that reads a text encoder draws from `condition`, the prompt's states,
-    and still scores by the text ids."""
+    """CogView self-reranking: sample `n_candidates` images of the prompt, score each against
+    it (`best_candidates`: by default the model's own log p(prompt | image) in captioning
+    mode; `by` one of RERANKERS), keep the best `keep`. A model that reads a text encoder
+    draws from `condition`, the prompt's states, scores captions by the text ids and
+    contrastive embeddings by `condition`."""
     if not 1 <= keep <= n_candidates:
         raise SamplingError(f"keep must be in 1..{n_candidates}, got {keep}")
+    check_reranker(model, by)
+    prompt = list(text_ids) if condition is None else condition
     codes = generate_images(
         model,
         tokenizer,
-        [list(text_ids) if condition is None else condition] * n_candidates,
+        [prompt] * n_candidates,
         grid,
         config,
         generator,
@@ -733,7 +822,7 @@ def rerank(
         progress=progress,
     )
     return keep_best(model, tokenizer, codes, text_ids, keep, config.batch_size,
-                     restate=restate)
+                     restate=restate, by=by, condition=condition)
 
 
 @dataclass(frozen=True)
@@ -744,7 +833,7 @@ class RegionView:
     A prompt may name only what goes into the region ("a yellow triangle at the bottom
     right") while the whole image holds more; captioning, trained on whole images, then
     scores the prompt against an image that shows just the region. Each candidate scores the
-    better of the two views."""
+    better of the two views (by the caption and by the contrastive score alike)."""
 
     cell_mask: Tensor  # (h, w) bool
     blank: Tensor  # (h, w) codes
@@ -764,12 +853,17 @@ def keep_best(
     batch_size: int = 64,
     region: RegionView | None = None,
     restate: Restate | None = None,
+    *,
+    by: str = "caption",
+    condition: masks.EncodedText | None = None,
 ) -> Reranked:
-    """The `keep` best of candidate images (n, h, w) of one prompt by self-reranking
-    (`best_candidates`), best first."""
+    """The `keep` best of candidate images (n, h, w) of one prompt by reranking
+    (`best_candidates`), best first; `condition` is the prompt as a model with a text encoder
+    reads it."""
     n = codes.shape[0]
+    conditions = None if condition is None else [condition] * n
     best, scores = best_candidates(model, tokenizer, codes, [list(text_ids)] * n, n, keep,
-                                   batch_size, region, restate)
+                                   batch_size, region, restate, by=by, conditions=conditions)
     return Reranked(codes=codes[best[0].to(codes.device)], scores=scores[0, best[0]],
                     all_scores=scores[0])
 
@@ -785,20 +879,39 @@ def best_candidates(
     batch_size: int = 64,
     region: RegionView | None = None,
     restate: Restate | None = None,
+    *,
+    by: str = "caption",
+    conditions: Sequence[masks.Text] | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Self-reranking of P groups of `n_candidates` consecutive images (P * n, h, w), each row
-    with its prompt in `text_ids`. Returns the `keep` best of each group, best first, as
-    indices into the group (P, keep), and every score (P, n): `prompt_scores` over each prompt
-    and its restatements by `restate` (`restated_ids`), and with a `region`, the better of
-    that and the prompt's score on the region alone (inpainting)."""
-    alternatives = restated_ids(tokenizer, text_ids, restate)
-    scores = prompt_scores(model, tokenizer, codes, text_ids, alternatives, batch_size)
-    if region is not None:
-        alone = prompt_scores(model, tokenizer, region.apply(codes), text_ids,
-                              batch_size=batch_size)
-        scores = torch.maximum(scores, alone)
-    scores = scores.view(-1, n_candidates)
-    return scores.argsort(dim=1, descending=True, stable=True)[:, :keep], scores
+    """Reranking of P groups of `n_candidates` consecutive images (P * n, h, w), each row with
+    its prompt in `text_ids`. Returns the `keep` best of each group, best first, as indices
+    into the group (P, keep), and every score (P, n), by `by` (RERANKERS):
+
+    - "caption": `prompt_scores` over each prompt and its restatements by `restate`
+      (`restated_ids`), and with a `region`, the better of that and the prompt's score on the
+      region alone (inpainting);
+    - "contrastive": `contrastive_scores` of each image with its prompt as the model reads it
+      (`conditions`, one per row: text ids or `masks.EncodedText`; default `text_ids`), with a
+      `region` the better of the two views; restatements are not needed (the text embedding
+      does not depend on which object a prompt names first the way captioning does);
+    - "both": `standardised` caption scores plus `standardised` contrastive scores.
+    """
+    check_reranker(model, by)
+    scores = []
+    if by in ("caption", "both"):
+        alternatives = restated_ids(tokenizer, text_ids, restate)
+        caption = prompt_scores(model, tokenizer, codes, text_ids, alternatives, batch_size)
+        if region is not None:
+            alone = prompt_scores(model, tokenizer, region.apply(codes), text_ids,
+                                  batch_size=batch_size)
+            caption = torch.maximum(caption, alone)
+        scores.append(caption.view(-1, n_candidates))
+    if by in ("contrastive", "both"):
+        texts = list(text_ids) if conditions is None else list(conditions)
+        cos = contrastive_scores(model, tokenizer, codes, texts, batch_size, region)
+        scores.append(cos.view(-1, n_candidates))
+    combined = scores[0] if len(scores) == 1 else sum(standardised(s) for s in scores)
+    return combined.argsort(dim=1, descending=True, stable=True)[:, :keep], combined
 
 
 def best_of_groups(
@@ -810,12 +923,16 @@ def best_of_groups(
     batch_size: int = 64,
     region: RegionView | None = None,
     restate: Restate | None = None,
+    *,
+    by: str = "caption",
+    conditions: Sequence[masks.Text] | None = None,
 ) -> Tensor:
     """The best image (P, h, w) of each of P groups of `n_candidates` consecutive candidates
     (`best_candidates` with keep=1); the codes unchanged when `n_candidates` is 1."""
     if n_candidates == 1:
         return codes
     best, _ = best_candidates(model, tokenizer, codes, text_ids, n_candidates,
-                              batch_size=batch_size, region=region, restate=restate)
+                              batch_size=batch_size, region=region, restate=restate, by=by,
+                              conditions=conditions)
     first = torch.arange(best.shape[0], device=best.device) * n_candidates  # each group's start
     return codes[(first + best[:, 0]).to(codes.device)]

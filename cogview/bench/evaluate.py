@@ -5,7 +5,9 @@ detector (`cogview.bench.detect`) that reads colour, shape, size and position ba
 captions parse back into attributes (`shapes.parse_caption`). One report holds
 - text-to-image: per-attribute and all-correct accuracy of the detector on images generated
   for the fixed prompt sets (`shapes.eval_prompts(1)` and `(2)`), and for the same requests
-  worded as no training caption is (`shapes.paraphrase_prompts`);
+  worded as no training caption is (`shapes.paraphrase_prompts`); with reranking, the same
+  candidates picked by each reranker asked for (caption, contrastive, both), with the
+  seconds each image took;
 - captioning: generated captions of held-out images, parsed and compared with the truth;
 - inpainting: the cells of one object masked (the cells its bounding box touches),
   regenerated with the image's caption, decoded and composited into the true image; PSNR
@@ -13,6 +15,9 @@ captions parse back into attributes (`shapes.parse_caption`). One report holds
   accuracy of the regenerated object;
 - fashion (optional): a Fashion-MNIST classifier's accuracy on images generated for each class
   prompt, next to its accuracy on real test images;
+- retrieval (a model with a contrastive head): recall@k of held-out captions and images by
+  their embeddings (`eval_retrieval`), and for fashion, class prompts against test images and
+  zero-shot classification (`eval_fashion_retrieval`);
 - held-out loss per task (through a function the caller passes in: the trainer's evaluation)
   and the VQVAE's reconstruction PSNR on the held-out images.
 
@@ -35,10 +40,11 @@ import torch
 from torch import Tensor
 
 from cogview.bench import detect, shapes
-from cogview.images import resize_mask
+from cogview.images import fit, resize_mask
 from cogview.masks import box_cells
 from cogview.pretrained import decode_codes, encode_images
 from cogview.sampling import (
+    RERANKERS,
     SamplingConfig,
     generate_captions,
 )
@@ -58,18 +64,27 @@ class EvalConfig:
     n_paraphrase: int = 240
     n_per_prompt: int = 1  # images per prompt
     rerank: int = 1  # text-to-image, inpainting: candidates per image, the best kept by reranking
+    # how candidates are scored (sampling.RERANKERS): text-to-image reports each on the same
+    # candidates; inpainting and the edits rerank by the first
+    rerank_by: tuple[str, ...] = ("caption",)
     caption_temperature: float = 0.0  # captioning is scored on the greedy caption by default
     n_captions: int = 100  # held-out images to caption
     n_inpaint: int = 100  # held-out images to inpaint (reconstruction)
     n_edit: int = 100  # held-out two-object scenes to edit, per prompt style
     n_fashion_per_class: int = 20  # generated images per fashion class
+    n_retrieval: int = 200  # held-out scenes (and fashion test images) to retrieve among
     n_loss: int = 256  # held-out samples for the loss per task and the VQVAE PSNR
     seed: int = 0
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
-            if name != "seed" and value < 0:
+            if name not in ("seed", "rerank_by") and value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
+        if not self.rerank_by or len(set(self.rerank_by)) < len(self.rerank_by):
+            raise ValueError(f"rerank_by must name distinct rerankers, got {self.rerank_by}")
+        for by in self.rerank_by:
+            if by not in RERANKERS:
+                raise ValueError(f"rerank_by: {by!r} is not one of {', '.join(RERANKERS)}")
         if self.n_per_prompt < 1:
             raise ValueError("n_per_prompt must be >= 1")
         if self.rerank < 1:
@@ -78,7 +93,7 @@ class EvalConfig:
 
 QUICK = EvalConfig(
     n_prompts=3, n_paraphrase=3, n_per_prompt=1, n_captions=2, n_inpaint=2, n_edit=2,
-    n_fashion_per_class=1, n_loss=8,
+    n_fashion_per_class=1, n_loss=8, n_retrieval=8,
 )
 
 
@@ -106,6 +121,34 @@ class HeldOut:
     def with_attributes(self) -> list[int]:
         """Indices of the samples that have attributes (and so can be scored)."""
         return [i for i, a in enumerate(self.attributes) if a and a.get("objects")]
+
+    def first(self, n: int) -> HeldOut:
+        """The first n samples."""
+        return HeldOut(self.images[:n], self.captions[:n], self.attributes[:n],
+                       self.targets[:n] if self.targets is not None else None)
+
+
+# Scenes that `drawn_scenes` makes: the generator of scene i is seeded (seed, SCENE_STREAM, i).
+# `cogview data shapes` seeds sample i of a split (seed, 0 | 1, i) (train, test), so no data
+# set of any seed holds the same stream of scenes.
+SCENE_STREAM = 2
+DATA_SIZE = 64  # `cogview data shapes` renders at 64 px; a model's images are resized from it
+
+
+def drawn_scenes(n: int, size: int, seed: int = 0) -> HeldOut:
+    """n held-out shapes scenes drawn as `cogview data shapes` draws a split's samples (half of
+    them with two objects, captions in the training phrasings), from generators that no data
+    set uses (SCENE_STREAM); rendered at 64 px and area-resized to `size`, as the data are."""
+    images, captions, attributes = [], [], []
+    for i in range(n):
+        rng = np.random.default_rng([seed, SCENE_STREAM, i])
+        scene = shapes.sample_scene(rng, 2 if rng.random() < 0.5 else 1)
+        captions.append(shapes.caption(scene, rng))
+        image = shapes.render(scene, max(size, DATA_SIZE))
+        images.append(image if size >= DATA_SIZE else fit(image, size))
+        attributes.append(shapes.scene_to_json(scene))
+    stacked = torch.from_numpy(np.stack(images)) if images else torch.zeros(0, size, size, 3)
+    return HeldOut(stacked.permute(0, 3, 1, 2).to(torch.uint8), captions, attributes)
 
 
 @dataclass
@@ -227,29 +270,55 @@ def eval_text_to_image(
     progress: Progress | None = None,
     what: str = "t2i",
     rerank: int = 1,
+    rerank_by: Sequence[str] = ("caption",),
 ) -> dict[str, Any]:
-    """Generate `n_per_prompt` images per prompt, detect, and score against the prompt. With
-    `rerank` > 1 each image is the best of `rerank` candidates by the model's own
-    log p(prompt | image) (CogView self-reranking)."""
+    """Generate `n_per_prompt` images per prompt, detect, and score against the prompt.
+
+    With `rerank` > 1 each image is the best of `rerank` candidates, drawn once and picked by
+    each reranker in `rerank_by` (`CogView.best_of`: the pictures `CogView.generate` gives
+    with that `rerank_by`); the report's accuracy is the first one's, and "rerankers" holds
+    each one's. "seconds_per_image" holds, per reranker ("none" without reranking), the
+    seconds of drawing the candidates and of its scoring, per image kept."""
     if not prompts:
         return {"n": 0, "accuracy": {}}
     texts = [p for p, _ in prompts for _ in range(n_per_prompt)]
     attrs = [a for _, a in prompts for _ in range(n_per_prompt)]
     update = (progress or Progress()).start(len(texts) * rerank, what)
+    start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # over-long prompts are cut to the model's length
-        out = pipe.generate([p for p, _ in prompts], n_per_prompt, rerank=rerank,
-                            generator=generator, progress=update, **asdict(sampling))
-    images = np.concatenate([o.arrays for o in out])
-    # detect.score, with the detections kept for the examples of failures
-    found = [detect.detections_to_json(detect.detect(img)) for img in images]
-    scores = [shapes.compare(a, d) for a, d in zip(attrs, found, strict=True)]
-    wrong = [
-        {"prompt": t, "detected": d["objects"]}
-        for t, d, s in zip(texts, found, scores, strict=True)
-        if not s["all"]
-    ]
-    return {"n": len(texts), "accuracy": accuracy_table(scores), "wrong_examples": wrong[:5]}
+        drawn = pipe.candidates([p for p, _ in prompts], n_per_prompt * rerank,
+                                generator=generator, progress=update, **asdict(sampling))
+    sampling_s = (time.perf_counter() - start) / len(texts)
+    picked: dict[str, dict[str, Any]] = {}
+    for by in rerank_by if rerank > 1 else ("none",):
+        start = time.perf_counter()
+        codes = pipe.best_of(drawn, rerank, by) if rerank > 1 else drawn.codes
+        ranking_s = (time.perf_counter() - start) / len(texts)
+        images = pipe.decode(codes, sampling.batch_size)
+        # detect.score, with the detections kept for the examples of failures
+        found = [detect.detections_to_json(detect.detect(img)) for img in images]
+        scores = [shapes.compare(a, d) for a, d in zip(attrs, found, strict=True)]
+        wrong = [
+            {"prompt": t, "detected": d["objects"]}
+            for t, d, s in zip(texts, found, scores, strict=True)
+            if not s["all"]
+        ]
+        picked[by] = {
+            "accuracy": accuracy_table(scores),
+            "seconds_per_image": {"sampling": round(sampling_s, 4),
+                                  "reranking": round(ranking_s, 4),
+                                  "total": round(sampling_s + ranking_s, 4)},
+            "wrong_examples": wrong[:5],
+        }
+    first = next(iter(picked.values()))
+    out = {"n": len(texts), "accuracy": first["accuracy"],
+           "wrong_examples": first["wrong_examples"]}
+    if rerank > 1:
+        out["rerank_by"] = rerank_by[0]
+        out["rerankers"] = {by: {"accuracy": r["accuracy"]} for by, r in picked.items()}
+    out["seconds_per_image"] = {by: r["seconds_per_image"] for by, r in picked.items()}
+    return out
 
 
 def eval_captioning(
@@ -308,6 +377,7 @@ def _inpaint_cases(
     *,
     update: Callable[[int], None],
     rerank: int,
+    rerank_by: str | None = None,
 ) -> dict[str, Any]:
     """Inpaint each case as `cogview inpaint` does (`CogView.inpaint`: context encoded with the
     masked cells blanked, the best of `rerank` versions by self-reranking, composited into the
@@ -319,7 +389,7 @@ def _inpaint_cases(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # over-long prompts are cut to the model's length
             result = pipe.inpaint(case.image, case.pixel_mask, case.prompt, 1, rerank=rerank,
-                                  generator=generator, **asdict(sampling))
+                                  rerank_by=rerank_by, generator=generator, **asdict(sampling))
         composite, decoded = result.arrays[0], pipe.decode(result.codes[:1])[0]  # (S, S, 3)
         mask, truth = case.pixel_mask, case.image
         exact = exact and bool(np.array_equal(composite[~mask], truth[~mask]))
@@ -378,11 +448,13 @@ def eval_inpainting(
     progress: Progress | None = None,
     seed: int = 0,
     rerank: int = 1,
+    rerank_by: str | None = None,
 ) -> dict[str, Any]:
     """Reconstruction: mask one object's cells, regenerate them with the image's own caption,
     composite, and score whether the same object comes back: every attribute ("all"), and
     the attributes the caption states ("all_stated": a caption may leave out the size). With
-    `rerank` > 1 each result is the best of `rerank` versions by self-reranking. Which object
+    `rerank` > 1 each result is the best of `rerank` versions by reranking (`rerank_by`; None:
+    the model's default). Which object
     of a two-object scene is masked is drawn from `seed`. This measures repair, not editing
     (`eval_edits`)."""
     if not indices:
@@ -399,7 +471,8 @@ def eval_inpainting(
         cases.append(InpaintCase(images[k], _cell_pixels(cell_mask, size), held.captions[i],
                                  attrs, target, stated=stated_attributes(held.captions[i], target)))
     update = (progress or Progress()).start(len(cases), "inpaint")
-    out = _inpaint_cases(pipe, cases, sampling, generator, update=update, rerank=rerank)
+    out = _inpaint_cases(pipe, cases, sampling, generator, update=update, rerank=rerank,
+                         rerank_by=rerank_by)
     out["psnr_outside"] = PSNR_CAP_DB if out["outside_exact"] else float("nan")
     return out
 
@@ -487,6 +560,7 @@ def eval_edits(
     progress: Progress | None = None,
     seed: int = 0,
     rerank: int = 1,
+    rerank_by: str | None = None,
 ) -> dict[str, Any]:
     """The edit benchmark (`edit_cases`) for each prompt style: "all" is the new object with
     every attribute right, the kept object unchanged and no other object. "leak" inpaints the
@@ -500,7 +574,7 @@ def eval_edits(
     for style in styles:
         update = (progress or Progress()).start(len(cases[style]), f"edit ({style})")
         out[style] = _inpaint_cases(pipe, cases[style], sampling, generator, update=update,
-                                    rerank=rerank)
+                                    rerank=rerank, rerank_by=rerank_by)
     if two:
         unasked = [replace(c, prompt="", region=c.erased) for c in cases["region"]]
         update = (progress or Progress()).start(len(unasked), "edit (leak)")
@@ -552,6 +626,132 @@ def eval_fashion(
         else None,
         "per_class": per_class,
     }
+
+
+NO_HEAD = "the model has no contrastive head (train it with --contrastive-weight)"
+RECALL_KS = (1, 5)
+SAME_CAPTION = ("an item whose caption equals the query's counts as found: identical captions "
+                "say the same of their scenes, so no ranking can tell them apart")
+
+
+def _recalls(scores: Tensor, relevant: Tensor) -> dict[str, float]:
+    from cogview.contrastive import recall_at
+
+    return {f"r@{k}": v for k, v in recall_at(scores, relevant, RECALL_KS).items()}
+
+
+def _text_embeddings(pipe: Any, texts: Sequence[str]) -> Tensor:
+    """Unit embeddings (N, E) of prompts by the contrastive head, read as the model reads them
+    (`CogView.conditions`: text ids, or a text encoder's states)."""
+    from cogview.contrastive import embed_texts
+
+    ids = _encode_texts(pipe.tokenizer, texts)
+    return embed_texts(pipe.model, pipe.tokenizer, pipe.conditions(list(texts), ids)).float().cpu()
+
+
+def _image_embeddings(pipe: Any, images: Tensor) -> Tensor:
+    """Unit embeddings (N, E) of uint8 images (N, 3, S, S) by the contrastive head."""
+    from cogview.contrastive import embed_images
+
+    codes = encode_images(pipe.vqvae, images)
+    return embed_images(pipe.model, pipe.tokenizer, codes).float().cpu()
+
+
+def caption_retrieval(text: Tensor, image: Tensor, captions: Sequence[str]) -> dict[str, Any]:
+    """Recall@k both ways between N captions and their N images from unit embeddings (N, E):
+    text -> image ranks the images for each caption, image -> text the captions for each
+    image; an item whose caption equals the query's is relevant (`SAME_CAPTION`)."""
+    keys = {c: i for i, c in enumerate(dict.fromkeys(captions))}
+    key = torch.tensor([keys[c] for c in captions])
+    same = key[:, None] == key[None, :]  # (N, N)
+    scores = text @ image.T  # (N captions, N images)
+    return {
+        "n": len(captions),
+        "distinct_captions": len(keys),
+        "relevant_per_query": float(same.sum(1).float().mean()) if len(captions) else 0.0,
+        "text_to_image": _recalls(scores, same),
+        "image_to_text": _recalls(scores.T, same.T),
+    }
+
+
+def scene_description(attributes: dict[str, Any], i: int) -> dict[str, Any]:
+    """What a prompt of the evaluation sets states of a scene (`shapes.eval_prompts`' form):
+    one object with colour, shape, size and position; two with colour, shape and size and one
+    relation that holds between them (the i-th of those that do)."""
+    objects = attributes["objects"]
+    if len(objects) == 1:
+        return {"objects": [{k: objects[0][k] for k in shapes.ATTRIBUTES}], "relation": None}
+    relations = attributes.get("relations") or shapes.relations_between(
+        *shapes.scene_from_json(attributes).objects)
+    return {"objects": [{k: o[k] for k in ("colour", "shape", "size")} for o in objects],
+            "relation": relations[i % len(relations)]}
+
+
+def _fits(description: dict[str, Any], attributes: dict[str, Any]) -> bool:
+    """Whether a scene has every attribute a description states (`shapes.compare`)."""
+    def kinds(objs: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+        return sorted((o["colour"], o["shape"], o["size"]) for o in objs)
+
+    if kinds(description["objects"]) != kinds(attributes["objects"]):
+        return False  # the cheap test first: compare tries every pairing of objects
+    return shapes.compare(description, attributes)["all"]
+
+
+def description_retrieval(text: Tensor, image: Tensor, descriptions: Sequence[dict[str, Any]],
+                          attributes: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Text -> image recall@k of one description per scene (unit embeddings (N, E)) among the N
+    images, a scene relevant when it has everything its query states (`_fits`)."""
+    relevant = torch.tensor([[_fits(d, a) for a in attributes] for d in descriptions])
+    return {"n": len(descriptions),
+            "relevant_per_query": float(relevant.sum(1).float().mean()),
+            "text_to_image": _recalls(text @ image.T, relevant)}
+
+
+def eval_retrieval(pipe: Any, held: HeldOut, source: str) -> dict[str, Any]:
+    """Retrieval among held-out scenes by the contrastive head (skipped, with a note, for a model
+    without one): each caption against the images and each image against the captions
+    (`caption_retrieval`); and for the scenes with attributes, their description in the
+    wording of the evaluation prompts (`shapes.canonical_caption`) and in held-out wording
+    (`shapes.paraphrase`, the paraphrased prompt set's templates) against the images
+    (`description_retrieval`). `source` says where the scenes come from."""
+    if not pipe.has_contrastive_head:
+        return {"skipped": NO_HEAD}
+    keep = [i for i, c in enumerate(held.captions) if c.strip()]  # an empty text has no embedding
+    captions = [held.captions[i] for i in keep]
+    image = _image_embeddings(pipe, held.images[keep])
+    out: dict[str, Any] = {
+        "scenes": source,
+        "relevant": SAME_CAPTION,
+        "captions": caption_retrieval(_text_embeddings(pipe, captions), image, captions),
+    }
+    with_attrs = set(held.with_attributes())
+    scored = [k for k, i in enumerate(keep) if i in with_attrs]
+    if scored:
+        attrs = [held.attributes[keep[k]] for k in scored]
+        described = [scene_description(a, k) for k, a in enumerate(attrs)]
+        wordings = {"canonical": [shapes.canonical_caption(d) for d in described],
+                    "paraphrased": [shapes.paraphrase(d, k) for k, d in enumerate(described)]}
+        for name, queries in wordings.items():
+            out[f"descriptions_{name}"] = description_retrieval(
+                _text_embeddings(pipe, queries), image[scored], described, attrs)
+    return out
+
+
+def eval_fashion_retrieval(fashion: FashionEval, n: int) -> dict[str, Any]:
+    """Class-level retrieval by the fashion model's contrastive head among the first `n` real
+    test images (skipped, with a note, for a model without one): text -> image recall@k of
+    each class prompt (a hit: an image of its class among the k best) and image -> text, the
+    zero-shot classification accuracy@k over the class prompts."""
+    pipe = fashion.pipeline
+    if not pipe.has_contrastive_head:
+        return {"skipped": NO_HEAD}
+    images, labels = fashion.test_images[:n], fashion.test_labels[:n].cpu()
+    scores = _text_embeddings(pipe, fashion.prompts) @ _image_embeddings(pipe, images).T
+    # (classes, n)
+    relevant = labels[None, :] == torch.arange(len(fashion.prompts))[:, None]
+    return {"n_images": len(images), "n_classes": len(fashion.prompts),
+            "text_to_image": _recalls(scores, relevant),
+            "zero_shot_accuracy": _recalls(scores.T, relevant.T)}
 
 
 def vqvae_psnr(
@@ -627,6 +827,7 @@ def run_eval(
                 lambda: eval_text_to_image(
                     pipe, one, config.n_per_prompt, sampling, generator,
                     progress=progress, what="t2i (1 object)", rerank=config.rerank,
+                    rerank_by=config.rerank_by,
                 ),
             ),
             "two_objects": timed(
@@ -634,6 +835,7 @@ def run_eval(
                 lambda: eval_text_to_image(
                     pipe, two, config.n_per_prompt, sampling, generator,
                     progress=progress, what="t2i (2 objects)", rerank=config.rerank,
+                    rerank_by=config.rerank_by,
                 ),
             ),
         }  # fmt: skip
@@ -647,7 +849,8 @@ def run_eval(
         for name, what, prompts in sets:
             t2i[name] = timed(f"t2i_{name}", lambda prompts=prompts, what=what: (
                 eval_text_to_image(pipe, prompts, config.n_per_prompt, sampling, generator,
-                                   progress=progress, what=what, rerank=config.rerank)))
+                                   progress=progress, what=what, rerank=config.rerank,
+                                   rerank_by=config.rerank_by)))
     if held is not None and len(held):
         scored = held.with_attributes()
         captioning = replace(sampling, temperature=config.caption_temperature)
@@ -670,6 +873,7 @@ def run_eval(
                     progress=progress,
                     seed=config.seed,
                     rerank=config.rerank,
+                    rerank_by=config.rerank_by[0],
                 ),
             )
         if config.n_edit:
@@ -679,7 +883,7 @@ def run_eval(
                 "edits",
                 lambda: eval_edits(
                     pipe, held, idx, sampling, generator, progress=progress,
-                    seed=config.seed, rerank=config.rerank,
+                    seed=config.seed, rerank=config.rerank, rerank_by=config.rerank_by[0],
                 ),
             )  # fmt: skip
         if config.n_loss:
@@ -692,6 +896,17 @@ def run_eval(
                 targets = _encode_texts(pipe.tokenizer, held.caption_targets()[: config.n_loss])
                 losses = timed("held_out_loss", lambda: loss_fn(pipe, codes, text_ids, targets))
                 report["held_out_loss"] = {"n": len(images), **losses}
+    if config.n_retrieval:
+        n = config.n_retrieval
+        if held is not None and len(held):
+            scenes, source = held.first(n), "from the held-out data"
+        else:
+            scenes = drawn_scenes(n, pipe.image_size, config.seed)
+            source = f"drawn (seed {config.seed}, stream {SCENE_STREAM})"
+        report["retrieval"] = timed("retrieval", lambda: eval_retrieval(pipe, scenes, source))
+    if fashion is not None and config.n_retrieval:
+        report["fashion_retrieval"] = timed(
+            "fashion_retrieval", lambda: eval_fashion_retrieval(fashion, config.n_retrieval))
     if fashion is not None and config.n_fashion_per_class:
         report["fashion"] = timed(
             "fashion",
@@ -700,6 +915,11 @@ def run_eval(
                 progress=progress,
             ),
         )
+    # wall-clock times apart from the scores, which are a function of the seed alone
+    per_image = {name: part.pop("seconds_per_image")
+                 for name, part in report.get("t2i", {}).items() if "seconds_per_image" in part}
+    if per_image:
+        report["seconds_per_image"] = per_image
     report["seconds"] = timings
     return report
 
@@ -722,12 +942,29 @@ def format_report(report: dict[str, Any]) -> str:
             if not k[-1].isdigit():  # per-object keys ("colour_0") are in the JSON only
                 rows.append((part, k, _pct(v)))
 
+    def timing(part: str, what: str, s: dict[str, float]) -> None:
+        rows.append((part, f"s/image{what}", f"{s['total']:.3f} (sampling {s['sampling']:.3f} "
+                     f"+ reranking {s['reranking']:.3f})"))
+
+    def recall_rows(part: str, direction: str, recalls: dict[str, float]) -> None:
+        for k, v in recalls.items():
+            rows.append((part, f"{direction} R@{k.removeprefix('r@')}", _pct(v)))
+
     t2i = report.get("t2i", {})
     for name, label in (("one_object", "t2i 1 object"), ("two_objects", "t2i 2 objects"),
                         ("one_object_paraphrased", "t2i 1 object, paraphrased"),
                         ("two_objects_paraphrased", "t2i 2 objects, paraphrased")):
         if name in t2i:
             acc_rows(label, t2i[name]["accuracy"], t2i[name]["n"])
+            if "rerank_by" in t2i[name]:
+                rows.append((label, "reranked by", t2i[name]["rerank_by"]))
+            times = report.get("seconds_per_image", {}).get(name, {})
+            for by, r in t2i[name].get("rerankers", {}).items():
+                rows.append((label, f"all, reranked by {by}", _pct(r["accuracy"].get("all"))))
+                if by in times:
+                    timing(label, f", reranked by {by}", times[by])
+            if "none" in times:
+                timing(label, "", times["none"])
     if "captioning" in report:
         cap = report["captioning"]
         acc_rows("captioning", cap["accuracy"], cap["n"])
@@ -772,6 +1009,34 @@ def format_report(report: dict[str, Any]) -> str:
         for name, c in fa["per_class"].items():
             rows.append(("fashion", f"{name} (gen / real)", f"{_pct(c['generated'])} / "
                          f"{_pct(c['real'])}"))  # fmt: skip
+    if "retrieval" in report:
+        ret, part = report["retrieval"], "retrieval"
+        if "skipped" in ret:
+            rows.append((part, "skipped", ret["skipped"]))
+        else:
+            cap = ret["captions"]
+            rows.append((part, "scenes", f"{cap['n']} {ret['scenes']}; "
+                         f"{cap['distinct_captions']} distinct captions"))
+            rows.append((part, "found", "an item with the query's caption (identical captions "
+                         "say the same of their scenes)"))
+            recall_rows(part, "caption->image", cap["text_to_image"])
+            recall_rows(part, "image->caption", cap["image_to_text"])
+            for name, label in (("canonical", "eval wording"), ("paraphrased", "paraphrased")):
+                if f"descriptions_{name}" in ret:
+                    d = ret[f"descriptions_{name}"]
+                    recall_rows(f"{part} (descriptions)", f"{label}->image", d["text_to_image"])
+            if "descriptions_canonical" in ret:
+                rows.append((f"{part} (descriptions)", "found",
+                             "a scene with everything the description states"))
+    if "fashion_retrieval" in report:
+        fr, part = report["fashion_retrieval"], "fashion retrieval"
+        if "skipped" in fr:
+            rows.append((part, "skipped", fr["skipped"]))
+        else:
+            rows.append((part, "test images", str(fr["n_images"])))
+            recall_rows(part, "class prompt->image", fr["text_to_image"])
+            for k, v in fr["zero_shot_accuracy"].items():
+                rows.append((part, f"zero-shot accuracy@{k.removeprefix('r@')}", _pct(v)))
     if "held_out_loss" in report:
         for k, v in report["held_out_loss"].items():
             rows.append(("held-out loss", k, str(v) if k == "n" else f"{v:.4f}"))

@@ -130,7 +130,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         overrides = {
             k: getattr(args, k)
             for k in ("n_prompts", "n_paraphrase", "n_per_prompt", "rerank", "n_captions",
-                      "caption_temperature", "n_inpaint", "n_edit", "n_loss")
+                      "caption_temperature", "n_inpaint", "n_edit", "n_loss", "n_retrieval")
             if getattr(args, k) is not None
         }
         if args.n_fashion is not None:
@@ -138,16 +138,22 @@ def _run_eval(args: argparse.Namespace) -> int:
         config = EvalConfig(**{**base.__dict__, **overrides, "seed": args.seed})
     except ValueError as e:
         raise UserError(f"--n-*: {e}") from None
+    rerank_by = _rerank_by(args.rerank_by)
     device = parse_device(args.device)
     pipe = load_model(args)
     check_sampling_flags(pipe, args)
     sampling = pipe.sampling_config(**sampling_flags(args))
     if args.rerank is None:  # the model's sampling.json
         config = dataclasses.replace(config, rerank=pipe.rerank_default)
+    if rerank_by and not pipe.has_contrastive_head and set(rerank_by) - {"caption"}:
+        raise UserError(f"--rerank-by {args.rerank_by}: the model has no contrastive head "
+                        "(train it with --contrastive-weight)")
+    config = dataclasses.replace(config, rerank_by=rerank_by or (pipe.rerank_by_default,))
     held = None
     if args.data is not None:
         # about half of the shapes scenes hold two objects: the edits need twice as many
-        limit = max(config.n_captions, config.n_inpaint, 3 * config.n_edit, config.n_loss, 1)
+        limit = max(config.n_captions, config.n_inpaint, 3 * config.n_edit, config.n_loss,
+                    config.n_retrieval, 1)
         if not os.path.exists(args.data) and not any(c in args.data for c in "*?[{"):
             raise UserError(f"--data {args.data}: no such file or folder")
         held = load_held_out(args.data, pipe.image_size, limit, args.split)
@@ -168,6 +174,21 @@ def _run_eval(args: argparse.Namespace) -> int:
         out.write_text(text + "\n")
         print(f"wrote {out}")
     return 0
+
+
+def _rerank_by(value: str | None) -> tuple[str, ...]:
+    """--rerank-by's comma-separated rerankers (empty for none given)."""
+    from cogview.sampling import RERANKERS
+
+    if value is None:
+        return ()
+    names = tuple(v.strip() for v in value.split(","))
+    for name in names:
+        if name not in RERANKERS:
+            raise UserError(f"--rerank-by {value}: {name!r} is not one of {', '.join(RERANKERS)}")
+    if len(set(names)) < len(names):
+        raise UserError(f"--rerank-by {value}: a reranker named twice")
+    return names
 
 
 def _finite(x: Any) -> Any:
@@ -217,11 +238,12 @@ def register(subparsers: Any) -> None:
 
     p = subparsers.add_parser(
         "eval",
-        help="evaluation report: t2i, captioning, inpainting, fashion, held-out loss",
+        help="evaluation report: t2i, captioning, inpainting, retrieval, fashion, held-out loss",
         description="Score a CogLM on the shapes domain with a detector: text-to-image accuracy "
-        "per attribute on fixed prompts, captioning and inpainting of held-out images, held-out "
-        "loss per task and VQVAE PSNR; optionally a fashion model judged by a classifier. "
-        "Prints a table; --json writes the full report.",
+        "per attribute on fixed prompts (per reranker), captioning and inpainting of held-out "
+        "images, retrieval by the contrastive head, held-out loss per task and VQVAE PSNR; "
+        "optionally a fashion model judged by a classifier. Prints a table; --json writes the "
+        "full report.",
     )
     p.add_argument(
         "--model", metavar="DIR",
@@ -240,6 +262,19 @@ def register(subparsers: Any) -> None:
     p.add_argument("--rerank", type=int, metavar="N",
                    help="text-to-image and inpainting: keep the best of N candidates by "
                    "self-reranking (default: the model's sampling.json, else 1)")
+    p.add_argument("--rerank-by", metavar="BY[,BY...]",
+                   help="how reranking scores candidates: caption (log p(prompt | image)), "
+                   "contrastive (cosine by the contrastive head), both (the two standardised "
+                   "per prompt and summed); several, comma-separated, each pick among the same "
+                   "text-to-image candidates and are reported side by side with the seconds "
+                   "per image; inpainting and edits use the first. Default: the model's "
+                   "sampling.json, else caption")
+    p.add_argument("--n-retrieval", type=int, metavar="N",
+                   help="retrieval by the contrastive head among N held-out scenes (the test "
+                   "split of --data, else N scenes drawn apart from any data set): caption <-> "
+                   "image recall@1/@5, and descriptions in eval and paraphrased wording; with "
+                   "--fashion-model, class prompts against N test images and zero-shot "
+                   "accuracy. Skipped for a model without a head (default: 200)")
     p.add_argument("--n-captions", type=int, metavar="N", help="held-out images to caption")
     p.add_argument("--caption-temperature", type=float, metavar="T",
                    help="temperature of the scored captions (default: 0, greedy)")

@@ -8,6 +8,8 @@ from cogview.cli.flags import add_sampling_flags, sampling_flags
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from cogview.sampling import RERANKERS
+
     p = subparsers.add_parser(
         "export",
         help="copy a run's newest checkpoint, without training state, to a model folder",
@@ -22,6 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_sampling_flags(p)
     p.add_argument("--rerank", type=int, metavar="R",
                    help="store self-reranking as a default: each image the best of R candidates")
+    p.add_argument("--rerank-by", choices=RERANKERS,
+                   help="store how reranking scores candidates (see cogview generate "
+                   "--rerank-by); contrastive and both need a model with a contrastive head")
     p.add_argument("--restate", metavar="DOMAIN",
                    help="reranking also scores prompts restated by this domain's grammar "
                    "(shapes); default: the domain the model was trained on, if it has one")
@@ -48,6 +53,11 @@ def run_export(args: argparse.Namespace) -> int:
     checked(SamplingConfig, lambda: SamplingConfig(**sampling))
     if args.rerank is not None:
         sampling["rerank"] = args.rerank
+    if args.rerank_by is not None:
+        if args.rerank_by != "caption" and not ck.config.get("contrastive_dim"):
+            raise UserError(f"--rerank-by {args.rerank_by}: {src} has no contrastive head "
+                            "(train it with --contrastive-weight)")
+        sampling["rerank_by"] = args.rerank_by
     if args.restate is not None:
         if args.restate not in RESTATERS:
             raise UserError(f"--restate {args.restate!r}: one of {', '.join(RESTATERS)}")

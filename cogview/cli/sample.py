@@ -53,18 +53,42 @@ def _check_rerank(args: argparse.Namespace) -> None:
                         "(0 turns reranking off)")
 
 
+# what each reranker scores by, as the notes say it
+RERANK_WORDS = {
+    "caption": "log p(prompt | image)",
+    "contrastive": "the contrastive cosine of prompt and image",
+    "both": "standardised log p(prompt | image) + contrastive cosine",
+}
+RERANK_BY_HELP = (
+    "how candidates are scored: caption = the model's own log p(prompt | image) (CogView "
+    "self-reranking), contrastive = cosine of the prompt's and the image's embeddings by the "
+    "contrastive head, both = the two standardised over each prompt's candidates and summed. "
+    "Default: the model's sampling.json `rerank_by`, else caption"
+)
+
+
+def _check_rerank_by(args: argparse.Namespace, pipe: CogView) -> str:
+    """The reranker in effect (--rerank-by, else the model's); one line for a model that
+    cannot score that way."""
+    if args.rerank_by not in (None, "caption") and not pipe.has_contrastive_head:
+        raise UserError(f"--rerank-by {args.rerank_by}: the model has no contrastive head "
+                        "(train it with --contrastive-weight)")
+    return args.rerank_by or pipe.rerank_by_default
+
+
 def _rerank_kwargs(args: argparse.Namespace, pipe: CogView) -> tuple[dict[str, Any], int]:
-    """CogView keyword arguments of --rerank, and the candidates drawn per prompt: `--rerank
-    N` draws N and keeps the n best; without it, the model's sampling.json may make each
-    image the best of its own group of R."""
+    """CogView keyword arguments of --rerank and --rerank-by, and the candidates drawn per
+    prompt: `--rerank N` draws N and keeps the n best; without it, the model's sampling.json
+    may make each image the best of its own group of R."""
+    by = {"rerank_by": _check_rerank_by(args, pipe)}
     if args.rerank:
-        return {"candidates": args.rerank}, args.rerank
+        return {"candidates": args.rerank, **by}, args.rerank
     group = pipe.rerank_default if args.rerank is None else 1
-    return {"rerank": group}, args.n * group
+    return {"rerank": group, **by}, args.n * group
 
 
-def _group_note(group: int, what: str) -> str:
-    return (f"each {what} the best of {group} by log p(prompt | image) (the model's "
+def _group_note(group: int, what: str, by: str) -> str:
+    return (f"each {what} the best of {group} by {RERANK_WORDS[by]} (the model's "
             "sampling.json; --rerank 0 turns it off)")
 
 
@@ -124,13 +148,13 @@ def run_generate(args: argparse.Namespace) -> int:
     written: list[Path] = []
     for stem, result in zip(stems, results, strict=True):
         if result.scores is not None:
-            print(f"{stem}: kept {args.n} of {args.rerank} by log p(prompt | image): "
-                  + ", ".join(f"{s:.3f}" for s in result.scores.tolist()), file=sys.stderr)
+            print(f"{stem}: kept {args.n} of {args.rerank} by {RERANK_WORDS[rerank['rerank_by']]}"
+                  ": " + ", ".join(f"{s:.3f}" for s in result.scores.tolist()), file=sys.stderr)
         for i, img in enumerate(result.arrays):
             written.append(save_png(img, out / f"{stem}-{i}.png"))
         written.append(save_grid(result.arrays, out / f"{stem}-grid.png"))
     if rerank.get("rerank", 1) > 1:
-        note(_group_note(rerank["rerank"], "image"))
+        note(_group_note(rerank["rerank"], "image", rerank["rerank_by"]))
     for path in written:
         print(path)
     print(f"wrote {len(prompts) * args.n} image(s) and {len(prompts)} grid(s) to {out}")
@@ -194,7 +218,9 @@ def run_inpaint(args: argparse.Namespace) -> int:
     _print_warnings(caught)
     if args.rerank and not args.prompt:
         note("--rerank needs a --prompt to score by: not reranking")
-    rerank, total = _rerank_kwargs(args, pipe) if args.prompt else ({"rerank": 1}, args.n)
+    rerank, total = _rerank_kwargs(args, pipe)
+    if not args.prompt:
+        rerank, total = {"rerank": 1, "rerank_by": rerank["rerank_by"]}, args.n
     bar = progress_bar(total, "img")
     if mask.all():
         note("the mask is all white: plain generation from the prompt")
@@ -205,7 +231,7 @@ def run_inpaint(args: argparse.Namespace) -> int:
                               **sampling_flags(args))
     bar.close()
     if rerank.get("rerank", 1) > 1:
-        note(_group_note(rerank["rerank"], "version"))
+        note(_group_note(rerank["rerank"], "version", rerank["rerank_by"]))
     for i, img in enumerate(result.arrays):
         written.append(save_png(img, out / f"{stem}-{i}.png"))
     written.append(save_grid(result.arrays, out / f"{stem}-grid.png"))
@@ -245,6 +271,8 @@ def run_caption(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: Any) -> None:
+    from cogview.sampling import RERANKERS
+
     p = subparsers.add_parser(
         "generate",
         help="draw images from a text prompt",
@@ -258,10 +286,11 @@ def register(subparsers: Any) -> None:
         "--rerank",
         type=int,
         metavar="N",
-        help="draw N candidates per prompt and keep the n the model scores best by "
-        "log p(prompt | image) (CogView self-reranking); 0: off. Default: the model's "
+        help="draw N candidates per prompt and keep the n the model scores best (by "
+        "--rerank-by; CogView self-reranking); 0: off. Default: the model's "
         "sampling.json `rerank` R (each image the best of its own R candidates), else off",
     )
+    p.add_argument("--rerank-by", choices=RERANKERS, help=RERANK_BY_HELP)
     p.add_argument("-o", "--out", required=True, metavar="OUT", help="output folder")
     add_model_flags(p)
     add_sampling_flags(p)
@@ -285,10 +314,13 @@ def register(subparsers: Any) -> None:
         "--rerank",
         type=int,
         metavar="N",
-        help="draw N versions and keep the n the model scores best by log p(prompt | image); "
+        help="draw N versions and keep the n the model scores best (by --rerank-by); "
         "0: off. Default: the model's sampling.json `rerank` R (each version the best of its "
         "own R), else off. Not with an empty --prompt",
     )
+    p.add_argument("--rerank-by", choices=RERANKERS,
+                   help=RERANK_BY_HELP + "; each version scores the better of the whole image "
+                   "and the masked region alone")
     p.add_argument(
         "--show-mask", metavar="FILE", help="write the mask at token resolution to FILE (PNG)"
     )

@@ -1,0 +1,353 @@
+"""Reranking by the contrastive head, by caption likelihood or both (`rerank_by`), through the
+API, the command line and `cogview eval`; and the retrieval part of the evaluation."""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+import numpy as np
+import pytest
+import torch
+
+from cogview.api import CogView
+from cogview.bench import shapes
+from cogview.cli import main
+from cogview.contrastive import embed_images, embed_texts
+from cogview.masks import EncodedText
+from cogview.model import CogLM, coglm_config
+from cogview.pipeline import COGLM_KIND, Pipeline, bundle_extra, save_bundled
+from cogview.sampling import (
+    RegionView,
+    SamplingConfig,
+    SamplingError,
+    best_candidates,
+    generate_images,
+    prompt_scores,
+    standardised,
+)
+
+PROMPT = "a red circle at the top left"
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """Two untrained CogLM folders on 32 px shapes images (8x8 codes), one with a contrastive
+    head and one without, sharing their tokenizer and VQVAE."""
+    from cogview.pretrained import save_vqvae
+    from tokenizer import UnifiedTokenizer
+    from vqvae.model import VQVAE, fingerprint, vqvae_config
+
+    root = tmp_path_factory.mktemp("rerank-by")
+    rng = np.random.default_rng(0)
+    captions = [shapes.caption(shapes.sample_scene(rng, 1 + i % 2), rng) for i in range(300)]
+    tok = UnifiedTokenizer.train(captions, vocab_size=300, image_codes=64, max_text_len=24)
+    tok.save(root / "tokenizer.json")
+    torch.manual_seed(0)
+    vq = VQVAE(vqvae_config("tiny")).eval()
+    save_vqvae(root / "vq", vq)
+    out = {}
+    for name, head in (("head", 16), ("plain", 0)):
+        torch.manual_seed(1)
+        model = CogLM(coglm_config("tiny", tok.vocab_size, dim=32, n_layers=1, max_seq_len=128,
+                                   contrastive_dim=head))
+        out[name] = save_bundled(
+            root / name, COGLM_KIND, config=model.config, state_dict=model.state_dict(),
+            tokenizer_file=root / "tokenizer.json", vqvae_path=root / "vq",
+            extra=bundle_extra(tok, fingerprint(vq), image_size=32, grid=(8, 8)),
+        )
+    return out
+
+
+@pytest.fixture(scope="module")
+def pipe(folders):
+    return CogView.from_pretrained(folders["head"])
+
+
+def _candidates(pipe, ids, n, seed, texts=None):
+    """n candidates of one prompt, drawn as CogView draws them, without CogView."""
+    texts = texts if texts is not None else [ids] * n
+    return generate_images(pipe.model, pipe.tokenizer, texts, pipe.grid,
+                           pipe.sampling_config(), torch.Generator().manual_seed(seed))
+
+
+def _cosines(pipe, prompt, codes):
+    """Cosine of each image with the prompt, straight from the embeddings."""
+    text = embed_texts(pipe.model, pipe.tokenizer, [prompt])[0]
+    return embed_images(pipe.model, pipe.tokenizer, codes) @ text
+
+
+def _z(x: torch.Tensor) -> torch.Tensor:
+    a = x.double().numpy()
+    return torch.from_numpy((a - a.mean(1, keepdims=True)) / a.std(1, keepdims=True))
+
+
+# ---------------------------------------------------------------------------------------------
+# the library
+
+
+def test_contrastive_keeps_the_candidate_closest_to_the_prompt(pipe):
+    ids = pipe.encode_prompt(PROMPT)
+    codes = _candidates(pipe, ids, 16, seed=3)  # 4 images, each the best of 4
+    cos = _cosines(pipe, ids, codes).view(4, 4)
+    best = cos.argmax(1)
+    assert best.tolist() != [0, 0, 0, 0]  # the reranker picks, not the generation order
+    out = pipe.generate(PROMPT, 4, rerank=4, rerank_by="contrastive", seed=3)
+    assert torch.equal(out.codes, codes[torch.arange(4) * 4 + best])
+    # keeping the n best of N candidates: the best cosines, best first
+    kept = pipe.generate(PROMPT, 3, candidates=16, rerank_by="contrastive", seed=3)
+    flat = _cosines(pipe, ids, codes)
+    assert torch.allclose(kept.scores, flat.sort(descending=True).values[:3], atol=1e-6)
+    assert torch.equal(kept.codes, codes[flat.argsort(descending=True)[:3]])
+
+
+def test_caption_reranking_is_the_self_reranking_of_before(pipe):
+    ids = pipe.encode_prompt(PROMPT)
+    codes = _candidates(pipe, ids, 12, seed=5)
+    scores = prompt_scores(pipe.model, pipe.tokenizer, codes, [ids] * 12).view(3, 4)
+    expected = codes[torch.arange(3) * 4 + scores.argmax(1)]
+    for by in (None, "caption"):  # the model's default is caption
+        out = pipe.generate(PROMPT, 3, rerank=4, rerank_by=by, seed=5)
+        assert torch.equal(out.codes, expected)
+
+
+def test_both_sums_the_two_scores_standardised_over_each_prompts_candidates(pipe):
+    ids = pipe.encode_prompt(PROMPT)
+    codes = _candidates(pipe, ids, 12, seed=7)
+    caption = prompt_scores(pipe.model, pipe.tokenizer, codes, [ids] * 12).view(3, 4)
+    cos = _cosines(pipe, ids, codes).view(3, 4)
+    combined = _z(caption) + _z(cos)
+    best, scores = best_candidates(pipe.model, pipe.tokenizer, codes, [ids] * 12, 4, by="both")
+    assert torch.allclose(scores.double(), combined, atol=1e-4)
+    assert torch.equal(best[:, 0], combined.argmax(1))
+    out = pipe.generate(PROMPT, 3, rerank=4, rerank_by="both", seed=7)
+    assert torch.equal(out.codes, codes[torch.arange(3) * 4 + combined.argmax(1)])
+
+
+def test_standardised_ignores_each_scores_offset_and_unit():
+    x = torch.tensor([[-2.0, -1.5, -3.0, -1.0], [0.2, 0.2, 0.2, 0.2]])
+    z = standardised(x)
+    assert torch.allclose(z[0].mean(), torch.tensor(0.0), atol=1e-6)
+    assert torch.allclose(z[0].std(unbiased=False), torch.tensor(1.0), atol=1e-6)
+    assert torch.equal(z[1], torch.zeros(4))  # candidates the score cannot tell apart
+    assert torch.allclose(standardised(7 * x - 3), z, atol=1e-5)
+    assert torch.equal(z[0].argsort(), x[0].argsort())
+
+
+def test_contrastive_with_a_region_scores_the_better_view(pipe):
+    ids = pipe.encode_prompt(PROMPT)
+    codes = _candidates(pipe, ids, 6, seed=2)
+    cells = torch.zeros(8, 8, dtype=torch.bool)
+    cells[:3, :3] = True
+    view = RegionView(cells, torch.zeros(8, 8, dtype=torch.long))
+    _, scores = best_candidates(pipe.model, pipe.tokenizer, codes, [ids] * 6, 6,
+                                region=view, by="contrastive")
+    whole, alone = _cosines(pipe, ids, codes), _cosines(pipe, ids, view.apply(codes))
+    assert torch.allclose(scores[0], torch.maximum(whole, alone), atol=1e-6)
+
+
+def test_contrastive_reads_the_prompt_as_a_text_encoder_model_does(pipe):
+    """A model with a text encoder is drawn from, and embeds its prompt by, the encoder's
+    states (`CogView.conditions`), not the text ids."""
+
+    class Encoder:  # a stand-in: fixed states per prompt
+        def encode(self, prompts):
+            g = torch.Generator().manual_seed(len(prompts[0]))
+            return [torch.randn(len(p.split()), 8, generator=g) for p in prompts]
+
+    torch.manual_seed(4)
+    model = CogLM(coglm_config("tiny", pipe.tokenizer.vocab_size, dim=32, n_layers=1,
+                               max_seq_len=128, contrastive_dim=16, text_dim=8)).eval()
+    p = pipe.pipeline
+    encoded = CogView(Pipeline(model, p.tokenizer, p.vqvae, p.image_size, p.grid, p.meta,
+                               text_encoder=Encoder()))
+    cond = EncodedText(PROMPT, Encoder().encode([PROMPT])[0])
+    codes = generate_images(model, p.tokenizer, [cond] * 8, p.grid, SamplingConfig(),
+                            torch.Generator().manual_seed(1))
+    text = embed_texts(model, p.tokenizer, [cond])[0]
+    cos = (embed_images(model, p.tokenizer, codes) @ text).view(2, 4)
+    out = encoded.generate(PROMPT, 2, rerank=4, rerank_by="contrastive", seed=1)
+    assert torch.equal(out.codes, codes[torch.arange(2) * 4 + cos.argmax(1)])
+    by_ids = embed_texts(model, p.tokenizer, [encoded.encode_prompt(PROMPT)])[0]
+    assert not torch.allclose(text, by_ids)  # the ids would have scored something else
+
+
+def test_a_model_without_a_head_refuses_contrastive_reranking(folders):
+    plain = CogView.from_pretrained(folders["plain"])
+    for by in ("contrastive", "both"):
+        with pytest.raises(SamplingError, match="contrastive head"):
+            plain.generate(PROMPT, 1, rerank=2, rerank_by=by)
+    with pytest.raises(SamplingError, match="rerank_by|by must be"):
+        plain.generate(PROMPT, 1, rerank=2, rerank_by="clip")
+
+
+# ---------------------------------------------------------------------------------------------
+# the command line
+
+
+def run(capsys, line: str) -> tuple[int, str, str]:
+    rc = main(shlex.split(line))
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+def test_cli_reranks_by_the_flag_and_by_the_models_default(folders, tmp_path, capsys):
+    head = folders["head"]
+    rc, _, err = run(capsys, f"generate '{PROMPT}' -n 2 --rerank 4 --rerank-by contrastive "
+                             f"--model {head} -o {tmp_path}/a")
+    assert rc == 0 and "kept 2 of 4 by the contrastive cosine" in err, err
+    tuned = tmp_path / "tuned"
+    rc, _, err = run(capsys, f"export {head} {tuned} --rerank 3 --rerank-by both")
+    assert rc == 0, err
+    assert json.loads((tuned / "sampling.json").read_text()) == {"rerank": 3,
+                                                                 "rerank_by": "both"}
+    pipe = CogView.from_pretrained(tuned)
+    assert pipe.rerank_by_default == "both"
+    rc, _, err = run(capsys, f"generate '{PROMPT}' -n 1 --seed 2 --model {tuned} -o "
+                             f"{tmp_path}/b")
+    assert rc == 0 and "best of 3 by standardised" in err, err
+    assert torch.equal(pipe.generate(PROMPT, 1, seed=2).codes,
+                       pipe.generate(PROMPT, 1, rerank=3, rerank_by="both", seed=2).codes)
+
+
+@pytest.mark.parametrize("line", [
+    "generate 'a red circle' --rerank 2 -n 1 --rerank-by contrastive -o {t}/o",
+    "inpaint --image {t}/in.png --mask {t}/m.png --prompt 'a red circle' --rerank-by both "
+    "-o {t}/o",
+    "eval --n-prompts 1 --n-paraphrase 0 --n-retrieval 0 --rerank 2 "
+    "--rerank-by caption,contrastive",
+    "export {plain} {t}/x --rerank-by contrastive",
+])
+def test_cli_refuses_contrastive_reranking_without_a_head(folders, tmp_path, capsys, line):
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save(tmp_path / "in.png")
+    Image.new("L", (32, 32), 255).save(tmp_path / "m.png")
+    line = line.format(t=tmp_path, plain=folders["plain"])
+    if not line.startswith("export"):
+        line += f" --model {folders['plain']}"
+    rc, _, err = run(capsys, line)
+    err = err.strip()
+    assert rc == 2 and "--rerank-by" in err and "contrastive head" in err and "\n" not in err
+
+
+def test_a_sampling_json_that_reranks_by_a_missing_head_is_refused(folders, tmp_path, capsys):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(folders["plain"], bad)
+    (bad / "sampling.json").write_text('{"rerank": 2, "rerank_by": "contrastive"}')
+    rc, _, err = run(capsys, f"generate x --model {bad} -o {tmp_path}/o")
+    assert rc == 2 and "sampling.json" in err and "contrastive head" in err
+    (bad / "sampling.json").write_text('{"rerank_by": "clip"}')
+    rc, _, err = run(capsys, f"generate x --model {bad} -o {tmp_path}/o")
+    assert rc == 2 and "rerank_by" in err
+
+
+# ---------------------------------------------------------------------------------------------
+# the evaluation
+
+
+def test_recall_is_perfect_for_perfect_embeddings_and_counts_equal_captions():
+    from cogview.bench.evaluate import caption_retrieval
+
+    captions = ["a red circle", "a blue square", "a red circle", "a green triangle"]
+    # one direction per distinct caption: the scenes of equal captions embed alike
+    basis = torch.eye(3)
+    perfect = basis[torch.tensor([0, 1, 0, 2])]
+    r = caption_retrieval(perfect, perfect, captions)
+    assert r["text_to_image"] == r["image_to_text"] == {"r@1": 1.0, "r@5": 1.0}
+    assert r["distinct_captions"] == 3 and r["relevant_per_query"] == pytest.approx(1.5)
+    # every caption closest to another scene's image: nothing found at 1, all at 5
+    wrong = basis[torch.tensor([1, 2, 1, 0])]
+    r = caption_retrieval(perfect, wrong, captions)
+    assert r["text_to_image"]["r@1"] == 0.0 and r["text_to_image"]["r@5"] == 1.0
+
+
+def test_scene_descriptions_fit_their_own_scene_in_both_wordings():
+    from cogview.bench.evaluate import _fits, drawn_scenes, scene_description
+
+    held = drawn_scenes(12, 32, seed=0)
+    assert held.images.shape == (12, 3, 32, 32) and held.images.dtype == torch.uint8
+    assert held.captions == drawn_scenes(12, 32, seed=0).captions
+    assert held.captions != drawn_scenes(12, 32, seed=1).captions
+    for i, attrs in enumerate(held.attributes):
+        described = scene_description(attrs, i)
+        assert _fits(described, attrs)
+        canonical = shapes.canonical_caption(described)
+        assert shapes.compare(shapes.parse_caption(canonical), attrs)["all"], canonical
+        paraphrased = shapes.paraphrase(described, i)  # worded as no training caption is
+        assert all(o[k] in paraphrased for o in attrs["objects"] for k in shapes.ATTRIBUTES
+                   if k != "position")
+    # another scene fits only when it has the same objects
+    one = {"objects": [dict(held.attributes[0]["objects"][0], colour="red", shape="circle",
+                            size="small")], "relation": None}
+    other = {"objects": [dict(one["objects"][0], colour="blue")], "relation": None}
+    assert _fits(scene_description(one, 0), one) and not _fits(scene_description(one, 0), other)
+
+
+def test_eval_reports_each_reranker_on_the_same_candidates_and_retrieval(folders, tmp_path,
+                                                                          capsys):
+    base = (f"eval --model {folders['head']} --n-prompts 2 --n-paraphrase 0 --n-captions 0 "
+            "--n-inpaint 0 --n-edit 0 --n-loss 0 --rerank 2 --threads 1 --batch-size 8 ")
+    rc, out, err = run(capsys, base + f"--rerank-by caption,contrastive,both --n-retrieval 6 "
+                                      f"--json {tmp_path}/all.json")
+    assert rc == 0, err
+    report = json.loads((tmp_path / "all.json").read_text())
+    one = report["t2i"]["one_object"]
+    assert one["rerank_by"] == "caption" and list(one["rerankers"]) == ["caption", "contrastive",
+                                                                         "both"]
+    assert one["accuracy"] == one["rerankers"]["caption"]["accuracy"]
+    times = report["seconds_per_image"]["one_object"]
+    assert all(t["total"] == pytest.approx(t["sampling"] + t["reranking"], abs=1e-3)
+               for t in times.values())
+    assert "reranked by contrastive" in out and "s/image" in out
+    # the first reranker's pictures are those of a run with that reranker alone
+    rc, _, err = run(capsys, base + f"--rerank-by contrastive --n-retrieval 0 "
+                                    f"--json {tmp_path}/one.json")
+    alone = json.loads((tmp_path / "one.json").read_text())["t2i"]["one_object"]
+    assert rc == 0 and alone["accuracy"] == one["rerankers"]["contrastive"]["accuracy"]
+
+    ret = report["retrieval"]
+    assert ret["scenes"].startswith("drawn") and ret["captions"]["n"] == 6
+    for part in ("captions", "descriptions_canonical", "descriptions_paraphrased"):
+        for recalls in (v for k, v in ret[part].items() if k.endswith("_to_image") or
+                        k.endswith("_to_text")):
+            assert set(recalls) == {"r@1", "r@5"} and 0 <= recalls["r@1"] <= recalls["r@5"] <= 1
+    assert "caption->image R@1" in out and "paraphrased->image R@5" in out
+
+
+def test_eval_skips_retrieval_for_a_model_without_a_head(folders, capsys):
+    rc, out, _ = run(capsys, f"eval --model {folders['plain']} --n-prompts 0 --n-paraphrase 0 "
+                             "--n-retrieval 4 --threads 1")
+    assert rc == 0
+    lines = [line.split() for line in out.splitlines() if line.startswith("retrieval")]
+    assert len(lines) == 1 and lines[0][:2] == ["retrieval", "skipped"]
+    assert "no contrastive head" in " ".join(lines[0])
+
+
+def test_fashion_retrieval_counts_any_image_of_the_class(pipe, folders, monkeypatch):
+    from cogview.bench import evaluate
+
+    labels = torch.tensor([3, 0, 1, 3, 2, 9, 5, 4, 6, 7, 8, 0])
+    prompts = [f"class {c}" for c in range(10)]
+    images = torch.zeros(len(labels), 3, 32, 32, dtype=torch.uint8)
+    fashion = evaluate.FashionEval(pipe, None, prompts, prompts, images, labels)
+    real = evaluate.eval_fashion_retrieval(fashion, 12)  # the head's own embeddings
+    assert real["n_images"] == 12 and real["n_classes"] == 10
+    assert 0 <= real["zero_shot_accuracy"]["r@1"] <= real["zero_shot_accuracy"]["r@5"] <= 1
+    # perfect embeddings: each image on its class prompt's direction
+    monkeypatch.setattr(evaluate, "_text_embeddings", lambda p, texts: torch.eye(10))
+    monkeypatch.setattr(evaluate, "_image_embeddings", lambda p, x: torch.eye(10)[labels[:len(x)]])
+    perfect = evaluate.eval_fashion_retrieval(fashion, 12)
+    assert perfect["text_to_image"] == perfect["zero_shot_accuracy"] == {"r@1": 1.0, "r@5": 1.0}
+    # every image on the next class's direction: right at 5 only for image -> text
+    monkeypatch.setattr(evaluate, "_image_embeddings",
+                        lambda p, x: torch.eye(10)[(labels[:len(x)] + 1) % 10] +
+                        0.5 * torch.eye(10)[labels[:len(x)]])
+    shifted = evaluate.eval_fashion_retrieval(fashion, 12)
+    assert shifted["zero_shot_accuracy"] == {"r@1": 0.0, "r@5": 1.0}
+    plain = CogView.from_pretrained(folders["plain"])
+    skipped = evaluate.eval_fashion_retrieval(evaluate.FashionEval(plain, None, prompts, prompts,
+                                                                   images, labels), 12)
+    assert "no contrastive head" in skipped["skipped"]
