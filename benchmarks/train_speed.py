@@ -1,6 +1,7 @@
 """Training throughput of a CogLM preset on this machine, and its model FLOP utilisation (MFU).
 
     .venv/bin/python benchmarks/train_speed.py [--preset small] [--batch-size 64] [--steps 8]
+    .venv/bin/python benchmarks/train_speed.py --contrastive 0.1   # each run with the head too
 
 The peak is measured in the same run: a large fp32 and bf16 matmul are timed first (best of a
 few). Each training configuration then runs the real loop (`train.loop.train_loop`: batch drawing
@@ -158,14 +159,22 @@ def scheduler_ms(tasks: str, n: int = 256, reps: int = 10) -> float:
     return 1000 * best
 
 
-def run(args: argparse.Namespace, precision: str, tasks: str, grouped: bool) -> dict[str, float]:
+def run(args: argparse.Namespace, precision: str, tasks: str, grouped: bool,
+        contrastive: float = 0.0) -> dict[str, float]:
+    """One configuration; with `contrastive` > 0 the model has a contrastive head trained at
+    that weight (its views' tokens are not counted in tokens/s: the same work is counted)."""
+    from train.lm import contrastive_dim
+
     tok = SyntheticTokenizer()
     torch.manual_seed(0)
-    model = CogLM(coglm_config(args.preset, tok.vocab_size))
-    sched = MaskingScheduler(tok, schedule=TaskSchedule.parse(tasks), text_dropout=0.1)
+    head = {"contrastive_dim": contrastive_dim(args.preset)} if contrastive else {}
+    model = CogLM(coglm_config(args.preset, tok.vocab_size, **head))
+    sched = MaskingScheduler(tok, schedule=TaskSchedule.parse(tasks), text_dropout=0.1,
+                             pairs=contrastive > 0)
     objective = CogLMObjective(model=model, tokenizer=tok, train=synthetic_data(tok),
                                scheduler=sched, image_size=4 * GRID,
-                               save_fn=lambda path, *a, **k: path, loss_config=LossConfig())
+                               save_fn=lambda path, *a, **k: path,
+                               loss_config=LossConfig(contrastive_weight=contrastive))
     counting = Counting(objective, grouped)
     steps = args.warmup_steps + args.steps
     loop = LoopConfig(steps=steps, batch_size=args.batch_size, warmup=1, precision=precision,
@@ -198,6 +207,9 @@ def main() -> None:
                    help="which sets of runs: t2i (t2i only), mixed and by-task (the mix, one "
                    "pass per batch or per task)")
     p.add_argument("--precisions", default="fp32,bf16")
+    p.add_argument("--contrastive", type=float, default=0.0, metavar="W",
+                   help="run each configuration also with a contrastive head at weight W, "
+                   "right after the one without (the same load for both)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -211,15 +223,17 @@ def main() -> None:
     sets = {"t2i": ("t2i=1", True), "mixed": (args.mix, False), "by-task": (args.mix, True)}
     for tasks, grouped in (sets[name] for name in args.rows.split(",")):
         for precision in args.precisions.split(","):
-            r = run(args, precision, tasks, grouped)
-            rows.append((tasks, "by task" if grouped else "mixed", precision, r,
-                         r["flops_per_s"] / peak[precision]))
+            for weight in (0.0, args.contrastive) if args.contrastive else (0.0,):
+                r = run(args, precision, tasks, grouped, weight)
+                name = tasks + (f" +con {weight:g}" if weight else "")
+                rows.append((name, "by task" if grouped else "mixed", precision, r,
+                             r["flops_per_s"] / peak[precision]))
     print(f"\n{args.preset} preset, batch {args.batch_size}, {args.steps} timed steps"
           f"{', compiled' if args.compile else ''}")
-    print(f"{'tasks':<26} {'batches':<8} {'prec':<5} {'tokens/s':>9} {'GFLOP/s':>8} "
+    print(f"{'tasks':<34} {'batches':<8} {'prec':<5} {'tokens/s':>9} {'GFLOP/s':>8} "
           f"{'MFU':>5} {'load':>5}")
     for tasks, how, precision, r, mfu in rows:
-        print(f"{tasks:<26} {how:<8} {precision:<5} {r['tokens_per_s']:>9.0f} "
+        print(f"{tasks:<34} {how:<8} {precision:<5} {r['tokens_per_s']:>9.0f} "
               f"{r['flops_per_s'] / 1e9:>8.1f} {mfu:>5.0%} {r['load']:>5.1f}")
 
 
