@@ -3,6 +3,7 @@ masks, and `cogview eval --quick` end to end on a tiny self-contained checkpoint
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -124,18 +125,13 @@ def test_accuracy_table_averages_each_key_over_results_that_have_it():
 # cogview eval --quick on a tiny checkpoint folder
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """An untrained tiny CogLM folder (tokenizer + VQVAE inside) and shapes shards."""
-    from cogview.model import CogLM, coglm_config
-    from cogview.pipeline import COGLM_KIND, bundle_extra, save_bundled
+def tiny_parts(root: Path) -> tuple[Any, str]:
+    """A shapes tokenizer (root/tokenizer.json) and an untrained tiny VQVAE (root/vq): the
+    tokenizer and the VQVAE's fingerprint."""
     from cogview.pretrained import save_vqvae
     from tokenizer import UnifiedTokenizer
-    from train.data.sources import build_shapes
     from vqvae.model import VQVAE, fingerprint, vqvae_config
 
-    root = tmp_path_factory.mktemp("eval")
-    build_shapes(root / "shapes", n=24, size=64, test_fraction=0.5, progress=False)
     rng = np.random.default_rng(0)
     captions = [shapes.caption(shapes.sample_scene(rng, 1 + i % 2), rng) for i in range(300)]
     tok = UnifiedTokenizer.train(captions, vocab_size=300, image_codes=64, max_text_len=24)
@@ -143,16 +139,32 @@ def tiny(tmp_path_factory):
     torch.manual_seed(0)
     vq = VQVAE(vqvae_config("tiny")).eval()
     save_vqvae(root / "vq", vq)
-    model = CogLM(coglm_config("tiny", tok.vocab_size))
-    save_bundled(
-        root / "model", COGLM_KIND,
-        config=model.config,
-        state_dict=model.state_dict(),
-        tokenizer_file=root / "tokenizer.json",
-        vqvae_path=root / "vq",
-        extra=bundle_extra(tok, fingerprint(vq), image_size=32, grid=(8, 8)),
-        step=5,
+    return tok, fingerprint(vq)
+
+
+def save_tiny_model(root: Path, name: str, tok: Any, vq_fingerprint: str, step: int = 0,
+                    **config: Any) -> Path:
+    """An untrained tiny CogLM folder root/name (32 px, 8x8 codes) with `tiny_parts`."""
+    from cogview.model import CogLM, coglm_config
+    from cogview.pipeline import COGLM_KIND, bundle_extra, save_bundled
+
+    model = CogLM(coglm_config("tiny", tok.vocab_size, **config))
+    return save_bundled(
+        root / name, COGLM_KIND, config=model.config, state_dict=model.state_dict(),
+        tokenizer_file=root / "tokenizer.json", vqvae_path=root / "vq",
+        extra=bundle_extra(tok, vq_fingerprint, image_size=32, grid=(8, 8)), step=step,
     )
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """An untrained tiny CogLM folder (tokenizer + VQVAE inside) and shapes shards."""
+    from train.data.sources import build_shapes
+
+    root = tmp_path_factory.mktemp("eval")
+    build_shapes(root / "shapes", n=24, size=64, test_fraction=0.5, progress=False)
+    tok, vq_fingerprint = tiny_parts(root)
+    save_tiny_model(root, "model", tok, vq_fingerprint, step=5)
     return root
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 import shlex
 
-import numpy as np
 import pytest
 import torch
+from test_evaluate import save_tiny_model, tiny_parts
 
 from cogview.api import CogView
 from cogview.bench import shapes
@@ -16,7 +16,7 @@ from cogview.cli import main
 from cogview.contrastive import embed_images, embed_texts
 from cogview.masks import EncodedText
 from cogview.model import CogLM, coglm_config
-from cogview.pipeline import COGLM_KIND, Pipeline, bundle_extra, save_bundled
+from cogview.pipeline import Pipeline
 from cogview.sampling import (
     RegionView,
     SamplingConfig,
@@ -34,28 +34,13 @@ PROMPT = "a red circle at the top left"
 def folders(tmp_path_factory):
     """Two untrained CogLM folders on 32 px shapes images (8x8 codes), one with a contrastive
     head and one without, sharing their tokenizer and VQVAE."""
-    from cogview.pretrained import save_vqvae
-    from tokenizer import UnifiedTokenizer
-    from vqvae.model import VQVAE, fingerprint, vqvae_config
-
     root = tmp_path_factory.mktemp("rerank-by")
-    rng = np.random.default_rng(0)
-    captions = [shapes.caption(shapes.sample_scene(rng, 1 + i % 2), rng) for i in range(300)]
-    tok = UnifiedTokenizer.train(captions, vocab_size=300, image_codes=64, max_text_len=24)
-    tok.save(root / "tokenizer.json")
-    torch.manual_seed(0)
-    vq = VQVAE(vqvae_config("tiny")).eval()
-    save_vqvae(root / "vq", vq)
+    tok, vq_fingerprint = tiny_parts(root)
     out = {}
     for name, head in (("head", 16), ("plain", 0)):
         torch.manual_seed(1)
-        model = CogLM(coglm_config("tiny", tok.vocab_size, dim=32, n_layers=1, max_seq_len=128,
-                                   contrastive_dim=head))
-        out[name] = save_bundled(
-            root / name, COGLM_KIND, config=model.config, state_dict=model.state_dict(),
-            tokenizer_file=root / "tokenizer.json", vqvae_path=root / "vq",
-            extra=bundle_extra(tok, fingerprint(vq), image_size=32, grid=(8, 8)),
-        )
+        out[name] = save_tiny_model(root, name, tok, vq_fingerprint, dim=32, n_layers=1,
+                                    max_seq_len=128, contrastive_dim=head)
     return out
 
 
