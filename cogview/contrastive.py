@@ -98,7 +98,7 @@ def embed_texts(model: nn.Module, tokenizer, texts: Sequence[Text], batch_size: 
     text encoder); ValueError for an empty one (nothing to pool)."""
     views = []
     for t in texts:
-        view = text_view(tokenizer, t)
+        view = text_view(tokenizer, t, model.config.contrastive_pool)
         if not view.pool.any():
             raise ValueError("an empty text has no embedding")
         views.append(view)
@@ -108,7 +108,8 @@ def embed_texts(model: nn.Module, tokenizer, texts: Sequence[Text], batch_size: 
 @torch.inference_mode()
 def embed_images(model: nn.Module, tokenizer, codes: Tensor, batch_size: int = 256) -> Tensor:
     """Unit embeddings (N, E) of N images given as codes (N, h, w)."""
-    views = [image_view(tokenizer, c) for c in codes.cpu()]
+    pool = model.config.contrastive_pool
+    views = [image_view(tokenizer, c, pool) for c in codes.cpu()]
     return _embed(model, views, "image", tokenizer.pad_id, batch_size)
 
 

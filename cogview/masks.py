@@ -275,28 +275,38 @@ def _view(tokens: list[np.ndarray], cells: list[np.ndarray], pool: np.ndarray,
     )
 
 
-def text_view(tok, text_ids: Text) -> TaskSequence:
+POOLS = ("mean", "last")  # a contrastive embedding: the mean over a text's or image's positions,
+# or the last position of its prefix (`<boi>` after a prompt, `<bot>` after an image)
+
+
+def text_view(tok, text_ids: Text, pool: str = "mean") -> TaskSequence:
     """`<t2i> text <boi>`: a prompt alone, as text-to-image reads it (the same inputs as the
-    prefix of `text_to_image`); pools the text slots."""
+    prefix of `text_to_image`); pools the text slots, or `<boi>` (`POOLS`)."""
     prompt = _prompt_ids(tok, text_ids)
     ids = np.concatenate([_ids([tok.task_id("t2i")]), prompt, _ids([tok.boi_id])])
-    pool = np.zeros(ids.size, dtype=bool)
-    pool[1 : 1 + prompt.size] = True
-    seq = _view([ids], [_no_cells(ids.size)], pool, "t2i")
+    pool_at = np.zeros(ids.size, dtype=bool)
+    if pool == "last":
+        pool_at[-1] = True
+    else:
+        pool_at[1 : 1 + prompt.size] = True
+    seq = _view([ids], [_no_cells(ids.size)], pool_at, "t2i")
     seq.next_cell[-1] = 1  # <boi> predicts the first cell, as in text-to-image
     return _with_states(seq, text_ids, 1)
 
 
-def image_view(tok, codes: Tensor) -> TaskSequence:
+def image_view(tok, codes: Tensor, pool: str = "mean") -> TaskSequence:
     """`<cap> <boi> codes <eoi> <bot>`: an image alone, as captioning reads it; pools the
-    codes."""
+    codes, or `<bot>` (`POOLS`)."""
     h, w = codes.shape
     image = _image_ids(tok, codes)
     start, end = _ids([tok.task_id("cap"), tok.boi_id]), _ids([tok.eoi_id, tok.bot_id])
-    pool = np.zeros(image.size + 4, dtype=bool)
-    pool[2 : 2 + image.size] = True
+    pool_at = np.zeros(image.size + 4, dtype=bool)
+    if pool == "last":
+        pool_at[-1] = True
+    else:
+        pool_at[2 : 2 + image.size] = True
     cells = [_no_cells(2), _cells(h, w), _no_cells(2)]
-    return _view([start, image, end], cells, pool, "cap")
+    return _view([start, image, end], cells, pool_at, "cap")
 
 
 def _positions(n: int, start: int, length: int) -> Tensor:
@@ -306,21 +316,24 @@ def _positions(n: int, start: int, length: int) -> Tensor:
 
 
 def with_pair(tok, seq: TaskSequence, text_ids: Sequence[int], codes: Tensor,
-              encoded: bool = False) -> TaskSequence:
+              encoded: bool = False, pool: str = "mean") -> TaskSequence:
     """`seq` with its `Pair` for the contrastive loss, when it has one: a text-to-image sample
     pools its prompt and gets a view of its image; a captioning sample pools its image and gets
     a view of its caption (not when prompts are `encoded` by a text encoder: its caption is
-    ids). Samples without text (dropped for guidance) and inpainting samples have none."""
+    ids). Samples without text (dropped for guidance) and inpainting samples have none. The
+    positions pooled are those of `text_view` and `image_view` with `pool`."""
     if not len(text_ids) or seq.task == "inp" or (seq.task == "cap" and encoded):
         return seq
     n, key = seq.ids.numel(), hash(tuple(int(i) for i in text_ids))
+    last = pool == "last"
     if seq.task == "t2i":
         slots = seq.text_slots if seq.text_slots is not None else _positions(n, 1, len(text_ids))
-        seq.pair = Pair(key, text_pool=slots, image_view=image_view(tok, codes))
+        text = _positions(n, 1 + int(slots.sum()), 1) if last else slots  # <boi> or the text
+        seq.pair = Pair(key, text_pool=text, image_view=image_view(tok, codes, pool))
     else:
         h, w = codes.shape
-        seq.pair = Pair(key, text_view=text_view(tok, text_ids),
-                        image_pool=_positions(n, 2, h * w))
+        image = _positions(n, 2 + h * w + 1, 1) if last else _positions(n, 2, h * w)
+        seq.pair = Pair(key, text_view=text_view(tok, text_ids, pool), image_pool=image)
     return seq
 
 
@@ -633,6 +646,7 @@ class MaskingScheduler:
     context: ContextFn | None = None
     encoder: EncoderFn | None = None
     pairs: bool = False  # give text-to-image and captioning samples a contrastive `Pair`
+    pair_pool: str = "mean"  # the positions the pairs pool (`POOLS`)
 
     def pick_task(self, step: int, g: torch.Generator) -> str:
         weights = self.schedule.weights(step)
@@ -708,7 +722,8 @@ class MaskingScheduler:
             else:
                 out.append(inpainting(tok, text, p.codes, p.mask, contexts.get(i)))
             if self.pairs:
-                with_pair(tok, out[-1], p.text_ids, p.codes, encoded=self.encoder is not None)
+                with_pair(tok, out[-1], p.text_ids, p.codes, encoded=self.encoder is not None,
+                          pool=self.pair_pool)
         return out
 
     def build(

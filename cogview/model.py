@@ -41,6 +41,7 @@ class CogLMConfig:
     bias: bool = False
     text_dim: int = 0  # width of a frozen text encoder's states; 0 = prompts are token ids
     contrastive_dim: int = 0  # width of the contrastive embeddings; 0 = no contrastive head
+    contrastive_pool: str = "mean"  # what a contrastive embedding pools (`masks.POOLS`)
 
     def __post_init__(self) -> None:
         if self.dim % self.n_heads:
@@ -51,6 +52,9 @@ class CogLMConfig:
             raise ValueError(f"text_dim must be >= 0, got {self.text_dim}")
         if self.contrastive_dim < 0:
             raise ValueError(f"contrastive_dim must be >= 0, got {self.contrastive_dim}")
+        if self.contrastive_pool not in ("mean", "last"):
+            raise ValueError(f"contrastive_pool must be mean or last, got "
+                             f"{self.contrastive_pool!r}")
 
     @property
     def head_dim(self) -> int:

@@ -44,7 +44,8 @@ def test_info_nce_is_low_for_matching_pairs_and_skips_same_caption_negatives():
     assert plain > 2 * math.log(2) / 6 - 0.01 and keyed < 0.01 and acc == 1
 
 
-def test_training_samples_pool_what_the_views_embed(inputs):
+@pytest.mark.parametrize("pool", ["mean", "last"])
+def test_training_samples_pool_what_the_views_embed(inputs, pool):
     """A text-to-image sample's prompt sees no image and a captioning sample's image sees no
     text, so pooling them inside the training sequences gives the embeddings of the text and
     the image read alone (what `cogview search` compares)."""
@@ -57,8 +58,9 @@ def test_training_samples_pool_what_the_views_embed(inputs):
     texts = tok.encode_texts([s for s, _ in scenes])
     codes = torch.stack([c for _, c in scenes])
     torch.manual_seed(0)
-    model = CogLM(coglm_config("tiny", tok.vocab_size, contrastive_dim=16)).eval()
-    sched = MaskingScheduler(tok, text_dropout=0.0, pairs=True)
+    model = CogLM(coglm_config("tiny", tok.vocab_size, contrastive_dim=16,
+                               contrastive_pool=pool)).eval()
+    sched = MaskingScheduler(tok, text_dropout=0.0, pairs=True, pair_pool=pool)
     plans = [Plan("t2i" if i % 2 else "cap", t, c)
              for i, (t, c) in enumerate(zip(texts, codes, strict=True))]
     batch = collate(sched.sequences(plans), tok.pad_id)

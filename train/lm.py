@@ -404,6 +404,10 @@ class CogLMTrainConfig(TokenRunConfig):
         0.0, "train a contrastive head (CoCa-style InfoNCE between pooled text and image "
         "embeddings, for cogview index/search and --rerank-by contrastive) at this weight "
         "beside the token losses; 0 = no head", metavar="W")
+    contrastive_pool: str = option(
+        "mean", "what the contrastive embeddings pool: mean (the final hidden states of a "
+        "text's tokens or an image's codes, averaged) or last (the position after them: <boi> "
+        "after a prompt, <bot> after an image)", choices=("mean", "last"))
 
     def __post_init__(self) -> None:
         from cogview.model import PRESETS
@@ -495,6 +499,7 @@ def train_coglm(
     sizes = {"text_dim": encoder.dim} if encoder is not None else {}
     if run.contrastive_weight > 0:
         sizes["contrastive_dim"] = contrastive_dim(run.preset)
+        sizes["contrastive_pool"] = run.contrastive_pool
     model = CogLM(coglm_config(run.preset, tok.vocab_size, **sizes))
     if run.init_from:  # a resumed run then loads its checkpoint's weights over these
         init_weights(model, run.init_from, tok, vq_fp)
@@ -517,7 +522,8 @@ def train_coglm(
     scheduler = MaskingScheduler(tok, schedule=schedule, text_dropout=run.text_dropout,
                                  region_masks=run.region_masks, region_prompts=run.region_prompts,
                                  context=functools.partial(context_from_codes, vqvae),
-                                 encoder=encoder, pairs=run.contrastive_weight > 0)
+                                 encoder=encoder, pairs=run.contrastive_weight > 0,
+                                 pair_pool=run.contrastive_pool)
     domain = (train.info.get("source_info") or {}).get("source")
     rephrase = rephraser(domain) if run.rephrase > 0 else None
     if run.rephrase > 0 and rephrase is None:
@@ -579,6 +585,7 @@ def init_weights(model: CogLM, source: str, tokenizer: Any, vqvae_fingerprint: s
     new_head = theirs["contrastive_dim"] == 0 and ours["contrastive_dim"] > 0
     if new_head:  # a contrastive head added to a model trained without one starts afresh
         theirs["contrastive_dim"] = ours["contrastive_dim"]
+        theirs["contrastive_pool"] = ours["contrastive_pool"]
     if theirs != ours:
         raise ConfigError.of("init_from", f"{source}: a model of another shape (check preset)")
     if pipe.tokenizer.fingerprint != tokenizer.fingerprint:
