@@ -15,7 +15,7 @@ import itertools
 import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +90,11 @@ class CogLMObjective:
     # caption augmentation: (attributes, numpy rng) -> prompt or None, and its probability
     rephrase: Callable[[Any, np.random.Generator], str | None] | None = None
     rephrase_p: float = 0.0
+    # the contrastive loss: samples of the current global batch in it, and the last step's
+    # share-weighted loss, accuracy and shares
+    _pairs: int = field(default=0, init=False, repr=False)
+    _contrastive: Tensor = field(default_factory=lambda: torch.zeros(3, dtype=torch.float64),
+                                 init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.image_size not in self.train.codes:
@@ -102,8 +107,6 @@ class CogLMObjective:
         self.check_fits(tuple(self.codes.shape[1:]), text_len)
         self._eval_sets: dict[str, list[TaskSequence]] | None = None
         self.regions = sample_regions(self.tokenizer, getattr(self.train, "metas", []))
-        self._pairs = 0  # samples of the current global batch in the contrastive loss
-        self._contrastive = torch.zeros(3, dtype=torch.float64)  # share-weighted loss, accuracy
 
     def check_fits(self, grid: tuple[int, int], text_len: int) -> None:
         """ConfigError unless samples of every task used, with captions of up to `text_len`
