@@ -85,6 +85,7 @@ def test_contrastive_training_learns_to_retrieve_held_out_scenes(inputs, tmp_pat
     assert result.metrics["eval_r1_image_text"] > 0.8
     pipe = load_pipeline(tmp_path / "run")
     assert pipe.model.config.contrastive_dim == 32  # the tiny preset's width / 2
+    assert pipe.model.config.contrastive_pool == "mean"  # the default, recorded
     assert pipe.meta["train_args"]["contrastive_weight"] == 1.0
 
 

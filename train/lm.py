@@ -409,8 +409,9 @@ class CogLMTrainConfig(TokenRunConfig):
         "beside the token losses; 0 = no head", metavar="W")
     contrastive_pool: str = option(
         "mean", "what the contrastive embeddings pool: mean (the final hidden states of a "
-        "text's tokens or an image's codes, averaged) or last (the position after them: <boi> "
-        "after a prompt, <bot> after an image)", choices=("mean", "last"))
+        "text's tokens or an image's codes, averaged) or last (the final hidden state of the "
+        "position after them: <boi> after a prompt, <bot> after an image)",
+        choices=("mean", "last"))
 
     def __post_init__(self) -> None:
         from cogview.model import PRESETS
