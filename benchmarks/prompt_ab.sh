@@ -6,7 +6,7 @@
 #
 #   bash benchmarks/prompt_ab.sh rephrase --rephrase 0.5          # caption augmentation
 #   bash benchmarks/prompt_ab.sh minilm --text-encoder minilm     # frozen text encoder
-#   bash benchmarks/prompt_ab.sh contrastive --contrastive-weight 0.1   # contrastive head
+#   bash benchmarks/prompt_ab.sh contrastive-last --contrastive-weight 0.1 --contrastive-pool last
 #
 # Outputs: runs/ab/NAME/{coglm,coglm-edit,coglm-edit2,final}. The baseline is the shipped model
 # (the same stages without either flag). Measure each `final` with the README's eval commands.

@@ -28,7 +28,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 def _run(inputs: dict[str, str], out: Path, weight: float = 1.0) -> CogLMTrainConfig:
     return CogLMTrainConfig(**inputs, out=str(out), preset="tiny",
                             tasks="t2i=0.5,cap=0.25,inp=0.25", eval_samples=32,
-                            contrastive_weight=weight)
+                            contrastive_weight=weight, contrastive_pool="mean")
 
 
 def test_info_nce_is_low_for_matching_pairs_and_skips_same_caption_negatives():
@@ -85,7 +85,8 @@ def test_contrastive_training_learns_to_retrieve_held_out_scenes(inputs, tmp_pat
     assert result.metrics["eval_r1_image_text"] > 0.8
     pipe = load_pipeline(tmp_path / "run")
     assert pipe.model.config.contrastive_dim == 32  # the tiny preset's width / 2
-    assert pipe.model.config.contrastive_pool == "mean"  # the default, recorded
+    # mean pooling: a 2-layer model from scratch learns `last` too slowly for a test
+    assert pipe.model.config.contrastive_pool == "mean"
     assert pipe.meta["train_args"]["contrastive_weight"] == 1.0
 
 

@@ -408,10 +408,10 @@ class CogLMTrainConfig(TokenRunConfig):
         "embeddings, for cogview index/search and --rerank-by contrastive) at this weight "
         "beside the token losses; 0 = no head", metavar="W")
     contrastive_pool: str = option(
-        "mean", "what the contrastive embeddings pool: mean (the final hidden states of a "
-        "text's tokens or an image's codes, averaged) or last (the final hidden state of the "
-        "position after them: <boi> after a prompt, <bot> after an image)",
-        choices=("mean", "last"))
+        "last", "what the contrastive embeddings pool: last (the final hidden state of the "
+        "position after a text or an image: <boi> after a prompt, <bot> after an image) or "
+        "mean (the final hidden states of the text's tokens or the image's codes, averaged)",
+        choices=("last", "mean"))
 
     def __post_init__(self) -> None:
         from cogview.model import PRESETS
