@@ -1,9 +1,10 @@
 """The contrastive head of a CogLM (CoCa-style): text and image embeddings in one space.
 
-A text's embedding is the mean final hidden state over its positions when the model reads it
-alone, as the prompt of text-to-image does (`masks.text_view`: `<t2i> text <boi>`); an image's
-is the mean over its codes read alone, as captioning does (`masks.image_view`: `<cap> <boi>
-codes <eoi> <bot>`). Both prefixes are unimodal, so a text is embedded without any image and
+A text's embedding comes from the final hidden states of the model reading it alone, as the
+prompt of text-to-image does (`masks.text_view`: `<t2i> text <boi>`), an image's from the model
+reading it alone, as captioning does (`masks.image_view`: `<cap> <boi> codes <eoi> <bot>`):
+the state after it (`<boi>`, `<bot>`) or the mean over its positions (the model's
+`contrastive_pool`). Both prefixes are unimodal, so a text is embedded without any image and
 an image without any text, and the same weights that generate and caption also retrieve.
 
 Training adds InfoNCE over the batch (`contrastive_loss`): a text-to-image sample's prompt is
