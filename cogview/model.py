@@ -217,8 +217,9 @@ class Block(nn.Module):
 
 
 class ContrastiveHead(nn.Module):
-    """CoCa-style: the mean final hidden state over a text's or an image's positions, each
-    projected into a shared space of unit vectors, compared by a learnt temperature."""
+    """CoCa-style: the final hidden states of a text's or an image's pooled positions
+    (`contrastive_pool`: the position after it, or all of its own), averaged, projected into a
+    shared space of unit vectors and compared at a learnt temperature."""
 
     def __init__(self, dim: int, out_dim: int) -> None:
         super().__init__()
