@@ -32,6 +32,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from cogview.contrastive import has_head
 from cogview.errors import UserError
 from cogview.images import fit, from_tensor, mask_from_image, resize_mask, to_rgb, to_tensor
 from cogview.inpainting import blank_codes, context_codes
@@ -223,13 +224,13 @@ class CogView:
     @property
     def has_contrastive_head(self) -> bool:
         """Whether the model embeds prompts and images (reranking by "contrastive", "both")."""
-        return getattr(self.model, "contrastive", None) is not None
+        return has_head(self.model)
 
-    def _reranker(self, rerank_by: str | None) -> str:
-        """`rerank_by`, or the model's default for None; an error naming it unless the model
-        can rerank that way (`sampling.check_reranker`)."""
+    def reranker(self, rerank_by: str | None) -> str:
+        """`rerank_by`, or the model's default for None; an error of the `rerank_by` parameter
+        unless the model can rerank that way (`sampling.check_reranker`)."""
         by = self.rerank_by_default if rerank_by is None else rerank_by
-        check_reranker(self.model, by)
+        check_reranker(by, self.has_contrastive_head)
         return by
 
     def load_sr(self, path: str | Path | None = None) -> Any:
@@ -389,7 +390,7 @@ class CogView:
         group = 1 if candidates else (self.rerank_default if rerank is None else rerank)
         if group < 1:
             raise UserError(f"rerank must be >= 1, got {group}")
-        by = self._reranker(rerank_by)
+        by = self.reranker(rerank_by)
         clusters = self.clusters(config.n_clusters) if config.cluster else None
         g = generator if generator is not None else self.generator(seed)
         ids = [self.encode_prompt(t) for t in texts]
@@ -458,7 +459,7 @@ class CogView:
                             f"{group}")
         return best_of_groups(self.model, self.tokenizer, drawn.codes, drawn.ids, group,
                               drawn.batch_size, restate=self.restate,
-                              by=self._reranker(rerank_by), conditions=drawn.conditions)
+                              by=self.reranker(rerank_by), conditions=drawn.conditions)
 
     def inpaint(
         self,
@@ -497,7 +498,7 @@ class CogView:
         if pixel_mask.shape != (height, width):
             pixel_mask = resize_mask(pixel_mask, (height, width))
         self._check_candidates(candidates, n)
-        by = self._reranker(rerank_by)
+        by = self.reranker(rerank_by)
         if not pixel_mask.any():
             return Images(np.stack([original] * n), torch.empty(0, *self.grid, dtype=torch.long))
         config = self.sampling_config(**sampling)

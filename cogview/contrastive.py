@@ -23,17 +23,21 @@ from torch import Tensor, nn
 
 from cogview.masks import PairBatch, Text, collate, image_view, text_view
 
+NO_HEAD = "the model has no contrastive head; train one with --contrastive-weight"
+
 
 class NoContrastiveHead(ValueError):
     """The model was trained without a contrastive head."""
 
 
+def has_head(model: nn.Module) -> bool:
+    return getattr(model, "contrastive", None) is not None
+
+
 def head_of(model: nn.Module) -> nn.Module:
-    head = getattr(model, "contrastive", None)
-    if head is None:
-        raise NoContrastiveHead("the model has no contrastive head (train it with "
-                                "--contrastive-weight)")
-    return head
+    if not has_head(model):
+        raise NoContrastiveHead(NO_HEAD)
+    return model.contrastive
 
 
 def info_nce(text: Tensor, image: Tensor, scale: Tensor, keys: Tensor | None = None

@@ -294,9 +294,12 @@ def load_pipeline(path: str | Path, device: str | torch.device = "cpu") -> Pipel
     restate = defaults.restate
     if restate is None and ckpt.extra.get("domain") in RESTATERS:
         restate = ckpt.extra["domain"]
-    if defaults.rerank_by != "caption" and not config.contrastive_dim:
-        raise CheckpointError(f"{ckpt.path / SAMPLING_FILE}: rerank_by {defaults.rerank_by!r} "
-                              "needs a contrastive head, and the model has none")
+    from cogview.sampling import SamplingError, check_reranker
+
+    try:
+        check_reranker(defaults.rerank_by, config.contrastive_dim > 0)
+    except SamplingError as e:
+        raise CheckpointError(f"{ckpt.path / SAMPLING_FILE}: {e}") from None
     return Pipeline(
         model=model.to(device).eval(),
         tokenizer=tok,

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from cogview import masks
 from cogview.config import option
+from cogview.contrastive import NO_HEAD, has_head
 from cogview.errors import ConfigError
 from cogview.model import CogLM, prefix_lm_mask
 
@@ -703,14 +704,14 @@ def restated_ids(
 RERANKERS = ("caption", "contrastive", "both")
 
 
-def check_reranker(model: CogLM, by: str) -> None:
-    """SamplingError unless `by` is one of RERANKERS that `model` can score by: "contrastive"
-    and "both" need a contrastive head."""
+def check_reranker(by: str, with_head: bool) -> None:
+    """SamplingError of the `rerank_by` parameter unless `by` is one of RERANKERS that a model
+    with (or without) a contrastive head can score by: "contrastive" and "both" need one."""
     if by not in RERANKERS:
-        raise SamplingError(f"by must be one of {', '.join(RERANKERS)}, got {by!r}")
-    if by != "caption" and getattr(model, "contrastive", None) is None:
-        raise SamplingError(f"reranking by {by!r} needs a contrastive head, and the model has "
-                            "none (train it with --contrastive-weight)")
+        raise SamplingError.of("rerank_by", f"must be one of {', '.join(RERANKERS)}, got "
+                               f"{by!r}")
+    if by != "caption" and not with_head:
+        raise SamplingError.of("rerank_by", f"{by}: {NO_HEAD}")
 
 
 def _text_key(text: masks.Text) -> object:
@@ -809,7 +810,7 @@ def rerank(
     contrastive embeddings by `condition`."""
     if not 1 <= keep <= n_candidates:
         raise SamplingError(f"keep must be in 1..{n_candidates}, got {keep}")
-    check_reranker(model, by)
+    check_reranker(by, has_head(model))
     prompt = list(text_ids) if condition is None else condition
     codes = generate_images(
         model,
@@ -896,7 +897,7 @@ def best_candidates(
       does not depend on which object a prompt names first the way captioning does);
     - "both": `standardised` caption scores plus `standardised` contrastive scores.
     """
-    check_reranker(model, by)
+    check_reranker(by, has_head(model))
     scores = []
     if by in ("caption", "both"):
         alternatives = restated_ids(tokenizer, text_ids, restate)

@@ -40,6 +40,7 @@ import torch
 from torch import Tensor
 
 from cogview.bench import detect, shapes
+from cogview.contrastive import NO_HEAD
 from cogview.images import fit, resize_mask
 from cogview.masks import box_cells
 from cogview.pretrained import decode_codes, encode_images
@@ -628,7 +629,6 @@ def eval_fashion(
     }
 
 
-NO_HEAD = "the model has no contrastive head (train it with --contrastive-weight)"
 RECALL_KS = (1, 5)
 SAME_CAPTION = ("an item whose caption equals the query's counts as found: identical captions "
                 "say the same of their scenes, so no ranking can tell them apart")

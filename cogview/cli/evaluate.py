@@ -145,9 +145,8 @@ def _run_eval(args: argparse.Namespace) -> int:
     sampling = pipe.sampling_config(**sampling_flags(args))
     if args.rerank is None:  # the model's sampling.json
         config = dataclasses.replace(config, rerank=pipe.rerank_default)
-    if rerank_by and not pipe.has_contrastive_head and set(rerank_by) - {"caption"}:
-        raise UserError(f"--rerank-by {args.rerank_by}: the model has no contrastive head "
-                        "(train it with --contrastive-weight)")
+    for by in rerank_by:
+        pipe.reranker(by)
     config = dataclasses.replace(config, rerank_by=rerank_by or (pipe.rerank_by_default,))
     held = None
     if args.data is not None:

@@ -45,7 +45,7 @@ def run_export(args: argparse.Namespace) -> int:
     from cogview.cli.flags import checked
     from cogview.errors import UserError
     from cogview.pipeline import RESTATERS, SAMPLING_FILE, write_sampling_defaults
-    from cogview.sampling import SamplingConfig
+    from cogview.sampling import SamplingConfig, check_reranker
 
     src = resolve_checkpoint(args.run)
     ck = load_checkpoint(src)  # refuses a corrupt checkpoint before anything is copied
@@ -54,9 +54,7 @@ def run_export(args: argparse.Namespace) -> int:
     if args.rerank is not None:
         sampling["rerank"] = args.rerank
     if args.rerank_by is not None:
-        if args.rerank_by != "caption" and not ck.config.get("contrastive_dim"):
-            raise UserError(f"--rerank-by {args.rerank_by}: {src} has no contrastive head "
-                            "(train it with --contrastive-weight)")
+        check_reranker(args.rerank_by, bool(ck.config.get("contrastive_dim")))
         sampling["rerank_by"] = args.rerank_by
     if args.restate is not None:
         if args.restate not in RESTATERS:

@@ -67,20 +67,11 @@ RERANK_BY_HELP = (
 )
 
 
-def _check_rerank_by(args: argparse.Namespace, pipe: CogView) -> str:
-    """The reranker in effect (--rerank-by, else the model's); one line for a model that
-    cannot score that way."""
-    if args.rerank_by not in (None, "caption") and not pipe.has_contrastive_head:
-        raise UserError(f"--rerank-by {args.rerank_by}: the model has no contrastive head "
-                        "(train it with --contrastive-weight)")
-    return args.rerank_by or pipe.rerank_by_default
-
-
 def _rerank_kwargs(args: argparse.Namespace, pipe: CogView) -> tuple[dict[str, Any], int]:
     """CogView keyword arguments of --rerank and --rerank-by, and the candidates drawn per
     prompt: `--rerank N` draws N and keeps the n best; without it, the model's sampling.json
     may make each image the best of its own group of R."""
-    by = {"rerank_by": _check_rerank_by(args, pipe)}
+    by = {"rerank_by": pipe.reranker(args.rerank_by)}
     if args.rerank:
         return {"candidates": args.rerank, **by}, args.rerank
     group = pipe.rerank_default if args.rerank is None else 1

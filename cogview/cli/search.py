@@ -32,9 +32,8 @@ def _load(model: str | None, device: str) -> CogView:
     pipe = CogView.from_pretrained(model, device=device)
     try:
         head_of(pipe.model)
-    except NoContrastiveHead:
-        raise UserError(f"--model {model or pipe.meta['path']}: has no contrastive head; "
-                        "train one with --contrastive-weight") from None
+    except NoContrastiveHead as e:
+        raise UserError(f"--model {model or pipe.meta['path']}: {e}") from None
     return pipe
 
 
