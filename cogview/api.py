@@ -205,6 +205,20 @@ class CogView:
 
         return [EncodedText(p, s) for p, s in zip(prompts, enc.encode(prompts), strict=True)]
 
+    def embed_texts(self, texts: Sequence[str], batch_size: int = 256) -> Tensor:
+        """Unit embeddings (N, E) of texts by the contrastive head, each read as the model reads
+        a prompt (cut to its text length, silently: captions in bulk; a text encoder's states
+        for a model with one); `contrastive.NoContrastiveHead` for a model without a head,
+        ValueError for an empty text."""
+        from cogview.contrastive import embed_texts
+        from tokenizer import TextTruncatedWarning
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", TextTruncatedWarning)
+            ids = self.tokenizer.encode_texts(list(texts))
+        return embed_texts(self.model, self.tokenizer, self.conditions(list(texts), ids),
+                           batch_size)
+
     @property
     def restate(self) -> Any:
         """How reranking restates a prompt (the model's domain grammar), or None."""

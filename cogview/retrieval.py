@@ -30,8 +30,7 @@ import itertools
 import json
 import os
 import tempfile
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -286,17 +285,6 @@ def read_source(pipe: CogView, source: str | Path, split: str = "all",
 # building, saving, loading
 
 
-def _text_conditions(pipe: CogView, texts: Sequence[str]) -> list[Any]:
-    """What the model reads of each text: ids cut to its text length (as in training), or
-    `EncodedText` for a model with a text encoder."""
-    from tokenizer import TextTruncatedWarning
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", TextTruncatedWarning)
-        ids = pipe.tokenizer.encode_texts(list(texts))
-    return pipe.conditions(list(texts), ids)
-
-
 def build_index(pipe: CogView, items: Items, batch_size: int = 256,
                 progress: Progress | None = None) -> Index:
     """Embed the images of `items` and their distinct captions with `pipe`'s contrastive head
@@ -315,7 +303,7 @@ def build_index(pipe: CogView, items: Items, batch_size: int = 256,
     captions = list(dict.fromkeys(c for c in items.captions if c and c.strip()))
     row = {c: i for i, c in enumerate(captions)}
     caption_of = torch.tensor([row.get(c, -1) if c else -1 for c in items.captions])
-    text_emb = (embed_texts(model, tok, _text_conditions(pipe, captions), batch_size).cpu()
+    text_emb = (pipe.embed_texts(captions, batch_size).cpu()
                 if captions else torch.zeros(0, image_emb[0].shape[1]))
     meta = {"source": items.source, "image_size": pipe.image_size, "grid": list(pipe.grid),
             "model": model_fingerprint(pipe), "model_path": str(pipe.meta["path"])}

@@ -640,15 +640,6 @@ def _recalls(scores: Tensor, relevant: Tensor) -> dict[str, float]:
     return {f"r@{k}": v for k, v in recall_at(scores, relevant, RECALL_KS).items()}
 
 
-def _text_embeddings(pipe: Any, texts: Sequence[str]) -> Tensor:
-    """Unit embeddings (N, E) of prompts by the contrastive head, read as the model reads them
-    (`CogView.conditions`: text ids, or a text encoder's states)."""
-    from cogview.contrastive import embed_texts
-
-    ids = _encode_texts(pipe.tokenizer, texts)
-    return embed_texts(pipe.model, pipe.tokenizer, pipe.conditions(list(texts), ids)).float().cpu()
-
-
 def _image_embeddings(pipe: Any, images: Tensor) -> Tensor:
     """Unit embeddings (N, E) of uint8 images (N, 3, S, S) by the contrastive head."""
     from cogview.contrastive import embed_images
@@ -722,7 +713,7 @@ def eval_retrieval(pipe: Any, held: HeldOut, source: str) -> dict[str, Any]:
     out: dict[str, Any] = {
         "scenes": source,
         "relevant": SAME_CAPTION,
-        "captions": caption_retrieval(_text_embeddings(pipe, captions), image, captions),
+        "captions": caption_retrieval(pipe.embed_texts(captions).cpu(), image, captions),
     }
     with_attrs = set(held.with_attributes())
     scored = [k for k, i in enumerate(keep) if i in with_attrs]
@@ -733,7 +724,7 @@ def eval_retrieval(pipe: Any, held: HeldOut, source: str) -> dict[str, Any]:
                     "paraphrased": [shapes.paraphrase(d, k) for k, d in enumerate(described)]}
         for name, queries in wordings.items():
             out[f"descriptions_{name}"] = description_retrieval(
-                _text_embeddings(pipe, queries), image[scored], described, attrs)
+                pipe.embed_texts(queries).cpu(), image[scored], described, attrs)
     return out
 
 
@@ -746,7 +737,7 @@ def eval_fashion_retrieval(fashion: FashionEval, n: int) -> dict[str, Any]:
     if not pipe.has_contrastive_head:
         return {"skipped": NO_HEAD}
     images, labels = fashion.test_images[:n], fashion.test_labels[:n].cpu()
-    scores = _text_embeddings(pipe, fashion.prompts) @ _image_embeddings(pipe, images).T
+    scores = pipe.embed_texts(fashion.prompts).cpu() @ _image_embeddings(pipe, images).T
     # (classes, n)
     relevant = labels[None, :] == torch.arange(len(fashion.prompts))[:, None]
     return {"n_images": len(images), "n_classes": len(fashion.prompts),
