@@ -15,7 +15,7 @@ the same caption are not each other's negatives.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -116,6 +116,14 @@ def embed_images(model: nn.Module, tokenizer, codes: Tensor, batch_size: int = 2
     pool = model.config.contrastive_pool
     views = [image_view(tokenizer, c, pool) for c in codes.cpu()]
     return _embed(model, views, "image", tokenizer.pad_id, batch_size)
+
+
+def same_key(keys: Sequence[Hashable]) -> Tensor:
+    """(N, N) bool: which of N items share a key (a caption): the items a query by one of them
+    counts as found, since identical captions say the same of their images."""
+    index = {k: i for i, k in enumerate(dict.fromkeys(keys))}
+    key = torch.tensor([index[k] for k in keys], dtype=torch.long)
+    return key[:, None] == key[None, :]
 
 
 def recall_at(scores: Tensor, relevant: Tensor, ks: Sequence[int] = (1, 5)) -> dict[int, float]:

@@ -238,7 +238,7 @@ class CogLMObjective:
 def held_out_retrieval(objective: CogLMObjective, model: nn.Module) -> dict[str, float]:
     """Recall@1 of text -> image and image -> text over the held-out samples by the contrastive
     head; an item with the query's caption counts as found."""
-    from cogview.contrastive import embed_images, embed_texts, recall_at
+    from cogview.contrastive import embed_images, embed_texts, recall_at, same_key
 
     n = len(objective.eval_sets()["t2i"])
     prompts = [s.text_states for s in objective.eval_sets()["t2i"]]
@@ -249,8 +249,7 @@ def held_out_retrieval(objective: CogLMObjective, model: nn.Module) -> dict[str,
     codes = objective.test.codes[objective.image_size][:n][keep]
     text_emb = embed_texts(model, objective.tokenizer, [texts[i] for i in keep])
     image_emb = embed_images(model, objective.tokenizer, torch.as_tensor(codes))
-    ids = [tuple(objective.test.text_ids[i]) for i in keep]
-    same = torch.tensor([[a == b for b in ids] for a in ids], device=text_emb.device)
+    same = same_key([tuple(objective.test.text_ids[i]) for i in keep]).to(text_emb.device)
     scores = text_emb @ image_emb.T
     return {"eval_r1_text_image": recall_at(scores, same, (1,))[1],
             "eval_r1_image_text": recall_at(scores.T, same, (1,))[1]}

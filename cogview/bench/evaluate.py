@@ -652,13 +652,13 @@ def caption_retrieval(text: Tensor, image: Tensor, captions: Sequence[str]) -> d
     """Recall@k both ways between N captions and their N images from unit embeddings (N, E):
     text -> image ranks the images for each caption, image -> text the captions for each
     image; an item whose caption equals the query's is relevant (`SAME_CAPTION`)."""
-    keys = {c: i for i, c in enumerate(dict.fromkeys(captions))}
-    key = torch.tensor([keys[c] for c in captions])
-    same = key[:, None] == key[None, :]  # (N, N)
+    from cogview.contrastive import same_key
+
+    same = same_key(captions)  # (N, N)
     scores = text @ image.T  # (N captions, N images)
     return {
         "n": len(captions),
-        "distinct_captions": len(keys),
+        "distinct_captions": len(set(captions)),
         "relevant_per_query": float(same.sum(1).float().mean()) if len(captions) else 0.0,
         "text_to_image": _recalls(scores, same),
         "image_to_text": _recalls(scores.T, same.T),
