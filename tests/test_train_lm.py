@@ -169,6 +169,25 @@ def test_resume_after_sigint_equals_uninterrupted_run(inputs, tmp_path):
     assert steps == [1, 2, 3, 4, 5, 6] + [6] * (len(steps) - 6)
 
 
+def test_a_checkpoint_written_before_a_config_field_existed_resumes(inputs, tmp_path):
+    """config.json without a field added later (its default) is the same shape: it resumes."""
+    loop = _loop()
+    full = train_coglm(_run(inputs, tmp_path / "full"), loop, progress=False)
+
+    def interrupt(step: int) -> None:
+        if step == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    part = train_coglm(_run(inputs, tmp_path / "part"), loop, progress=False, on_step=interrupt)
+    meta_file = tmp_path / "part/step-00000004/config.json"
+    meta = json.loads(meta_file.read_text())
+    for later in ("contrastive_dim", "contrastive_pool"):  # both default: no head
+        del meta["config"][later]
+    meta_file.write_text(json.dumps(meta))
+    rest = train_coglm(_run(inputs, tmp_path / "part"), loop, progress=False, resume=True)
+    assert part.losses + rest.losses == full.losses
+
+
 def test_checkpoint_folder_loads_as_pipeline(inputs, tmp_path):
     from cogview.pipeline import load_pipeline
 

@@ -39,6 +39,8 @@ from torch import Tensor, nn
 
 from cogview.checkpoint import (
     TRAINING_STATE_FILE,
+    CheckpointError,
+    config_from_dict,
     load_checkpoint,
     load_state_strict,
     load_training_state,
@@ -471,6 +473,17 @@ def _diverged(value: float, step: int, last: Path | None, what: str = "loss") ->
     )
 
 
+def _stored_config(like: Any, data: dict[str, Any]) -> Any:
+    """config.json's `data` as a config of `like`'s type (None when it does not read as one)."""
+    cls = type(like)
+    try:
+        if hasattr(cls, "from_dict"):
+            return cls.from_dict(data, source="config.json")
+        return config_from_dict(cls, data, source="config.json")
+    except CheckpointError:
+        return None
+
+
 def _resume(
     path: Path,
     objective: Objective,
@@ -483,10 +496,11 @@ def _resume(
     state = load_training_state(path)
     meta = read_meta(path)
     model = backend.module.model
-    # what the checkpoint stores as the model's config (an SR model: its whole SRConfig)
+    # what the checkpoint stores as the model's config (an SR model: its whole SRConfig), read
+    # as the loader reads it, so that a folder written before a field existed (its default)
+    # still resumes
     model_config = getattr(objective, "model_config", getattr(model, "config", None))
-    # through JSON, as config.json holds it (tuples become lists)
-    if model_config is not None and meta["config"] != json.loads(json.dumps(asdict(model_config))):
+    if model_config is not None and _stored_config(model_config, meta["config"]) != model_config:
         raise UserError(f"resume: {path} holds a model of another shape than the one asked "
                         "for (check the preset); start another run to train this one")
     if int(state.get("world", 1)) != backend.world:
