@@ -41,7 +41,7 @@ def main() -> None:
     held = load_held_out(args.data, pipe.image_size, 3 * args.n, "test")
     two = [i for i, m in enumerate(held.attributes) if m and len(m["objects"]) == 2][: args.n]
     cases = edit_cases(held, two, int(held.images.shape[-1]), pipe.grid, "region", seed=0)
-    sampling = pipe.sampling_config()
+    sampling = pipe.sampling_config(inpainting=True)  # as `cogview inpaint` samples
     g = {name: torch.Generator().manual_seed(0) for name in ("whole", "blanked")}
     changed = kept = 0
     redrawn = {name: [] for name in g}

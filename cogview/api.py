@@ -10,11 +10,11 @@
     big = pipe.superres(out.images[0])                 # with the shipped SR model
 
 `CogView` owns what turns a prompt into pictures: the model folder's sampling defaults
-(`sampling.json`, overridden by keyword arguments), reranking (by the model's own caption
-likelihood, its contrastive head, or both: `rerank_by`), the leak-free inpainting
-context, compositing into the original picture and super-resolution. The command line, the
-evaluation and the benchmarks are thin callers of it. No printing: notes for people are the
-caller's to make.
+(`sampling.json`, with its "inpaint" settings on top for inpainting, overridden by keyword
+arguments), reranking (by the model's own caption likelihood, its contrastive head, or both:
+`rerank_by`), the leak-free inpainting context, compositing into the original picture and
+super-resolution. The command line, the evaluation and the benchmarks are thin callers of it.
+No printing: notes for people are the caller's to make.
 """
 
 from __future__ import annotations
@@ -264,11 +264,15 @@ class CogView:
         self.sr = sr
         return sr
 
-    def sampling_config(self, images: bool = True, **overrides: Any) -> SamplingConfig:
+    def sampling_config(self, images: bool = True, *, inpainting: bool = False,
+                        **overrides: Any) -> SamplingConfig:
         """SamplingConfig defaults, then the model's sampling.json (image settings: not for
-        captions), then `overrides` (None values are left out)."""
+        captions), for `inpainting` then its "inpaint" fields, then `overrides` (None values
+        are left out)."""
         given = {k: v for k, v in overrides.items() if v is not None}
         defaults = dict(self.pipeline.sampling) if images else {}
+        if images and inpainting:
+            defaults.update(self.pipeline.sampling_inpaint)
         return SamplingConfig(**{**defaults, **given})
 
     def generator(self, seed: int | None = 0) -> torch.Generator:
@@ -504,7 +508,9 @@ class CogView:
         mask, or describes the whole edited picture. Reranking (`rerank`, `candidates`,
         `rerank_by`: as for `generate`) needs a prompt and scores each version by the better
         of the whole picture and the region alone (`sampling.RegionView`); an all-white mask
-        is plain generation, an all-black one gives the picture back.
+        is plain generation, an all-black one gives the picture back. `sampling` (SamplingConfig
+        fields) wins over the model's sampling.json, whose "inpaint" fields win over its others
+        (`sampling_config(inpainting=True)`).
         """
         original = _as_rgb_array(image, "image")
         height, width = original.shape[:2]
@@ -515,7 +521,7 @@ class CogView:
         by = self.reranker(rerank_by)
         if not pixel_mask.any():
             return Images(np.stack([original] * n), torch.empty(0, *self.grid, dtype=torch.long))
-        config = self.sampling_config(**sampling)
+        config = self.sampling_config(inpainting=True, **sampling)
         tok, size = self.tokenizer, self.image_size
         cells = resize_mask(pixel_mask, self.grid)  # (h, w)
         resample = Image.Resampling.BOX if min(height, width) >= size else Image.Resampling.BICUBIC

@@ -9,8 +9,9 @@
       tokenizer.json     the vocabulary the model was trained with
       vqvae/             a copy of the VQVAE checkpoint folder its image codes come from
       sampling.json      (optional) the sampling settings that score best with this model,
-                         SamplingConfig field names, and "rerank", "rerank_by", "restate";
-                         command-line flags override them
+                         SamplingConfig field names, and "rerank", "rerank_by", "restate",
+                         "inpaint" (SamplingConfig fields inpainting sets on top of the
+                         others); command-line flags override them
       training_state.pt  (training runs only) optimizer, generator and RNG state
 
 Nothing else is needed to sample: `load_pipeline(MODEL)` rebuilds the model from config.json,
@@ -59,6 +60,8 @@ class Pipeline:
     grid: tuple[int, int]  # (h, w) image codes per image
     meta: dict[str, Any]  # the checkpoint's extra JSON, plus "path" and "step"
     sampling: dict[str, Any] = field(default_factory=dict)  # sampling.json's SamplingConfig fields
+    # sampling.json's "inpaint": SamplingConfig fields inpainting sets on top of `sampling`
+    sampling_inpaint: dict[str, Any] = field(default_factory=dict)
     rerank: int = 1  # sampling.json's "rerank": each image the best of this many candidates
     rerank_by: str = "caption"  # sampling.json's "rerank_by": how (sampling.RERANKERS)
     restate: str | None = None  # the grammar that restates prompts for reranking (RESTATERS)
@@ -100,13 +103,15 @@ class SamplingDefaults(NamedTuple):
     rerank: int  # each image the best of this many candidates (1: no reranking)
     restate: str | None  # the grammar that restates prompts for reranking (RESTATERS)
     rerank_by: str  # how candidates are scored (sampling.RERANKERS)
+    inpaint: dict[str, Any]  # SamplingConfig fields inpainting sets on top of `fields`
 
 
 def split_sampling_defaults(values: Mapping[str, Any]) -> SamplingDefaults:
     """A sampling.json's values, split: every key is a SamplingConfig field except "rerank"
     (each image the best of that many candidates), "rerank_by" (how they are scored, one of
-    `sampling.RERANKERS`; default "caption") and "restate" (a name in RESTATERS); a ValueError
-    or TypeError names what is wrong."""
+    `sampling.RERANKERS`; default "caption"), "restate" (a name in RESTATERS) and "inpaint"
+    (an object of SamplingConfig fields that inpainting sets on top of the others, e.g.
+    {"temperature": 1.0}); a ValueError or TypeError names what is wrong."""
     from cogview.sampling import RERANKERS, SamplingConfig
 
     fields = dict(values)
@@ -119,8 +124,15 @@ def split_sampling_defaults(values: Mapping[str, Any]) -> SamplingDefaults:
     rerank_by = fields.pop("rerank_by", "caption")
     if rerank_by not in RERANKERS:
         raise ValueError(f"rerank_by must be one of {', '.join(RERANKERS)}, got {rerank_by!r}")
+    inpaint = fields.pop("inpaint", {})
+    if not isinstance(inpaint, dict):
+        raise ValueError(f"inpaint must be an object of SamplingConfig fields, got {inpaint!r}")
     SamplingConfig(**fields)  # unknown fields and bad values fail here
-    return SamplingDefaults(fields, rerank, restate, rerank_by)
+    try:
+        SamplingConfig(**inpaint)
+    except (ValueError, TypeError) as e:  # SamplingError is a ValueError
+        raise ValueError(f"inpaint: {e}") from None
+    return SamplingDefaults(fields, rerank, restate, rerank_by, dict(inpaint))
 
 
 def read_sampling_defaults(folder: str | Path) -> SamplingDefaults:
@@ -131,7 +143,7 @@ def read_sampling_defaults(folder: str | Path) -> SamplingDefaults:
 
     path = Path(folder) / SAMPLING_FILE
     if not path.is_file():
-        return SamplingDefaults({}, 1, None, "caption")
+        return SamplingDefaults({}, 1, None, "caption", {})
     try:
         values = json.loads(path.read_text())
         if not isinstance(values, dict):
@@ -142,8 +154,8 @@ def read_sampling_defaults(folder: str | Path) -> SamplingDefaults:
 
 
 def write_sampling_defaults(folder: str | Path, values: Mapping[str, Any]) -> Path:
-    """Write `values` (SamplingConfig fields, `rerank`, `rerank_by`, `restate`) as the
-    folder's sampling.json."""
+    """Write `values` (SamplingConfig fields, `rerank`, `rerank_by`, `restate`, `inpaint`) as
+    the folder's sampling.json."""
     split_sampling_defaults(values)  # refuse what could not be read back
     path = Path(folder) / SAMPLING_FILE
     path.write_text(json.dumps(dict(values), indent=2) + "\n")
@@ -308,6 +320,7 @@ def load_pipeline(path: str | Path, device: str | torch.device = "cpu") -> Pipel
         grid=(int(grid[0]), int(grid[1])),
         meta={**ckpt.extra, "path": str(ckpt.path), "step": ckpt.step},
         sampling=defaults.fields,
+        sampling_inpaint=defaults.inpaint,
         rerank=defaults.rerank,
         rerank_by=defaults.rerank_by,
         restate=restate,

@@ -297,6 +297,73 @@ def test_inpaint_all_black_and_all_white(model_dir, tmp_path, capsys):
     assert png(tmp_path / "w" / "in-0.png").shape == image.shape
 
 
+def test_inpaint_temperature_of_sampling_json_applies_to_inpainting_only(model_dir, tmp_path,
+                                                                         capsys):
+    image, mask = _image_and_mask(tmp_path)
+    tuned = tmp_path / "tuned"
+    rc, _, err = run(capsys, f"export {model_dir} {tuned} --temperature 0 "
+                             "--inpaint-temperature 0.5")
+    assert rc == 0, err
+    assert json.loads((tuned / "sampling.json").read_text()) == {
+        "temperature": 0.0, "inpaint": {"temperature": 0.5}}
+    pipe, plain = CogView.from_pretrained(tuned), CogView.from_pretrained(model_dir)
+    assert pipe.sampling_config().temperature == 0
+    assert pipe.sampling_config(inpainting=True).temperature == 0.5
+    assert pipe.sampling_config(inpainting=True, temperature=None).temperature == 0.5
+    assert pipe.sampling_config(inpainting=True, temperature=0.2).temperature == 0.2  # wins
+    assert pipe.sampling_config(False, inpainting=True).temperature == 1.0  # captions: neither
+
+    # inpainting draws as with temperature=0.5 given, text-to-image as with 0
+    def inpainted(cogview, **sampling):
+        return cogview.inpaint(image, mask, "a red circle", 3, seed=2, **sampling)
+
+    by_default = inpainted(pipe)
+    assert torch.equal(by_default.codes, inpainted(plain, temperature=0.5).codes)
+    greedy = inpainted(plain, temperature=0)
+    assert not torch.equal(by_default.codes, greedy.codes)
+    assert torch.equal(pipe.generate("a red circle", 2, seed=2).codes,
+                       plain.generate("a red circle", 2, seed=2, temperature=0).codes)
+
+    # `cogview inpaint`: the same, and --temperature still wins
+    base = (f"inpaint --image {tmp_path}/in.png --mask {tmp_path}/mask.png --prompt 'a red "
+            f"circle' -n 3 --seed 2 --model {tuned}")
+    for flags, expected in (("", by_default), ("--temperature 0", greedy)):
+        rc, _, err = run(capsys, f"{base} {flags} -o {tmp_path}/o")
+        assert rc == 0, err
+        for i in range(3):
+            assert np.array_equal(png(tmp_path / "o" / f"in-{i}.png"), expected.arrays[i])
+
+    rc, _, err = run(capsys, f"export {model_dir} {tmp_path}/bad --inpaint-temperature -1")
+    assert rc == 2 and "--inpaint-temperature" in err
+
+
+def test_sampling_json_inpaint_round_trips(tmp_path):
+    from cogview.pipeline import SamplingDefaults, read_sampling_defaults, write_sampling_defaults
+
+    values = {"temperature": 0.7, "rerank": 16, "restate": "shapes",
+              "inpaint": {"temperature": 1.0, "top_k": 5}}
+    path = write_sampling_defaults(tmp_path, values)
+    assert json.loads(path.read_text()) == values
+    assert read_sampling_defaults(tmp_path) == SamplingDefaults(
+        {"temperature": 0.7}, 16, "shapes", "caption", {"temperature": 1.0, "top_k": 5})
+    assert read_sampling_defaults(tmp_path / "none").inpaint == {}
+
+
+@pytest.mark.parametrize("inpaint", ['{"temprature": 1}', '{"rerank": 2}', '{"restate": null}',
+                                     '{"temperature": -1}', '0.5', '[]'])
+def test_bad_inpaint_defaults_are_refused_naming_the_file(tmp_path, inpaint):
+    from cogview.checkpoint import CheckpointError
+    from cogview.pipeline import read_sampling_defaults, write_sampling_defaults
+
+    path = tmp_path / "sampling.json"
+    path.write_text(f'{{"temperature": 0.7, "inpaint": {inpaint}}}')
+    with pytest.raises(CheckpointError, match="inpaint") as e:
+        read_sampling_defaults(tmp_path)
+    assert str(path) in str(e.value) and len(str(e.value).splitlines()) == 1
+    with pytest.raises(ValueError, match="inpaint"):
+        write_sampling_defaults(tmp_path, json.loads(path.read_text()))
+
+
 def test_cell_mask_covers_every_masked_pixel():
     rng = np.random.default_rng(1)
     for _ in range(20):

@@ -255,6 +255,41 @@ def test_eval_scores_greedy_captions_unless_told(tiny, monkeypatch):
     assert seen == [0.0, 1.0]
 
 
+def test_eval_inpaints_with_the_models_inpaint_sampling(tiny, tmp_path, monkeypatch):
+    import shutil
+
+    from cogview.bench import evaluate
+    from cogview.pipeline import write_sampling_defaults
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny / "model", model)
+    write_sampling_defaults(model, {"temperature": 0.7, "inpaint": {"temperature": 0.0}})
+    # the temperature each part is handed (the parts themselves are tested apart)
+    seen = {}
+
+    def record(name, result):
+        def part(pipe, data, indices, sampling, *args, **kwargs):
+            seen[name] = sampling.temperature
+            return result
+        return part
+
+    monkeypatch.setattr(evaluate, "eval_text_to_image", record("t2i", {"n": 0, "accuracy": {}}))
+    monkeypatch.setattr(evaluate, "eval_inpainting", record("inpainting", {"n": 0}))
+    monkeypatch.setattr(evaluate, "eval_edits", record("edits", {"n_scenes": 0}))
+    monkeypatch.setattr(evaluate, "format_report", lambda report: "")
+    args = ["eval", "--model", str(model), "--data", str(tiny / "shapes"), "--n-prompts", "1",
+            "--n-paraphrase", "0", "--n-captions", "0", "--n-inpaint", "1", "--n-edit", "1",
+            "--n-loss", "0", "--n-retrieval", "0", "--threads", "1"]
+    for flags, t2i, inpainting in (([], 0.7, 0.0), (["--temperature", "0.3"], 0.3, 0.3)):
+        seen.clear()
+        out = tmp_path / "report.json"
+        assert main([*args, *flags, "--json", str(out)]) == 0
+        assert seen == {"t2i": t2i, "inpainting": inpainting, "edits": inpainting}
+        report = json.loads(out.read_text())
+        assert report["sampling"]["temperature"] == t2i
+        assert report["sampling_inpaint"]["temperature"] == inpainting
+
+
 def test_eval_rerank_keeps_the_candidate_the_model_scores_best(tiny, monkeypatch):
     from cogview.api import CogView
     from cogview.bench import evaluate

@@ -782,11 +782,15 @@ def run_eval(
     config: EvalConfig,
     sampling: SamplingConfig,
     *,
+    sampling_inpaint: SamplingConfig | None = None,
     loss_fn: LossFn | None = None,
     fashion: FashionEval | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Every part of the evaluation that `config` asks for; a JSON-able dict.
+
+    Inpainting and edits sample with `sampling_inpaint` (`CogView.sampling_config(
+    inpainting=True)`; None: `sampling`), every other part with `sampling`.
 
     `loss_fn(pipe, codes (N, h, w), text_ids, target_ids)` returns held-out losses per task
     (the trainer's evaluation; captioning scored on the targets); without it, or without
@@ -794,12 +798,14 @@ def run_eval(
     """
     device = _device(pipe)
     generator = torch.Generator(device=device).manual_seed(config.seed)
+    inpainting = sampling_inpaint or sampling
     timings: dict[str, float] = {}
     report: dict[str, Any] = {
         "model": pipe.meta.get("path"),
         "step": pipe.meta.get("step"),
         "eval_config": asdict(config),
         "sampling": asdict(sampling),
+        "sampling_inpaint": asdict(inpainting),
     }
 
     def timed(name: str, fn: Callable[[], Any]) -> Any:
@@ -859,7 +865,7 @@ def run_eval(
                     pipe,
                     held,
                     idx,
-                    sampling,
+                    inpainting,
                     generator,
                     progress=progress,
                     seed=config.seed,
@@ -873,7 +879,7 @@ def run_eval(
             report["edits"] = timed(
                 "edits",
                 lambda: eval_edits(
-                    pipe, held, idx, sampling, generator, progress=progress,
+                    pipe, held, idx, inpainting, generator, progress=progress,
                     seed=config.seed, rerank=config.rerank, rerank_by=config.rerank_by[0],
                 ),
             )  # fmt: skip

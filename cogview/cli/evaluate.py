@@ -143,6 +143,8 @@ def _run_eval(args: argparse.Namespace) -> int:
     pipe = load_model(args)
     check_sampling_flags(pipe, args)
     sampling = pipe.sampling_config(**sampling_flags(args))
+    # inpainting and edits: the model's sampling.json "inpaint" settings too, flags winning
+    sampling_inpaint = pipe.sampling_config(inpainting=True, **sampling_flags(args))
     if args.rerank is None:  # the model's sampling.json
         config = dataclasses.replace(config, rerank=pipe.rerank_default)
     for by in rerank_by:
@@ -162,8 +164,8 @@ def _run_eval(args: argparse.Namespace) -> int:
     if args.fashion_model:
         fashion = _load_fashion(args, device, args.fashion_test_limit)
     report = run_eval(
-        pipe, held, config, sampling, loss_fn=held_out_loss_fn, fashion=fashion,
-        progress=_progress(),
+        pipe, held, config, sampling, sampling_inpaint=sampling_inpaint,
+        loss_fn=held_out_loss_fn, fashion=fashion, progress=_progress(),
     )
     print(format_report(report))
     if args.json:

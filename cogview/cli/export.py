@@ -22,6 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("run", metavar="RUN", help="training run folder or checkpoint folder")
     p.add_argument("dest", metavar="DEST", help="model folder to write")
     add_sampling_flags(p)
+    p.add_argument("--inpaint-temperature", type=float, metavar="T",
+                   help="store a temperature for inpainting only (sampling.json's \"inpaint\"), "
+                   "used by inpaint and eval's inpainting and edits instead of --temperature's")
     p.add_argument("--rerank", type=int, metavar="R",
                    help="store self-reranking as a default: each image the best of R candidates")
     p.add_argument("--rerank-by", choices=RERANKERS,
@@ -43,7 +46,7 @@ def run_export(args: argparse.Namespace) -> int:
         resolve_checkpoint,
     )
     from cogview.cli.flags import checked
-    from cogview.errors import UserError
+    from cogview.errors import ConfigError, UserError
     from cogview.pipeline import RESTATERS, SAMPLING_FILE, write_sampling_defaults
     from cogview.sampling import SamplingConfig, check_reranker
 
@@ -51,6 +54,12 @@ def run_export(args: argparse.Namespace) -> int:
     ck = load_checkpoint(src)  # refuses a corrupt checkpoint before anything is copied
     sampling = sampling_flags(args)
     checked(SamplingConfig, lambda: SamplingConfig(**sampling))
+    if args.inpaint_temperature is not None:
+        try:
+            SamplingConfig(temperature=args.inpaint_temperature)
+        except ConfigError as e:
+            raise UserError(f"--inpaint-temperature {e.detail}") from None
+        sampling["inpaint"] = {"temperature": args.inpaint_temperature}
     if args.rerank is not None:
         sampling["rerank"] = args.rerank
     if args.rerank_by is not None:

@@ -294,7 +294,8 @@ def register(subparsers: Any) -> None:
         description="Inpainting: white pixels of --mask are regenerated, black ones kept "
         "(thresholded at 50%%; a mask with transparency is read by its alpha). Any image size: "
         "token cells touched by the mask are resampled and the result is composited back at "
-        "the original size, leaving every unmasked pixel as it was.",
+        "the original size, leaving every unmasked pixel as it was. A sampling flag not given "
+        "takes the model's sampling.json \"inpaint\" value, else its top-level one.",
     )
     p.add_argument("--image", required=True, metavar="IMG", help="the image to change")
     p.add_argument("--mask", required=True, metavar="MASK", help="PNG: white = regenerate")
