@@ -230,6 +230,12 @@ class CogView:
         return self.pipeline.rerank
 
     @property
+    def inpaint_rerank_default(self) -> int:
+        """Candidates per inpainted version: the model's sampling.json "inpaint" "rerank",
+        else its "rerank"."""
+        return self.pipeline.inpaint_rerank or self.pipeline.rerank
+
+    @property
     def rerank_by_default(self) -> str:
         """How the model's sampling.json reranks (`sampling.RERANKERS`; "caption" unless it
         says otherwise)."""
@@ -534,7 +540,8 @@ class CogView:
         if not prompt:  # nothing to score by
             candidates, group = None, 1
         else:
-            group = 1 if candidates else (self.rerank_default if rerank is None else rerank)
+            group = 1 if candidates else (self.inpaint_rerank_default if rerank is None
+                                          else rerank)
         total = candidates or n * group
         if pixel_mask.all():
             codes = generate_images(self.model, tok, [cond] * total, self.grid, config, g,

@@ -10,8 +10,8 @@
       vqvae/             a copy of the VQVAE checkpoint folder its image codes come from
       sampling.json      (optional) the sampling settings that score best with this model,
                          SamplingConfig field names, and "rerank", "rerank_by", "restate",
-                         "inpaint" (SamplingConfig fields inpainting sets on top of the
-                         others); command-line flags override them
+                         "inpaint" (SamplingConfig fields and "rerank" that inpainting
+                         sets on top of the others); command-line flags override them
       training_state.pt  (training runs only) optimizer, generator and RNG state
 
 Nothing else is needed to sample: `load_pipeline(MODEL)` rebuilds the model from config.json,
@@ -63,6 +63,7 @@ class Pipeline:
     # sampling.json's "inpaint": SamplingConfig fields inpainting sets on top of `sampling`
     sampling_inpaint: dict[str, Any] = field(default_factory=dict)
     rerank: int = 1  # sampling.json's "rerank": each image the best of this many candidates
+    inpaint_rerank: int | None = None  # its "inpaint" "rerank": the same for inpainting
     rerank_by: str = "caption"  # sampling.json's "rerank_by": how (sampling.RERANKERS)
     restate: str | None = None  # the grammar that restates prompts for reranking (RESTATERS)
     text_encoder: Any = None  # cogview.text_encoder.TextEncoder when config.text_dim > 0
@@ -104,20 +105,20 @@ class SamplingDefaults(NamedTuple):
     restate: str | None  # the grammar that restates prompts for reranking (RESTATERS)
     rerank_by: str  # how candidates are scored (sampling.RERANKERS)
     inpaint: dict[str, Any]  # SamplingConfig fields inpainting sets on top of `fields`
+    inpaint_rerank: int | None = None  # candidates per inpainted version, when not `rerank`
 
 
 def split_sampling_defaults(values: Mapping[str, Any]) -> SamplingDefaults:
     """A sampling.json's values, split: every key is a SamplingConfig field except "rerank"
     (each image the best of that many candidates), "rerank_by" (how they are scored, one of
     `sampling.RERANKERS`; default "caption"), "restate" (a name in RESTATERS) and "inpaint"
-    (an object of SamplingConfig fields that inpainting sets on top of the others, e.g.
-    {"temperature": 1.0}); a ValueError or TypeError names what is wrong."""
+    (an object of SamplingConfig fields that inpainting sets on top of the others, and its
+    own "rerank", e.g. {"temperature": 1.0, "rerank": 32}); a ValueError or TypeError names
+    what is wrong."""
     from cogview.sampling import RERANKERS, SamplingConfig
 
     fields = dict(values)
-    rerank = fields.pop("rerank", 1)
-    if isinstance(rerank, bool) or not isinstance(rerank, int) or rerank < 1:
-        raise ValueError(f"rerank must be a whole number >= 1, got {rerank!r}")
+    rerank = _rerank(fields.pop("rerank", 1), "rerank")
     restate = fields.pop("restate", None)
     if restate is not None and restate not in RESTATERS:
         raise ValueError(f"restate must be one of {', '.join(RESTATERS)}, got {restate!r}")
@@ -127,12 +128,22 @@ def split_sampling_defaults(values: Mapping[str, Any]) -> SamplingDefaults:
     inpaint = fields.pop("inpaint", {})
     if not isinstance(inpaint, dict):
         raise ValueError(f"inpaint must be an object of SamplingConfig fields, got {inpaint!r}")
+    inpaint = dict(inpaint)
+    inpaint_rerank = inpaint.pop("rerank", None)
+    if inpaint_rerank is not None:
+        inpaint_rerank = _rerank(inpaint_rerank, "inpaint: rerank")
     SamplingConfig(**fields)  # unknown fields and bad values fail here
     try:
         SamplingConfig(**inpaint)
     except (ValueError, TypeError) as e:  # SamplingError is a ValueError
         raise ValueError(f"inpaint: {e}") from None
-    return SamplingDefaults(fields, rerank, restate, rerank_by, dict(inpaint))
+    return SamplingDefaults(fields, rerank, restate, rerank_by, inpaint, inpaint_rerank)
+
+
+def _rerank(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{what} must be a whole number >= 1, got {value!r}")
+    return value
 
 
 def read_sampling_defaults(folder: str | Path) -> SamplingDefaults:
@@ -322,6 +333,7 @@ def load_pipeline(path: str | Path, device: str | torch.device = "cpu") -> Pipel
         sampling=defaults.fields,
         sampling_inpaint=defaults.inpaint,
         rerank=defaults.rerank,
+        inpaint_rerank=defaults.inpaint_rerank,
         rerank_by=defaults.rerank_by,
         restate=restate,
         text_encoder=encoder,

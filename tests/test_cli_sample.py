@@ -297,28 +297,31 @@ def test_inpaint_all_black_and_all_white(model_dir, tmp_path, capsys):
     assert png(tmp_path / "w" / "in-0.png").shape == image.shape
 
 
-def test_inpaint_temperature_of_sampling_json_applies_to_inpainting_only(model_dir, tmp_path,
-                                                                         capsys):
+def test_inpaint_settings_of_sampling_json_apply_to_inpainting_only(model_dir, tmp_path,
+                                                                     capsys):
     image, mask = _image_and_mask(tmp_path)
     tuned = tmp_path / "tuned"
     rc, _, err = run(capsys, f"export {model_dir} {tuned} --temperature 0 "
-                             "--inpaint-temperature 0.5")
+                             "--inpaint-temperature 0.5 --inpaint-rerank 2")
     assert rc == 0, err
     assert json.loads((tuned / "sampling.json").read_text()) == {
-        "temperature": 0.0, "inpaint": {"temperature": 0.5}}
+        "temperature": 0.0, "inpaint": {"temperature": 0.5, "rerank": 2}}
     pipe, plain = CogView.from_pretrained(tuned), CogView.from_pretrained(model_dir)
+    assert (pipe.rerank_default, pipe.inpaint_rerank_default) == (1, 2)
+    assert plain.inpaint_rerank_default == plain.rerank_default == 1
     assert pipe.sampling_config().temperature == 0
     assert pipe.sampling_config(inpainting=True).temperature == 0.5
     assert pipe.sampling_config(inpainting=True, temperature=None).temperature == 0.5
     assert pipe.sampling_config(inpainting=True, temperature=0.2).temperature == 0.2  # wins
     assert pipe.sampling_config(False, inpainting=True).temperature == 1.0  # captions: neither
 
-    # inpainting draws as with temperature=0.5 given, text-to-image as with 0
+    # inpainting draws as with temperature=0.5 and rerank=2 given, text-to-image as with 0
     def inpainted(cogview, **sampling):
         return cogview.inpaint(image, mask, "a red circle", 3, seed=2, **sampling)
 
     by_default = inpainted(pipe)
-    assert torch.equal(by_default.codes, inpainted(plain, temperature=0.5).codes)
+    assert torch.equal(by_default.codes, inpainted(plain, temperature=0.5, rerank=2).codes)
+    assert not torch.equal(by_default.codes, inpainted(plain, temperature=0.5).codes)
     greedy = inpainted(plain, temperature=0)
     assert not torch.equal(by_default.codes, greedy.codes)
     assert torch.equal(pipe.generate("a red circle", 2, seed=2).codes,
@@ -327,29 +330,30 @@ def test_inpaint_temperature_of_sampling_json_applies_to_inpainting_only(model_d
     # `cogview inpaint`: the same, and --temperature still wins
     base = (f"inpaint --image {tmp_path}/in.png --mask {tmp_path}/mask.png --prompt 'a red "
             f"circle' -n 3 --seed 2 --model {tuned}")
-    for flags, expected in (("", by_default), ("--temperature 0", greedy)):
+    for flags, expected in (("", by_default), ("--temperature 0 --rerank 0", greedy)):
         rc, _, err = run(capsys, f"{base} {flags} -o {tmp_path}/o")
         assert rc == 0, err
         for i in range(3):
             assert np.array_equal(png(tmp_path / "o" / f"in-{i}.png"), expected.arrays[i])
 
-    rc, _, err = run(capsys, f"export {model_dir} {tmp_path}/bad --inpaint-temperature -1")
-    assert rc == 2 and "--inpaint-temperature" in err
+    for bad in ("--inpaint-temperature -1", "--inpaint-rerank 0"):
+        rc, _, err = run(capsys, f"export {model_dir} {tmp_path}/bad {bad}")
+        assert rc == 2 and bad.split()[0] in err
 
 
 def test_sampling_json_inpaint_round_trips(tmp_path):
     from cogview.pipeline import SamplingDefaults, read_sampling_defaults, write_sampling_defaults
 
     values = {"temperature": 0.7, "rerank": 16, "restate": "shapes",
-              "inpaint": {"temperature": 1.0, "top_k": 5}}
+              "inpaint": {"temperature": 1.0, "top_k": 5, "rerank": 32}}
     path = write_sampling_defaults(tmp_path, values)
     assert json.loads(path.read_text()) == values
     assert read_sampling_defaults(tmp_path) == SamplingDefaults(
-        {"temperature": 0.7}, 16, "shapes", "caption", {"temperature": 1.0, "top_k": 5})
+        {"temperature": 0.7}, 16, "shapes", "caption", {"temperature": 1.0, "top_k": 5}, 32)
     assert read_sampling_defaults(tmp_path / "none").inpaint == {}
 
 
-@pytest.mark.parametrize("inpaint", ['{"temprature": 1}', '{"rerank": 2}', '{"restate": null}',
+@pytest.mark.parametrize("inpaint", ['{"temprature": 1}', '{"rerank": 0}', '{"restate": null}',
                                      '{"temperature": -1}', '0.5', '[]'])
 def test_bad_inpaint_defaults_are_refused_naming_the_file(tmp_path, inpaint):
     from cogview.checkpoint import CheckpointError

@@ -263,13 +263,14 @@ def test_eval_inpaints_with_the_models_inpaint_sampling(tiny, tmp_path, monkeypa
 
     model = tmp_path / "model"
     shutil.copytree(tiny / "model", model)
-    write_sampling_defaults(model, {"temperature": 0.7, "inpaint": {"temperature": 0.0}})
-    # the temperature each part is handed (the parts themselves are tested apart)
+    write_sampling_defaults(model, {"temperature": 0.7, "rerank": 2,
+                                    "inpaint": {"temperature": 0.0, "rerank": 3}})
+    # the temperature and candidates each part is handed (the parts themselves are tested apart)
     seen = {}
 
     def record(name, result):
-        def part(pipe, data, indices, sampling, *args, **kwargs):
-            seen[name] = sampling.temperature
+        def part(pipe, data, indices, sampling, *args, rerank=1, **kwargs):
+            seen[name] = (sampling.temperature, rerank)
             return result
         return part
 
@@ -280,14 +281,15 @@ def test_eval_inpaints_with_the_models_inpaint_sampling(tiny, tmp_path, monkeypa
     args = ["eval", "--model", str(model), "--data", str(tiny / "shapes"), "--n-prompts", "1",
             "--n-paraphrase", "0", "--n-captions", "0", "--n-inpaint", "1", "--n-edit", "1",
             "--n-loss", "0", "--n-retrieval", "0", "--threads", "1"]
-    for flags, t2i, inpainting in (([], 0.7, 0.0), (["--temperature", "0.3"], 0.3, 0.3)):
+    for flags, t2i, inpainting in (([], (0.7, 2), (0.0, 3)),
+                                   (["--temperature", "0.3", "--rerank", "4"], (0.3, 4), (0.3, 4))):
         seen.clear()
         out = tmp_path / "report.json"
         assert main([*args, *flags, "--json", str(out)]) == 0
         assert seen == {"t2i": t2i, "inpainting": inpainting, "edits": inpainting}
         report = json.loads(out.read_text())
-        assert report["sampling"]["temperature"] == t2i
-        assert report["sampling_inpaint"]["temperature"] == inpainting
+        assert report["sampling"]["temperature"] == t2i[0]
+        assert report["sampling_inpaint"]["temperature"] == inpainting[0]
 
 
 def test_eval_rerank_keeps_the_candidate_the_model_scores_best(tiny, monkeypatch):

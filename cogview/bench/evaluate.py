@@ -64,7 +64,8 @@ class EvalConfig:
     # never are (`shapes.paraphrase_prompts`)
     n_paraphrase: int = 240
     n_per_prompt: int = 1  # images per prompt
-    rerank: int = 1  # text-to-image, inpainting: candidates per image, the best kept by reranking
+    rerank: int = 1  # text-to-image: candidates per image, the best kept by reranking
+    rerank_inpaint: int = 0  # inpainting and the edits: the same (0: as `rerank`)
     # how candidates are scored (sampling.RERANKERS): text-to-image reports each on the same
     # candidates; inpainting and the edits rerank by the first
     rerank_by: tuple[str, ...] = ("caption",)
@@ -90,6 +91,11 @@ class EvalConfig:
             raise ValueError("n_per_prompt must be >= 1")
         if self.rerank < 1:
             raise ValueError("rerank must be >= 1")
+
+    @property
+    def inpaint_group(self) -> int:
+        """Candidates per inpainted picture."""
+        return self.rerank_inpaint or self.rerank
 
 
 QUICK = EvalConfig(
@@ -869,7 +875,7 @@ def run_eval(
                     generator,
                     progress=progress,
                     seed=config.seed,
-                    rerank=config.rerank,
+                    rerank=config.inpaint_group,
                     rerank_by=config.rerank_by[0],
                 ),
             )
@@ -880,7 +886,8 @@ def run_eval(
                 "edits",
                 lambda: eval_edits(
                     pipe, held, idx, inpainting, generator, progress=progress,
-                    seed=config.seed, rerank=config.rerank, rerank_by=config.rerank_by[0],
+                    seed=config.seed, rerank=config.inpaint_group,
+                    rerank_by=config.rerank_by[0],
                 ),
             )  # fmt: skip
         if config.n_loss:

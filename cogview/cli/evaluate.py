@@ -146,7 +146,8 @@ def _run_eval(args: argparse.Namespace) -> int:
     # inpainting and edits: the model's sampling.json "inpaint" settings too, flags winning
     sampling_inpaint = pipe.sampling_config(inpainting=True, **sampling_flags(args))
     if args.rerank is None:  # the model's sampling.json
-        config = dataclasses.replace(config, rerank=pipe.rerank_default)
+        config = dataclasses.replace(config, rerank=pipe.rerank_default,
+                                     rerank_inpaint=pipe.inpaint_rerank_default)
     for by in rerank_by:
         pipe.reranker(by)
     config = dataclasses.replace(config, rerank_by=rerank_by or (pipe.rerank_by_default,))
@@ -262,7 +263,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--n-per-prompt", type=int, metavar="K", help="images per prompt")
     p.add_argument("--rerank", type=int, metavar="N",
                    help="text-to-image and inpainting: keep the best of N candidates by "
-                   "self-reranking (default: the model's sampling.json, else 1)")
+                   "self-reranking (default: the model's sampling.json, whose \"inpaint\" may "
+                   "set its own for inpainting and edits, else 1)")
     p.add_argument("--rerank-by", metavar="BY[,BY...]",
                    help="how reranking scores candidates: caption (log p(prompt | image)), "
                    "contrastive (cosine by the contrastive head), both (the two standardised "

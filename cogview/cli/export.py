@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from cogview.cli.flags import add_sampling_flags, sampling_flags
 
@@ -25,6 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--inpaint-temperature", type=float, metavar="T",
                    help="store a temperature for inpainting only (sampling.json's \"inpaint\"), "
                    "used by inpaint and eval's inpainting and edits instead of --temperature's")
+    p.add_argument("--inpaint-rerank", type=int, metavar="R",
+                   help="store self-reranking for inpainting only (sampling.json's \"inpaint\"): "
+                   "each inpainted version the best of R candidates, instead of --rerank's")
     p.add_argument("--rerank", type=int, metavar="R",
                    help="store self-reranking as a default: each image the best of R candidates")
     p.add_argument("--rerank-by", choices=RERANKERS,
@@ -54,12 +58,19 @@ def run_export(args: argparse.Namespace) -> int:
     ck = load_checkpoint(src)  # refuses a corrupt checkpoint before anything is copied
     sampling = sampling_flags(args)
     checked(SamplingConfig, lambda: SamplingConfig(**sampling))
+    inpaint: dict[str, Any] = {}
     if args.inpaint_temperature is not None:
         try:
             SamplingConfig(temperature=args.inpaint_temperature)
         except ConfigError as e:
             raise UserError(f"--inpaint-temperature {e.detail}") from None
-        sampling["inpaint"] = {"temperature": args.inpaint_temperature}
+        inpaint["temperature"] = args.inpaint_temperature
+    if args.inpaint_rerank is not None:
+        if args.inpaint_rerank < 1:
+            raise UserError(f"--inpaint-rerank must be >= 1, got {args.inpaint_rerank}")
+        inpaint["rerank"] = args.inpaint_rerank
+    if inpaint:
+        sampling["inpaint"] = inpaint
     if args.rerank is not None:
         sampling["rerank"] = args.rerank
     if args.rerank_by is not None:

@@ -67,14 +67,16 @@ RERANK_BY_HELP = (
 )
 
 
-def _rerank_kwargs(args: argparse.Namespace, pipe: CogView) -> tuple[dict[str, Any], int]:
+def _rerank_kwargs(args: argparse.Namespace, pipe: CogView, inpainting: bool = False
+                   ) -> tuple[dict[str, Any], int]:
     """CogView keyword arguments of --rerank and --rerank-by, and the candidates drawn per
     prompt: `--rerank N` draws N and keeps the n best; without it, the model's sampling.json
-    may make each image the best of its own group of R."""
+    may make each image (each inpainted version) the best of its own group of R."""
     by = {"rerank_by": pipe.reranker(args.rerank_by)}
     if args.rerank:
         return {"candidates": args.rerank, **by}, args.rerank
-    group = pipe.rerank_default if args.rerank is None else 1
+    default = pipe.inpaint_rerank_default if inpainting else pipe.rerank_default
+    group = default if args.rerank is None else 1
     return {"rerank": group, **by}, args.n * group
 
 
@@ -209,7 +211,7 @@ def run_inpaint(args: argparse.Namespace) -> int:
     _print_warnings(caught)
     if args.rerank and not args.prompt:
         note("--rerank needs a --prompt to score by: not reranking")
-    rerank, total = _rerank_kwargs(args, pipe)
+    rerank, total = _rerank_kwargs(args, pipe, inpainting=True)
     if not args.prompt:
         rerank, total = {"rerank": 1, "rerank_by": rerank["rerank_by"]}, args.n
     bar = progress_bar(total, "img")

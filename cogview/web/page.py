@@ -229,6 +229,7 @@ class Page:
                 self.sr_note = str(e)
                 self.sr = _standalone_sr()
         self.rerank = max(1, pipe.rerank_default)
+        self.inpaint_rerank = min(max(1, pipe.inpaint_rerank_default), MAX_RERANK)
         self.temperature = float(pipe.sampling_config().temperature)
 
     def warm(self) -> float:
@@ -420,7 +421,7 @@ def build_page(pipe: CogView, page: Page | None = None) -> gr.Blocks:
                             edit_n = gr.Slider(1, MAX_N, value=4, step=1,
                                                label="Number of versions")
                             edit_seed = gr.Number(0, precision=0, label="Seed", minimum=0)
-                        edit_rerank = gr.Slider(1, MAX_RERANK, value=page.rerank, step=1,
+                        edit_rerank = gr.Slider(1, MAX_RERANK, value=page.inpaint_rerank, step=1,
                                                 label="Reranking")
                         edit_go = gr.Button("Inpaint", variant="primary", elem_id="inpaint-button")
                     with gr.Column(scale=1):
