@@ -9,7 +9,10 @@ few properties of the case.
 
     python benchmarks/edit_oracle.py --style scene --n 150 --threads 1
 
-`data/shapes` comes from `cogview data shapes --out data/shapes --n 20000 --seed 0`.
+`data/shapes` comes from `cogview data shapes --out data/shapes --n 20000 --seed 0`, the eval's
+held-out scenes; to choose a setting by this script, use scenes the eval does not score
+(`cogview data shapes --out data/shapes-val --n 2000 --seed 7 --test-fraction 0.5`, then
+`--data data/shapes-val`).
 """
 
 from __future__ import annotations
@@ -52,6 +55,9 @@ def main() -> None:
     ap.add_argument("--style", default="scene", choices=("region", "scene", "blob"))
     ap.add_argument("--n", type=int, default=150, help="edits (held-out two-object scenes)")
     ap.add_argument("--candidates", type=int, default=16, help="candidates per edit")
+    ap.add_argument("--temperature", type=float, default=None,
+                    help="sampling temperature (default: the model's sampling.json)")
+    ap.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's)")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
     if args.threads:
@@ -67,12 +73,14 @@ def main() -> None:
     two = [i for i in held.with_attributes() if len(held.attributes[i]["objects"]) == 2]
     cases = edit_cases(held, two[: args.n], int(held.images.shape[-1]), pipe.grid, args.style, 0)
     g = torch.Generator().manual_seed(0)
+    sampling = {k: v for k, v in (("temperature", args.temperature), ("cfg_scale", args.cfg))
+                if v is not None}
     rows, failures = [], collections.Counter()
     for case in cases:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # over-long prompts are cut to the model's length
             out = pipe.inpaint(case.image, case.pixel_mask, case.prompt, args.candidates,
-                               candidates=args.candidates, generator=g)  # best first
+                               candidates=args.candidates, generator=g, **sampling)  # best first
         found = [detect.detections_to_json(detect.detect(a)) for a in out.arrays]
         right = [bool(shapes.compare(case.expected, f)["all"]) for f in found]
         new, kept = case.expected["objects"]
@@ -92,7 +100,8 @@ def main() -> None:
         return (f"reranked pick {pick:.1%}, any candidate {anyone:.1%}, "
                 f"a candidate {each:.1%} (n={len(sel)})")
 
-    print(f"{args.model}, {args.style} edits, best of {args.candidates}: {rates(rows)}")
+    how = "".join(f", {k} {v}" for k, v in sampling.items())
+    print(f"{args.model}, {args.style} edits, best of {args.candidates}{how}: {rates(rows)}")
     print("wrong picks: " + "; ".join(f"{k} {v}" for k, v in failures.most_common()))
     for prop in rows[0][0]:
         for value in (True, False):
