@@ -95,6 +95,7 @@ default-models: setup
 	  --vqvae $(DM)/vqvae-final --preset small --out $(DM)/sr --steps $(DM_SR_STEPS) \
 	  --batch-size 32 --save-every 250 --resume
 	$(BIN)/cogview export $(DM)/coglm-edit2 cogview/defaults/shapes --temperature 0.7 --rerank 16 \
+	  --inpaint-temperature 1.0 --inpaint-rerank 32 \
 	  --restate shapes
 	$(BIN)/cogview export $(DM)/sr cogview/defaults/shapes-sr
 

@@ -27,4 +27,5 @@ COMMON=(--data "$TOKENS" --tokenizer cogview/defaults/shapes/tokenizer.json
   --steps 1000 --lr 1e-4 --warmup 20 --min-lr 1e-5 --tasks "t2i=0.5,cap=0.15,inp=0.35" \
   --region-prompts 0.25 --seed 1
 "$BIN/cogview" export "$OUT/coglm-edit2" "$OUT/final" --temperature 0.7 --rerank 16 \
+  --inpaint-temperature 1.0 --inpaint-rerank 32 \
   --restate shapes

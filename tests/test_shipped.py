@@ -60,9 +60,10 @@ def test_the_fashion_model_is_named_and_draws_a_dark_background_garment(tmp_path
 
 
 def test_the_demo_inpainting_edits_the_masked_object(tmp_path):
-    """`make demo`'s edit: the blue square under the mask becomes a yellow triangle, and the red
-    circle stays (the old model copied the square). The size, which the demo's generous mask
-    leaves open, comes out right in about half of the versions (README) and is not asked."""
+    """`make demo`'s edit: the blue square under the mask becomes a small yellow triangle, and
+    the red circle stays (the old model copied the square), in at least 3 of the 4 versions:
+    each the best of 32 at temperature 1 (sampling.json's "inpaint"), which also gets the size
+    right under the demo's generous mask (at temperature 0.7, best of 16: half of them)."""
     from cogview.defaults import ROOT
 
     demo = ROOT / "demo"
@@ -71,11 +72,11 @@ def test_the_demo_inpainting_edits_the_masked_object(tmp_path):
                  "--seed", "0", "-o", str(tmp_path)]) == 0
     images = _images(tmp_path)
     want = {"objects": [
-        {"colour": "yellow", "shape": "triangle", "position": "bottom right"},
+        {"colour": "yellow", "shape": "triangle", "size": "small", "position": "bottom right"},
         {"colour": "red", "shape": "circle", "size": "large", "position": "top left"},
     ], "relation": None}
     assert len(images) == 4
-    assert all(detect.score(im, want)["all"] for im in images)
+    assert sum(detect.score(im, want)["all"] for im in images) >= 3
 
 
 def test_shipped_models_restate_prompts_in_their_own_domain():
