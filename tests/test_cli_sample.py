@@ -336,7 +336,7 @@ def test_inpaint_settings_of_sampling_json_apply_to_inpainting_only(model_dir, t
         for i in range(3):
             assert np.array_equal(png(tmp_path / "o" / f"in-{i}.png"), expected.arrays[i])
 
-    for bad in ("--inpaint-temperature -1", "--inpaint-rerank 0"):
+    for bad in ("--inpaint-temperature -1", "--inpaint-rerank 0", "--rerank 0"):
         rc, _, err = run(capsys, f"export {model_dir} {tmp_path}/bad {bad}")
         assert rc == 2 and bad.split()[0] in err
 

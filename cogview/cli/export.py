@@ -58,6 +58,9 @@ def run_export(args: argparse.Namespace) -> int:
     ck = load_checkpoint(src)  # refuses a corrupt checkpoint before anything is copied
     sampling = sampling_flags(args)
     checked(SamplingConfig, lambda: SamplingConfig(**sampling))
+    for flag, value in (("--rerank", args.rerank), ("--inpaint-rerank", args.inpaint_rerank)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} must be >= 1, got {value}")
     inpaint: dict[str, Any] = {}
     if args.inpaint_temperature is not None:
         try:
@@ -66,8 +69,6 @@ def run_export(args: argparse.Namespace) -> int:
             raise UserError(f"--inpaint-temperature {e.detail}") from None
         inpaint["temperature"] = args.inpaint_temperature
     if args.inpaint_rerank is not None:
-        if args.inpaint_rerank < 1:
-            raise UserError(f"--inpaint-rerank must be >= 1, got {args.inpaint_rerank}")
         inpaint["rerank"] = args.inpaint_rerank
     if inpaint:
         sampling["inpaint"] = inpaint
