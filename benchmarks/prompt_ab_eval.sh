@@ -34,8 +34,9 @@ parts=("part t2i --n-prompts 240 --n-paraphrase 240 ${EXTRA:-}"
        "part edit --n-edit 300"
        "part cap --n-captions 300 --n-inpaint 300 --n-loss 256")
 if [[ -n "${PARALLEL:-}" ]]; then
-  for p in "${parts[@]}"; do $p & done
-  wait
+  pids=()
+  for p in "${parts[@]}"; do $p & pids+=($!); done
+  for pid in "${pids[@]}"; do wait "$pid"; done  # a part that fails fails the script
 else
   for p in "${parts[@]}"; do $p; done
 fi
