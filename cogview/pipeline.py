@@ -114,7 +114,9 @@ def split_sampling_defaults(values: Mapping[str, Any]) -> SamplingDefaults:
     `sampling.RERANKERS`; default "caption"), "restate" (a name in RESTATERS) and "inpaint"
     (an object of SamplingConfig fields that inpainting sets on top of the others, and its
     own "rerank", e.g. {"temperature": 1.0, "rerank": 32}); a ValueError or TypeError names
-    what is wrong."""
+    what is wrong: a `ConfigError` of the field ("rerank", "inpaint_rerank",
+    "inpaint_temperature", ...) where one is to blame."""
+    from cogview.errors import ConfigError
     from cogview.sampling import RERANKERS, SamplingConfig
 
     fields = dict(values)
@@ -131,18 +133,24 @@ def split_sampling_defaults(values: Mapping[str, Any]) -> SamplingDefaults:
     inpaint = dict(inpaint)
     inpaint_rerank = inpaint.pop("rerank", None)
     if inpaint_rerank is not None:
-        inpaint_rerank = _rerank(inpaint_rerank, "inpaint: rerank")
+        inpaint_rerank = _rerank(inpaint_rerank, "inpaint_rerank")
     SamplingConfig(**fields)  # unknown fields and bad values fail here
     try:
         SamplingConfig(**inpaint)
-    except (ValueError, TypeError) as e:  # SamplingError is a ValueError
+    except ConfigError as e:
+        if e.field is None:
+            raise ValueError(f"inpaint: {e}") from None
+        raise ConfigError.of(f"inpaint_{e.field}", e.detail) from None
+    except (ValueError, TypeError) as e:  # an unknown field
         raise ValueError(f"inpaint: {e}") from None
     return SamplingDefaults(fields, rerank, restate, rerank_by, inpaint, inpaint_rerank)
 
 
-def _rerank(value: Any, what: str) -> int:
+def _rerank(value: Any, field: str) -> int:
+    from cogview.errors import ConfigError
+
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{what} must be a whole number >= 1, got {value!r}")
+        raise ConfigError.of(field, f"must be a whole number >= 1, got {value!r}")
     return value
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from cogview.cli.flags import add_sampling_flags, sampling_flags
 
@@ -50,26 +49,21 @@ def run_export(args: argparse.Namespace) -> int:
         resolve_checkpoint,
     )
     from cogview.cli.flags import checked
-    from cogview.errors import ConfigError, UserError
-    from cogview.pipeline import RESTATERS, SAMPLING_FILE, write_sampling_defaults
+    from cogview.errors import UserError
+    from cogview.pipeline import (
+        RESTATERS,
+        SAMPLING_FILE,
+        split_sampling_defaults,
+        write_sampling_defaults,
+    )
     from cogview.sampling import SamplingConfig, check_reranker
 
     src = resolve_checkpoint(args.run)
     ck = load_checkpoint(src)  # refuses a corrupt checkpoint before anything is copied
     sampling = sampling_flags(args)
     checked(SamplingConfig, lambda: SamplingConfig(**sampling))
-    for flag, value in (("--rerank", args.rerank), ("--inpaint-rerank", args.inpaint_rerank)):
-        if value is not None and value < 1:
-            raise UserError(f"{flag} must be >= 1, got {value}")
-    inpaint: dict[str, Any] = {}
-    if args.inpaint_temperature is not None:
-        try:
-            SamplingConfig(temperature=args.inpaint_temperature)
-        except ConfigError as e:
-            raise UserError(f"--inpaint-temperature {e.detail}") from None
-        inpaint["temperature"] = args.inpaint_temperature
-    if args.inpaint_rerank is not None:
-        inpaint["rerank"] = args.inpaint_rerank
+    inpaint = {k: v for k, v in (("temperature", args.inpaint_temperature),
+                                 ("rerank", args.inpaint_rerank)) if v is not None}
     if inpaint:
         sampling["inpaint"] = inpaint
     if args.rerank is not None:
@@ -81,6 +75,7 @@ def run_export(args: argparse.Namespace) -> int:
         if args.restate not in RESTATERS:
             raise UserError(f"--restate {args.restate!r}: one of {', '.join(RESTATERS)}")
         sampling["restate"] = args.restate
+    split_sampling_defaults(sampling)  # a bad value: the error of its flag, before any copying
 
     def write(tmp):
         for item in src.iterdir():
