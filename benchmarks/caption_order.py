@@ -31,7 +31,6 @@ from cogview.bench import shapes
 from cogview.bench.evaluate import caption_score
 from cogview.pretrained import encode_images
 from cogview.sampling import (
-    SamplingConfig,
     caption_logprob,
     generate_captions,
     target_logprob,
@@ -55,8 +54,8 @@ def main() -> None:
     held = load_held_out(args.data, pipe.image_size, 2 * args.n + 50, "test")
     idx = [i for i in held.with_attributes()[: args.n] if len(held.attributes[i]["objects"]) == 2]
     codes = encode_images(pipe.vqvae, held.images[idx])
-    greedy = SamplingConfig(**{**pipe.pipeline.sampling, "temperature": 0.0})
-    sampled = SamplingConfig(**{**pipe.pipeline.sampling, "temperature": 1.0})
+    greedy = pipe.sampling_config(temperature=0.0)
+    sampled = pipe.sampling_config(temperature=1.0)
     generator = torch.Generator().manual_seed(0)
     counts: Counter[tuple[str, bool]] = Counter()
     picks: Counter[str] = Counter()

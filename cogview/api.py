@@ -222,24 +222,25 @@ class CogView:
     @property
     def restate(self) -> Any:
         """How reranking restates a prompt (the model's domain grammar), or None."""
-        return restater(self.pipeline.restate)
+        return restater(self.pipeline.defaults.restate)
 
     @property
     def rerank_default(self) -> int:
         """Candidates per image of the model's sampling.json (1: no reranking)."""
-        return self.pipeline.rerank
+        return self.pipeline.defaults.rerank
 
     @property
     def inpaint_rerank_default(self) -> int:
         """Candidates per inpainted version: the model's sampling.json "inpaint" "rerank",
         else its "rerank"."""
-        return self.pipeline.inpaint_rerank or self.pipeline.rerank
+        defaults = self.pipeline.defaults
+        return defaults.inpaint_rerank or defaults.rerank
 
     @property
     def rerank_by_default(self) -> str:
         """How the model's sampling.json reranks (`sampling.RERANKERS`; "caption" unless it
         says otherwise)."""
-        return self.pipeline.rerank_by
+        return self.pipeline.defaults.rerank_by
 
     @property
     def has_contrastive_head(self) -> bool:
@@ -276,10 +277,11 @@ class CogView:
         captions), for `inpainting` then its "inpaint" fields, then `overrides` (None values
         are left out)."""
         given = {k: v for k, v in overrides.items() if v is not None}
-        defaults = dict(self.pipeline.sampling) if images else {}
+        defaults = self.pipeline.defaults
+        fields = dict(defaults.fields) if images else {}
         if images and inpainting:
-            defaults.update(self.pipeline.sampling_inpaint)
-        return SamplingConfig(**{**defaults, **given})
+            fields.update(defaults.inpaint)
+        return SamplingConfig(**{**fields, **given})
 
     def generator(self, seed: int | None = 0) -> torch.Generator:
         return torch.Generator(device=self.device).manual_seed(0 if seed is None else seed)

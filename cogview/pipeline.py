@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 
@@ -49,6 +49,20 @@ VQVAE_DIR = "vqvae"
 SAMPLING_FILE = "sampling.json"
 
 
+@dataclass(frozen=True)
+class SamplingDefaults:
+    """A model folder's sampling.json, split by what its values set (`split_sampling_defaults`);
+    the defaults are a folder without one."""
+
+    fields: dict[str, Any] = field(default_factory=dict)  # SamplingConfig fields
+    rerank: int = 1  # each image the best of this many candidates (1: no reranking)
+    restate: str | None = None  # the grammar that restates prompts for reranking (RESTATERS)
+    rerank_by: str = "caption"  # how candidates are scored (sampling.RERANKERS)
+    # SamplingConfig fields that inpainting sets on top of `fields`
+    inpaint: dict[str, Any] = field(default_factory=dict)
+    inpaint_rerank: int | None = None  # candidates per inpainted version, when not `rerank`
+
+
 @dataclass
 class Pipeline:
     """Everything sampling needs, loaded from one folder and checked to belong together."""
@@ -59,13 +73,8 @@ class Pipeline:
     image_size: int  # pixels of the base images (the side of a square image)
     grid: tuple[int, int]  # (h, w) image codes per image
     meta: dict[str, Any]  # the checkpoint's extra JSON, plus "path" and "step"
-    sampling: dict[str, Any] = field(default_factory=dict)  # sampling.json's SamplingConfig fields
-    # sampling.json's "inpaint": SamplingConfig fields inpainting sets on top of `sampling`
-    sampling_inpaint: dict[str, Any] = field(default_factory=dict)
-    rerank: int = 1  # sampling.json's "rerank": each image the best of this many candidates
-    inpaint_rerank: int | None = None  # its "inpaint" "rerank": the same for inpainting
-    rerank_by: str = "caption"  # sampling.json's "rerank_by": how (sampling.RERANKERS)
-    restate: str | None = None  # the grammar that restates prompts for reranking (RESTATERS)
+    # sampling.json; its `restate` is the grammar reranking uses (the domain's when it names none)
+    defaults: SamplingDefaults = field(default_factory=SamplingDefaults)
     text_encoder: Any = None  # cogview.text_encoder.TextEncoder when config.text_dim > 0
 
 
@@ -95,17 +104,6 @@ def restater(name: str | None) -> Any:
 def rephraser(domain: str | None) -> Any:
     """`(attributes, numpy rng) -> str | None` of a domain in REPHRASERS; None for others."""
     return _domain_function(REPHRASERS, domain if domain in REPHRASERS else None)
-
-
-class SamplingDefaults(NamedTuple):
-    """A sampling.json's values, split by what they set."""
-
-    fields: dict[str, Any]  # SamplingConfig fields
-    rerank: int  # each image the best of this many candidates (1: no reranking)
-    restate: str | None  # the grammar that restates prompts for reranking (RESTATERS)
-    rerank_by: str  # how candidates are scored (sampling.RERANKERS)
-    inpaint: dict[str, Any]  # SamplingConfig fields inpainting sets on top of `fields`
-    inpaint_rerank: int | None = None  # candidates per inpainted version, when not `rerank`
 
 
 def split_sampling_defaults(values: Mapping[str, Any]) -> SamplingDefaults:
@@ -162,7 +160,7 @@ def read_sampling_defaults(folder: str | Path) -> SamplingDefaults:
 
     path = Path(folder) / SAMPLING_FILE
     if not path.is_file():
-        return SamplingDefaults({}, 1, None, "caption", {})
+        return SamplingDefaults()
     try:
         values = json.loads(path.read_text())
         if not isinstance(values, dict):
@@ -338,12 +336,7 @@ def load_pipeline(path: str | Path, device: str | torch.device = "cpu") -> Pipel
         image_size=int(ckpt.extra["image_size"]),
         grid=(int(grid[0]), int(grid[1])),
         meta={**ckpt.extra, "path": str(ckpt.path), "step": ckpt.step},
-        sampling=defaults.fields,
-        sampling_inpaint=defaults.inpaint,
-        rerank=defaults.rerank,
-        inpaint_rerank=defaults.inpaint_rerank,
-        rerank_by=defaults.rerank_by,
-        restate=restate,
+        defaults=replace(defaults, restate=restate),
         text_encoder=encoder,
     )
 
