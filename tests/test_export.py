@@ -43,3 +43,22 @@ def test_export_of_missing_run_is_a_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "\n" not in err
     assert not (tmp_path / "model").exists()
+
+
+def test_export_bf16_halves_the_weights_and_loads_back_as_their_rounding(tmp_path):
+    from cogview.checkpoint import load_state_strict
+
+    layer = torch.nn.Linear(64, 64)
+    save_checkpoint(tmp_path / "run" / step_dir_name(1), kind="toy", config=Cfg(),
+                    state_dict=layer.state_dict(), step=1)
+    assert main(["export", str(tmp_path / "run"), str(tmp_path / "full")]) == 0
+    assert main(["export", str(tmp_path / "run"), str(tmp_path / "half"), "--bf16"]) == 0
+    size = {n: (tmp_path / n / "model.safetensors").stat().st_size for n in ("full", "half")}
+    assert size["half"] < 0.55 * size["full"]
+    half = load_checkpoint(tmp_path / "half")
+    assert all(v.dtype == torch.bfloat16 for v in half.state_dict.values())
+    loaded = torch.nn.Linear(64, 64)
+    load_state_strict(loaded, half.state_dict, source="half")
+    assert loaded.weight.dtype == torch.float32
+    assert torch.equal(loaded.weight, layer.weight.detach().to(torch.bfloat16).float())
+    assert not torch.equal(loaded.weight, layer.weight)  # rounded, not a copy

@@ -33,6 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--rerank-by", choices=RERANKERS,
                    help="store how reranking scores candidates (see cogview generate "
                    "--rerank-by); contrastive and both need a model with a contrastive head")
+    p.add_argument("--bf16", action="store_true",
+                   help="store the weights in bfloat16: half the size on disk; loading casts "
+                   "them back to the model's float32 (measure the folder before shipping it)")
     p.add_argument("--restate", metavar="DOMAIN",
                    help="reranking also scores prompts restated by this domain's grammar "
                    "(shapes); default: the domain the model was trained on, if it has one")
@@ -42,8 +45,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_export(args: argparse.Namespace) -> int:
     import shutil
 
+    import torch
+    from safetensors.torch import save_file
+
     from cogview.checkpoint import (
         TRAINING_STATE_FILE,
+        WEIGHTS_FILE,
         atomic_write_dir,
         load_checkpoint,
         resolve_checkpoint,
@@ -83,6 +90,9 @@ def run_export(args: argparse.Namespace) -> int:
                 continue
             if item.is_dir():
                 shutil.copytree(item, tmp / item.name)
+            elif item.name == WEIGHTS_FILE and args.bf16:
+                save_file({k: v.to(torch.bfloat16) if v.is_floating_point() else v
+                           for k, v in ck.state_dict.items()}, str(tmp / WEIGHTS_FILE))
             elif item.name != SAMPLING_FILE or not sampling:
                 shutil.copyfile(item, tmp / item.name)
         if sampling:
