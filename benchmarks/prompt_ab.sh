@@ -8,7 +8,7 @@
 #   bash benchmarks/prompt_ab.sh minilm --text-encoder minilm     # frozen text encoder
 #   bash benchmarks/prompt_ab.sh contrastive-last --contrastive-weight 0.1 --contrastive-pool last
 #
-# Outputs: runs/ab/NAME/{coglm,coglm-edit,coglm-edit2,final}. The baseline is the shipped model
+# Outputs: runs/ab/NAME/{coglm,coglm-edit,coglm-edit2,final}. The baseline is the 3-stage model
 # (the same stages without either flag). Measure each `final` with the README's eval commands.
 # TOKENS defaults to the recipe's runs/default/tokens-big (`make default-models` makes it).
 set -euo pipefail
