@@ -336,3 +336,30 @@ def test_fashion_retrieval_counts_any_image_of_the_class(pipe, folders, monkeypa
     skipped = evaluate.eval_fashion_retrieval(evaluate.FashionEval(plain, None, prompts, prompts,
                                                                    images, labels), 12)
     assert "no contrastive head" in skipped["skipped"]
+
+
+# ---------------------------------------------------------------------------------------------
+# the web page
+
+
+def test_the_web_page_reranks_by_the_chosen_scorer(folders, monkeypatch):
+    gr = pytest.importorskip("gradio")
+    from cogview.web.page import Page
+
+    head, plain = (Page(CogView.from_pretrained(folders[n])) for n in ("head", "plain"))
+    assert head.rerankers == ("caption", "contrastive", "both")
+    assert plain.rerankers == ("caption",)  # the page shows no choice
+    generate, asked = head.pipe.generate, []
+
+    def recorded(*args, **kwargs):
+        asked.append(kwargs["rerank_by"])
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(head.pipe, "generate", recorded)
+    for by, said in (("contrastive", "contrastive reranking"), ("both", "self- and contrastive"),
+                     (None, "self-reranking")):
+        images, status = head.generate(PROMPT, 2, 5, 1.0, 4, False, by)
+        assert len(images) == 2 and f"best of 4 by {said}" in status
+    assert asked == ["contrastive", "both", "caption"]  # None: the model's default
+    with pytest.raises(gr.Error, match="no contrastive head"):
+        plain.generate(PROMPT, 1, 0, 1.0, 4, False, "contrastive")

@@ -29,12 +29,16 @@ from PIL import Image
 from cogview.api import CogView, PromptTruncatedWarning
 from cogview.errors import UserError
 from cogview.images import resize_mask, to_rgb
+from cogview.sampling import RERANKERS
 from cogview.web import DEFAULT_HOST, DEFAULT_PORT, where
 
 MAX_SIDE = 2048  # pixels: a larger upload is refused with a message
 MAX_FILE = "10mb"  # Gradio refuses larger uploads before they reach a function
 MAX_N = 8  # pictures per click
 MAX_RERANK = 32  # candidates per picture
+# how the status line names each way of reranking
+RERANKED_BY = {"caption": "self-reranking", "contrastive": "contrastive reranking",
+               "both": "self- and contrastive reranking"}
 EDIT_SIDE = 320  # small pictures are enlarged to about this side in the inpainting editor
 SAVE = ["download", "fullscreen"]  # no "share": nothing leaves this machine
 MODEL_JOBS = "model"  # the queue's concurrency group of everything that runs the model
@@ -229,6 +233,9 @@ class Page:
                 self.sr_note = str(e)
                 self.sr = _standalone_sr()
         self.rerank = max(1, pipe.rerank_default)
+        self.rerank_by = pipe.rerank_by_default
+        # how candidates may be scored: "contrastive" and "both" need a contrastive head
+        self.rerankers = RERANKERS if pipe.has_contrastive_head else ("caption",)
         self.inpaint_rerank = min(max(1, pipe.inpaint_rerank_default), MAX_RERANK)
         self.temperature = float(pipe.sampling_config().temperature)
 
@@ -245,8 +252,10 @@ class Page:
         return time.perf_counter() - start
 
     def generate(self, prompt: str, n: float, seed: float, temperature: float, rerank: float,
-                 superres: bool, progress: gr.Progress = PROGRESS) -> tuple[list, str]:
-        """Text-to-image: the gallery's pictures (real size) and a status line."""
+                 superres: bool, rerank_by: str | None = None,
+                 progress: gr.Progress = PROGRESS) -> tuple[list, str]:
+        """Text-to-image: the gallery's pictures (real size) and a status line; `rerank_by`
+        as for `CogView.generate` (None: the model's default)."""
         text = check_prompt(prompt)
         n = _count(n, "number of images", 1, MAX_N)
         seed = _count(seed, "seed", 0, 2**31 - 1)
@@ -254,17 +263,19 @@ class Page:
         if superres and self.pipe.sr is None:
             raise gr.Error(f"super-resolution is off for this model: {self.sr_note}",
                            print_exception=False)
+        with _messages():
+            by = self.pipe.reranker(rerank_by or None)
         start = time.perf_counter()
         with _messages(), warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", PromptTruncatedWarning)
             out = self.pipe.generate(text, n, rerank=rerank, seed=seed, superres=superres,
-                                     temperature=float(temperature),
+                                     temperature=float(temperature), rerank_by=by,
                                      progress=_progress(progress, n * rerank, "candidates"))
             arrays = out.arrays
         _say_warnings(caught)
         took = time.perf_counter() - start
         side = arrays.shape[1]
-        how = f"each the best of {rerank} by self-reranking" if rerank > 1 else "no reranking"
+        how = f"each the best of {rerank} by {RERANKED_BY[by]}" if rerank > 1 else "no reranking"
         status = f"{n} image(s) of {side} px in {took:.2f} s ({how}, seed {seed})"
         return [(Image.fromarray(a), f"{i}") for i, a in enumerate(arrays)], status
 
@@ -394,6 +405,11 @@ def build_page(pipe: CogView, page: Page | None = None) -> gr.Blocks:
                             1, MAX_RERANK, value=page.rerank, step=1, label="Reranking",
                             info=f"each image the best of this many candidates by "
                                  f"self-reranking (the model's default: {page.rerank}; 1 = off)")
+                        rerank_by = gr.Radio(
+                            list(page.rerankers), value=page.rerank_by, label="Rerank by",
+                            visible=len(page.rerankers) > 1,
+                            info="the model's caption likelihood, its contrastive head's "
+                                 "cosine, or both")
                         superres = gr.Checkbox(
                             False, label="Super-resolution", interactive=pipe.sr is not None,
                             info=page.sr_note or "64 px through the SR model")
@@ -452,9 +468,9 @@ def build_page(pipe: CogView, page: Page | None = None) -> gr.Blocks:
                     sr_small = gr.Image(label="Input at the SR model's size", **result)
                     sr_big = gr.Image(label="Super-resolved", elem_id="sr-out", **result)
 
-        go.click(page.generate, [prompt, n, seed, temperature, rerank, superres],
+        go.click(page.generate, [prompt, n, seed, temperature, rerank, superres, rerank_by],
                  [gallery, status], api_name="generate", **jobs)
-        prompt.submit(page.generate, [prompt, n, seed, temperature, rerank, superres],
+        prompt.submit(page.generate, [prompt, n, seed, temperature, rerank, superres, rerank_by],
                       [gallery, status], api_visibility="private", **jobs)
         gallery.select(_index, None, selected, **quick)
         to_edit.click(page.take_from_gallery, [gallery, selected], [editor, original, tabs],
