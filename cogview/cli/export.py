@@ -55,7 +55,6 @@ def run_export(args: argparse.Namespace) -> int:
         load_checkpoint,
         resolve_checkpoint,
     )
-    from cogview.cli.flags import checked
     from cogview.errors import UserError
     from cogview.pipeline import (
         RESTATERS,
@@ -63,12 +62,11 @@ def run_export(args: argparse.Namespace) -> int:
         split_sampling_defaults,
         write_sampling_defaults,
     )
-    from cogview.sampling import SamplingConfig, check_reranker
+    from cogview.sampling import check_reranker
 
     src = resolve_checkpoint(args.run)
     ck = load_checkpoint(src)  # refuses a corrupt checkpoint before anything is copied
     sampling = sampling_flags(args)
-    checked(SamplingConfig, lambda: SamplingConfig(**sampling))
     inpaint = {k: v for k, v in (("temperature", args.inpaint_temperature),
                                  ("rerank", args.inpaint_rerank)) if v is not None}
     if inpaint:
@@ -82,7 +80,9 @@ def run_export(args: argparse.Namespace) -> int:
         if args.restate not in RESTATERS:
             raise UserError(f"--restate {args.restate!r}: one of {', '.join(RESTATERS)}")
         sampling["restate"] = args.restate
-    split_sampling_defaults(sampling)  # a bad value: the error of its flag, before any copying
+    # every value checked once, before any copying: a bad one is a ConfigError of its field,
+    # which the command line tells by its flag
+    split_sampling_defaults(sampling)
 
     def write(tmp):
         for item in src.iterdir():
