@@ -14,7 +14,13 @@ import torch
 from cogview.checkpoint import load_checkpoint
 from cogview.errors import UserError
 from train.config import LoopConfig
-from train.distributed import fill_ds_config, read_ds_config, resolve_batch
+from train.distributed import (
+    STALE_BUILD_LOCK_S,
+    clear_stale_build_locks,
+    fill_ds_config,
+    read_ds_config,
+    resolve_batch,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 DS_CONFIG = REPO / "ds_config.json"
@@ -64,6 +70,25 @@ def test_config_numbers_must_agree_with_flags(tmp_path):
     (tmp_path / "bad.json").write_text("{ not json")
     with pytest.raises(UserError, match="not valid JSON"):
         read_ds_config(tmp_path / "bad.json")
+
+
+def test_stale_build_lock_is_removed_and_a_young_one_kept(tmp_path, monkeypatch, capsys):
+    """A lock left by a killed build would hang every later run in torch's FileBaton.wait."""
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    stale = tmp_path / "py311_cpu" / "deepspeed_shm_comm" / "lock"
+    young = tmp_path / "py311_cpu" / "deepspeed_other" / "lock"
+    other = tmp_path / "py311_cpu" / "someone_else" / "lock"  # not DeepSpeed's: not touched
+    for lock in (stale, young, other):
+        lock.parent.mkdir(parents=True)
+        lock.touch()
+    old = stale.stat().st_mtime - STALE_BUILD_LOCK_S - 60
+    os.utime(stale, (old, old))
+    os.utime(other, (old, old))
+
+    assert clear_stale_build_locks() == [stale]
+    assert not stale.exists() and young.exists() and other.exists()
+    err = capsys.readouterr().err
+    assert f"removed {stale}" in err and f"waiting for {young}" in err
 
 
 def test_two_process_zero2_matches_one_process(tmp_path):

@@ -31,6 +31,8 @@ import logging
 import os
 import shutil
 import socket
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,8 @@ AUTO = "auto"
 DEFAULT_BATCH_SIZE = 64
 ENGINE_TAG = "engine"  # DeepSpeed's checkpoint tag inside a step folder's deepspeed/
 QUIET_STEPS_PER_PRINT = 10**9  # the trainer logs; DeepSpeed's own step prints would duplicate
+# A DeepSpeed op builds in well under a minute; a build lock this old was left by a killed process
+STALE_BUILD_LOCK_S = 600
 
 
 def world_from_env() -> tuple[int, int, int]:
@@ -186,6 +190,34 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def clear_stale_build_locks(max_age_s: float = STALE_BUILD_LOCK_S) -> list[Path]:
+    """Remove DeepSpeed op build locks older than `max_age_s`; the paths removed.
+
+    DeepSpeed compiles its ops with torch's JIT builder, which holds a `lock` file in the op's
+    build folder while it builds or loads and waits, without end, while that file exists. A
+    process killed in that moment leaves the file behind and every later run hangs on it. A
+    young lock may be a build in progress: it is named and left.
+    """
+    from torch.utils.cpp_extension import get_default_build_root
+
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
+    removed = []
+    for lock in sorted(root.glob("*/deepspeed_*/lock")):
+        try:
+            age = time.time() - lock.stat().st_mtime
+            if age > max_age_s:
+                lock.unlink()
+                removed.append(lock)
+                print(f"note: removed {lock}, a build lock left by an interrupted run "
+                      f"{age / 60:.0f} min ago", file=sys.stderr)
+            else:
+                print(f"note: waiting for {lock} (a DeepSpeed op being built by another process; "
+                      f"if none is, delete the file)", file=sys.stderr)
+        except FileNotFoundError:  # released meanwhile
+            continue
+    return removed
+
+
 def init_distributed() -> tuple[int, int, int, torch.device]:
     """Set up the process group (gloo on CPU, nccl on CUDA); (rank, world, local rank, device)."""
     if not torch.cuda.is_available():
@@ -199,6 +231,8 @@ def init_distributed() -> tuple[int, int, int, torch.device]:
 
     ds_logger.setLevel(logging.WARNING)
     rank, world, local_rank = world_from_env()
+    if local_rank == 0:  # one process per machine, before any of them takes the lock
+        clear_stale_build_locks()
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
