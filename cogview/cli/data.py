@@ -18,6 +18,23 @@ def _common(p: argparse.ArgumentParser, *, seed: bool = True) -> None:
         p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (0)")
 
 
+def _test_fraction(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.05,
+        metavar="F",
+        help="fraction for the test split (0.05)",
+    )
+
+
+def _generated(p: argparse.ArgumentParser, *, n: int) -> None:
+    """The flags of a generated data set: how many samples, their side, the test split."""
+    p.add_argument("--n", type=int, default=n, help=f"samples in all ({n})")
+    p.add_argument("--size", type=int, default=64, metavar="PX", help="image side in px (64)")
+    _test_fraction(p)
+
+
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "data",
@@ -35,15 +52,7 @@ def register(subparsers: Any) -> None:
         "and attribute JSON. The same arguments give byte-identical shards.",
     )
     _common(p)
-    p.add_argument("--n", type=int, default=20000, help="samples in all (20000)")
-    p.add_argument("--size", type=int, default=64, metavar="PX", help="image side in px (64)")
-    p.add_argument(
-        "--test-fraction",
-        type=float,
-        default=0.05,
-        metavar="F",
-        help="fraction for the test split (0.05)",
-    )
+    _generated(p, n=20000)
     p.add_argument(
         "--two-fraction",
         type=float,
@@ -94,13 +103,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--size", type=int, default=None, help="resize/crop images to this side (default: keep)"
     )
-    p.add_argument(
-        "--test-fraction",
-        type=float,
-        default=0.05,
-        metavar="F",
-        help="fraction for the test split (0.05)",
-    )
+    _test_fraction(p)
     p.set_defaults(func=run_folder)
 
     p = sources.add_parser(
@@ -110,15 +113,7 @@ def register(subparsers: Any) -> None:
         "the test split. Captions are the photos' names.",
     )
     _common(p)
-    p.add_argument("--n", type=int, default=2000, help="samples in all (2000)")
-    p.add_argument("--size", type=int, default=64, metavar="PX", help="image side in px (64)")
-    p.add_argument(
-        "--test-fraction",
-        type=float,
-        default=0.05,
-        metavar="F",
-        help="fraction for the test split (0.05)",
-    )
+    _generated(p, n=2000)
     p.set_defaults(func=run_photos)
 
     p = sources.add_parser(
