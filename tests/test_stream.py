@@ -3,6 +3,7 @@ processes (two gloo processes), bounded memory, and resume equality of `cogview 
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -187,3 +188,108 @@ def test_sr_stream_resume_equals_uninterrupted_run(tmp_path):
     assert part.step == 4 and part.losses + rest.losses == whole.losses
     a, b = (load_checkpoint(tmp_path / r, kind="sr").state_dict for r in ("whole", "part"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def make_shapes_stream_inputs(root: Path, shards: int = 2, n_train: int = 32) -> dict[str, str]:
+    """make_stream_inputs with one-object shapes scenes: their captions (a tokenizer of 40 text
+    tokens trained on them) and attributes, so that prompts can be worded anew."""
+    import numpy as np
+
+    from cogview.bench import shapes
+    from tokenizer import UnifiedTokenizer
+    from train.data.tokens import INFO_FILE, write_sample
+
+    inputs = make_inputs(root, n_train=n_train)
+    data = Path(inputs["data"])
+    rng = np.random.default_rng(0)
+    scenes = [shapes.sample_scene(rng, 1) for _ in range(n_train + 8)]
+    captions = [shapes.caption(s, rng) for s in scenes]
+    tok = UnifiedTokenizer.train(captions * 4, vocab_size=600, image_codes=64, max_text_len=40)
+    tok.save(inputs["tokenizer"])
+    g = torch.Generator().manual_seed(0)
+    for split, lo, hi in (("train", 0, n_train), ("test", n_train, n_train + 8)):
+        with tarfile.open(data / f"{split}-000000.tar", "w") as tar:
+            for i in range(lo, hi):
+                codes = torch.randint(1, 64, (8, 8), generator=g).numpy()
+                write_sample(tar, f"{split}{i:05d}", {32: codes}, tok.encode_text(captions[i]),
+                             captions[i], shapes.scene_to_json(scenes[i]))
+    info = json.loads((data / INFO_FILE).read_text())
+    info.update(tokenizer_fingerprint=tok.fingerprint, tokenizer_layout=tok.layout(),
+                source_info={"source": "shapes"})
+    (data / INFO_FILE).write_text(json.dumps(info))
+    reshard(data, shards)
+    return inputs
+
+
+def test_stream_with_encoder_rephrase_and_contrastive_head_resumes_exactly(tmp_path):
+    """The frozen text encoder, caption augmentation and the contrastive head over streamed
+    shards: batches built by a worker process (stopped at step 4, resumed) give the weights
+    of batches built in the training process; prompts are worded anew in the stream, and the
+    contrastive loss is logged."""
+    pytest.importorskip("transformers")
+    from test_text_encoder import make_encoder
+
+    from train.lm import train_coglm
+
+    inputs = make_shapes_stream_inputs(tmp_path / "in")
+    encoder = make_encoder(tmp_path / "encoder", ["a small red circle at the top left"] * 8)
+    extra = dict(text_encoder=str(encoder), rephrase=0.5, contrastive_weight=0.1,
+                 tasks="t2i=0.6,cap=0.4")
+
+    def runs(out: str, workers: int):
+        run, loop, stream = _lm_run(inputs, tmp_path / out, workers=workers, steps=6)
+        return dataclasses.replace(run, **extra), loop, stream
+
+    whole = train_coglm(*runs("whole", 0)[:2], progress=False, stream=runs("whole", 0)[2])
+
+    def interrupt(step: int) -> None:
+        if step == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    run, loop, stream = runs("part", 1)
+    part = train_coglm(run, loop, progress=False, stream=stream, on_step=interrupt)
+    rest = train_coglm(run, loop, progress=False, stream=stream, resume=True)
+    assert part.step == 4 and part.losses + rest.losses == whole.losses
+    a, b = load_checkpoint(tmp_path / "whole"), load_checkpoint(tmp_path / "part")
+    assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
+    assert any(k.startswith("contrastive.") for k in a.state_dict)
+    records = [json.loads(x) for x in (tmp_path / "whole/metrics.jsonl").read_text().splitlines()]
+    assert all("loss_con" in r for r in records if "loss" in r)
+
+
+def test_streamed_prompts_are_worded_anew_and_captioning_keeps_the_caption(tmp_path):
+    """The stream's batches with --rephrase 1: every text-to-image prompt a new wording of the
+    sample's attributes (by the shapes grammar), every captioning target the data's caption."""
+    from train.lm import train_coglm
+    from train.streaming import StreamCogLMObjective
+
+    inputs = make_shapes_stream_inputs(tmp_path / "in")
+    seen: dict[str, StreamCogLMObjective] = {}
+    real = StreamCogLMObjective.__post_init__
+
+    def grab(self):
+        real(self)
+        seen["objective"] = self
+
+    run, loop, stream = _lm_run(inputs, tmp_path / "run", workers=0, steps=1)
+    run = dataclasses.replace(run, rephrase=1.0, tasks="t2i=0.5,cap=0.5")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(StreamCogLMObjective, "__post_init__", grab)
+        train_coglm(run, loop, progress=False, stream=stream)
+    objective = seen["objective"]
+    tok = objective.tokenizer
+    objective.scheduler.sequences = lambda plans: plans  # build stops at the plans
+    decoded = [objective.decode(raw) for path in objective.paths for _, raw in iter_shard(path)]
+    plans = objective.build(decoded, 0, torch.Generator().manual_seed(1))
+    tasks = {p.task for p in plans}
+    assert tasks == {"t2i", "cap"}
+    worded = 0
+    for sample, plan in zip(decoded, plans, strict=True):
+        if plan.task == "cap":
+            assert list(plan.text_ids) == sample.text_ids  # learns the data's caption
+            continue
+        obj = sample.meta["objects"][0]
+        words = tok.decode_text(plan.text_ids).split()
+        assert obj["colour"] in words and obj["shape"] in words
+        worded += list(plan.text_ids) != sample.text_ids
+    assert worded >= sum(p.task == "t2i" for p in plans) // 2

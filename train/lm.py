@@ -32,6 +32,7 @@ from cogview.masks import (
     TASKS,
     EncodedText,
     MaskingScheduler,
+    Plan,
     Region,
     TaskSchedule,
     TaskSequence,
@@ -136,21 +137,27 @@ class CogLMObjective:
         data, regions = self.train, self.regions
         metas = getattr(data, "metas", None) or []
         captions = data.captions if self.scheduler.encoder else None
-        plans = []
-        for i in idx:
-            text, target = data.text_ids[i], data.targets[i]
-            caption = captions[i] if captions is not None else None
-            if self.rephrase is not None and self.rephrase_p > 0:
-                meta = metas[i] if i < len(metas) else None
-                text, target, worded = reworded(self.tokenizer, text, target, meta,
-                                                self.rephrase, self.rephrase_p, g)
-                if worded is not None and caption is not None:
-                    caption = worded
-            plans.append(self.scheduler.plan(text, self.codes[i], step, g, target,
-                                             regions[i] if regions else (), caption))
+        plans = [self.plan(data.text_ids[i], data.targets[i], self.codes[i], step, g,
+                           meta=metas[i] if i < len(metas) else None,
+                           regions=regions[i] if regions else (),
+                           caption=captions[i] if captions is not None else None)
+                 for i in idx]
         samples = self.scheduler.sequences(plans)
         self._pairs = sum(s.pair is not None for s in samples)
         return samples
+
+    def plan(self, text_ids: Sequence[int], target_ids: Sequence[int] | None, codes: Tensor,
+             step: int, g: torch.Generator, *, meta: dict[str, Any] | None = None,
+             regions: Sequence[Region] = (), caption: str | None = None) -> Plan:
+        """One sample's plan (`MaskingScheduler.plan`), its prompt worded anew from `meta` with
+        probability `rephrase_p` (`reworded`); `caption` is the prompt as a string, for a
+        scheduler with a text encoder (else None)."""
+        if self.rephrase is not None and self.rephrase_p > 0:
+            text_ids, target_ids, worded = reworded(self.tokenizer, text_ids, target_ids, meta,
+                                                    self.rephrase, self.rephrase_p, g)
+            if worded is not None and caption is not None:
+                caption = worded
+        return self.scheduler.plan(text_ids, codes, step, g, target_ids, regions, caption)
 
     def collate(self, samples: Sequence[TaskSequence]) -> Any:
         batch = collate(samples, self.tokenizer.pad_id)
@@ -489,15 +496,12 @@ def train_coglm(
     schedule = TaskSchedule.parse(run.tasks)
     loss_config = LossConfig(run.loss, run.poly_eps, run.contrastive_weight)
     streaming = stream is not None and stream.stream
-    if streaming and run.contrastive_weight > 0:
-        raise ConfigError.of("contrastive_weight", "is not available with a streamed data set "
-                             "yet")
     tok, vq_dir, vq_fp, train, test = load_training_inputs(run.data, run.tokenizer, run.vqvae,
                                                            streaming=streaming)
 
     encoder = None
     if run.text_encoder:
-        encoder = load_encoder(run.text_encoder, tok.max_text_len, streaming)
+        encoder = load_encoder(run.text_encoder, tok.max_text_len)
     torch.manual_seed(loop.seed)  # the same initial weights on every process
     sizes = {"text_dim": encoder.dim} if encoder is not None else {}
     if run.contrastive_weight > 0:
@@ -532,19 +536,16 @@ def train_coglm(
     if run.rephrase > 0 and rephrase is None:
         raise ConfigError.of("rephrase", f"the data's domain ({domain}) has no grammar to word "
                              "prompts anew")
-    if streaming and rephrase is not None:
-        raise ConfigError.of("rephrase", "is not available with a streamed data set yet")
     common = dict(model=model, tokenizer=tok, test=test, scheduler=scheduler,
                   image_size=run.image_size, save_fn=save_fn, loss_config=loss_config,
-                  eval_samples=run.eval_samples)
+                  eval_samples=run.eval_samples, rephrase=rephrase, rephrase_p=run.rephrase)
     if streaming:
         from train.streaming import StreamCogLMObjective
 
         objective: Any = StreamCogLMObjective(train=train.info, data=run.data,
                                               stream_config=stream, seed=loop.seed, **common)
     else:
-        objective = CogLMObjective(train=train, rephrase=rephrase, rephrase_p=run.rephrase,
-                                   **common)
+        objective = CogLMObjective(train=train, **common)
     if (not streaming and not objective.regions and run.region_masks > 0
             and "inp" in objective.used_tasks and int(os.environ.get("RANK", "0")) == 0):
         print("note: no sample of --data lists regions; inpainting masks are random shapes "
@@ -560,13 +561,11 @@ def contrastive_dim(preset: str) -> int:
     return PRESETS[preset]["dim"] // 2
 
 
-def load_encoder(name: str, max_len: int, streaming: bool = False) -> Any:
+def load_encoder(name: str, max_len: int) -> Any:
     """The frozen text encoder `name` (`cogview.text_encoder.load_text_encoder`), on the CPU
     where batches are built; errors name the `text_encoder` parameter."""
     from cogview.text_encoder import TextEncoderError, load_text_encoder
 
-    if streaming:
-        raise ConfigError.of("text_encoder", "does not work with streamed shards yet")
     try:
         return load_text_encoder(name, max_len)
     except TextEncoderError as e:

@@ -59,6 +59,8 @@ class CogLMSample:
     codes: torch.Tensor  # (h, w)
     target_ids: list[int]
     regions: list[Any]
+    caption: str | None = None  # the caption string (read with a text encoder)
+    meta: dict[str, Any] | None = None  # the attributes (read for caption augmentation)
 
 
 @dataclass
@@ -156,24 +158,42 @@ class StreamCogLMObjective(_Streamed, CogLMObjective):
                             f" info.json says {self.grid}")
         tok = self.tokenizer
         check_ids(tok, [codes], [ids, target], f"sample {key!r}")
+        caption = None
+        if self.scheduler.encoder is not None:
+            if "txt" not in parts:
+                raise UserError(f"token shards: sample {key!r} lacks txt (the caption a text "
+                                "encoder reads)")
+            caption = parts["txt"].decode("utf-8", errors="replace")
+        meta: Any = None
         regions: list[Any] = []
         if "json" in parts:
             try:
                 meta = json.loads(parts["json"])
             except ValueError as e:
                 raise UserError(f"token shards: sample {key!r} is corrupt ({e})") from e
-            if isinstance(meta, dict) and meta.get("regions"):
+            if not isinstance(meta, dict):
+                meta = None
+            elif meta.get("regions"):
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     regions = sample_regions(tok, [meta])[0]
-        return CogLMSample(key, ids, codes, target, regions)
+        return CogLMSample(key, ids, codes, target, regions, caption, meta)
 
     def build(self, samples: list[CogLMSample], step: int, g: torch.Generator
               ) -> list[TaskSequence]:
         """The task sequences of one group's part of a step (in a worker process)."""
-        plans = [self.scheduler.plan(s.text_ids, s.codes, step, g, s.target_ids, s.regions)
-                 for s in samples]
+        plans = [self.plan(s.text_ids, s.target_ids, s.codes, step, g, meta=s.meta,
+                           regions=s.regions, caption=s.caption) for s in samples]
         return self.scheduler.sequences(plans)
+
+    def draw_rank(self, step: int, n: int, rank: int, world: int, g: torch.Generator
+                  ) -> list[Any]:
+        samples = super().draw_rank(step, n, rank, world, g)
+        # The contrastive loss of each micro-batch is weighted by its share of the step's
+        # pairs. The other processes' pairs are not counted here: each process weighs its own
+        # as if every process had as many, which is exact on one process.
+        self._pairs = world * sum(s.pair is not None for s in samples)
+        return samples
 
     def collate(self, samples: Sequence[TaskSequence]) -> Any:
         return PinnedBatch(CogLMObjective.collate(self, samples))
