@@ -45,12 +45,8 @@ def _serve(args: argparse.Namespace) -> int:
     except OSError as e:
         raise UserError(f"--host {args.host} --port {args.port}: cannot serve ({e})") from None
     except KeyboardInterrupt:
-        pass
-    print("stopped", file=sys.stderr, flush=True)
-    sys.stdout.flush()
-    # Gradio's worker threads can hold the interpreter's exit for tens of seconds after its
-    # server has stopped; the page holds nothing to save
-    os._exit(0)
+        print("stopped", file=sys.stderr)
+    return 0
 
 
 def check_address(host: str, port: int) -> None:

@@ -15,7 +15,6 @@ import os
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
 import sys
-import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -50,8 +49,6 @@ CSS = """
 .pixelated img, .pixelated canvas { image-rendering: pixelated; }
 .fill img { width: 100%; height: 100%; object-fit: contain; }
 """
-
-STOP_S = 10  # the most a stop waits for Gradio to close its server and queue
 
 
 @dataclass
@@ -527,13 +524,10 @@ def launch(blocks: gr.Blocks, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT
 
 
 def serve(blocks: gr.Blocks, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
-    """Serve until interrupted, after saying where on stderr; closing the page waits at most
-    STOP_S seconds."""
+    """Serve until interrupted, after saying where on stderr."""
     launch(blocks, host, port, block=False)
     print(where(host, port), file=sys.stderr, flush=True)
     try:
-        blocks.block_thread()  # returns on Ctrl-C, Gradio having asked its server to stop
+        blocks.block_thread()
     finally:
-        closing = threading.Thread(target=blocks.close, kwargs={"verbose": False}, daemon=True)
-        closing.start()
-        closing.join(STOP_S)
+        blocks.close()
