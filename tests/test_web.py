@@ -286,7 +286,9 @@ def test_serve_command_starts_and_stops_cleanly():
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "cogview", "serve", "--port", str(port), "--no-warm"],
-        stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        # as from a terminal: a shell's background job would pass SIGINT on ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         line = ""
         deadline = time.monotonic() + 120
