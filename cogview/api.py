@@ -243,14 +243,23 @@ class CogView:
         return self.pipeline.defaults.rerank_by
 
     @property
+    def inpaint_rerank_by_default(self) -> str:
+        """How inpainting reranks: the model's sampling.json "inpaint" "rerank_by", else its
+        "rerank_by"."""
+        defaults = self.pipeline.defaults
+        return defaults.inpaint_rerank_by or defaults.rerank_by
+
+    @property
     def has_contrastive_head(self) -> bool:
         """Whether the model embeds prompts and images (reranking by "contrastive", "both")."""
         return has_head(self.model)
 
-    def reranker(self, rerank_by: str | None) -> str:
-        """`rerank_by`, or the model's default for None; an error of the `rerank_by` parameter
-        unless the model can rerank that way (`sampling.check_reranker`)."""
-        by = self.rerank_by_default if rerank_by is None else rerank_by
+    def reranker(self, rerank_by: str | None, inpainting: bool = False) -> str:
+        """`rerank_by`, or the model's default (for inpainting, when `inpainting`) for None; an
+        error of the `rerank_by` parameter unless the model can rerank that way
+        (`sampling.check_reranker`)."""
+        default = self.inpaint_rerank_by_default if inpainting else self.rerank_by_default
+        by = default if rerank_by is None else rerank_by
         check_reranker(by, self.has_contrastive_head)
         return by
 
@@ -526,7 +535,7 @@ class CogView:
         if pixel_mask.shape != (height, width):
             pixel_mask = resize_mask(pixel_mask, (height, width))
         self._check_candidates(candidates, n)
-        by = self.reranker(rerank_by)
+        by = self.reranker(rerank_by, inpainting=True)
         if not pixel_mask.any():
             return Images(np.stack([original] * n), torch.empty(0, *self.grid, dtype=torch.long))
         config = self.sampling_config(inpainting=True, **sampling)

@@ -61,6 +61,7 @@ class SamplingDefaults:
     # SamplingConfig fields that inpainting sets on top of `fields`
     inpaint: dict[str, Any] = field(default_factory=dict)
     inpaint_rerank: int | None = None  # candidates per inpainted version, when not `rerank`
+    inpaint_rerank_by: str | None = None  # how inpainting's candidates are scored, if not so
 
 
 @dataclass
@@ -111,7 +112,8 @@ def split_sampling_defaults(values: Mapping[str, Any]) -> SamplingDefaults:
     (each image the best of that many candidates), "rerank_by" (how they are scored, one of
     `sampling.RERANKERS`; default "caption"), "restate" (a name in RESTATERS) and "inpaint"
     (an object of SamplingConfig fields that inpainting sets on top of the others, and its
-    own "rerank", e.g. {"temperature": 1.0, "rerank": 32}); a ValueError or TypeError names
+    own "rerank" and "rerank_by", e.g. {"temperature": 1.0, "rerank": 32}); a ValueError or
+    TypeError names
     what is wrong: a `ConfigError` of the field ("rerank", "inpaint_rerank",
     "inpaint_temperature", ...) where one is to blame."""
     from cogview.errors import ConfigError
@@ -132,6 +134,10 @@ def split_sampling_defaults(values: Mapping[str, Any]) -> SamplingDefaults:
     inpaint_rerank = inpaint.pop("rerank", None)
     if inpaint_rerank is not None:
         inpaint_rerank = _rerank(inpaint_rerank, "inpaint_rerank")
+    inpaint_rerank_by = inpaint.pop("rerank_by", None)
+    if inpaint_rerank_by is not None and inpaint_rerank_by not in RERANKERS:
+        raise ValueError(f"inpaint: rerank_by must be one of {', '.join(RERANKERS)}, got "
+                         f"{inpaint_rerank_by!r}")
     SamplingConfig(**fields)  # unknown fields and bad values fail here
     try:
         SamplingConfig(**inpaint)
@@ -141,7 +147,8 @@ def split_sampling_defaults(values: Mapping[str, Any]) -> SamplingDefaults:
         raise ConfigError.of(f"inpaint_{e.field}", e.detail) from None
     except (ValueError, TypeError) as e:  # an unknown field
         raise ValueError(f"inpaint: {e}") from None
-    return SamplingDefaults(fields, rerank, restate, rerank_by, inpaint, inpaint_rerank)
+    return SamplingDefaults(fields, rerank, restate, rerank_by, inpaint, inpaint_rerank,
+                            inpaint_rerank_by)
 
 
 def _rerank(value: Any, field: str) -> int:
@@ -327,6 +334,9 @@ def load_pipeline(path: str | Path, device: str | torch.device = "cpu") -> Pipel
 
     try:
         check_reranker(defaults.rerank_by, config.contrastive_dim > 0)
+        if defaults.inpaint_rerank_by is not None:
+            check_reranker(defaults.inpaint_rerank_by, config.contrastive_dim > 0,
+                           "inpaint_rerank_by")
     except SamplingError as e:
         raise CheckpointError(f"{ckpt.path / SAMPLING_FILE}: {e}") from None
     return Pipeline(

@@ -704,14 +704,13 @@ def restated_ids(
 RERANKERS = ("caption", "contrastive", "both")
 
 
-def check_reranker(by: str, with_head: bool) -> None:
-    """SamplingError of the `rerank_by` parameter unless `by` is one of RERANKERS that a model
+def check_reranker(by: str, with_head: bool, field: str = "rerank_by") -> None:
+    """SamplingError of the parameter `field` unless `by` is one of RERANKERS that a model
     with (or without) a contrastive head can score by: "contrastive" and "both" need one."""
     if by not in RERANKERS:
-        raise SamplingError.of("rerank_by", f"must be one of {', '.join(RERANKERS)}, got "
-                               f"{by!r}")
+        raise SamplingError.of(field, f"must be one of {', '.join(RERANKERS)}, got {by!r}")
     if by != "caption" and not with_head:
-        raise SamplingError.of("rerank_by", f"{by}: {NO_HEAD}")
+        raise SamplingError.of(field, f"{by}: {NO_HEAD}")
 
 
 def _text_key(text: masks.Text) -> object:

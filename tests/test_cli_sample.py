@@ -354,7 +354,8 @@ def test_sampling_json_inpaint_round_trips(tmp_path):
 
 
 @pytest.mark.parametrize("inpaint", ['{"temprature": 1}', '{"rerank": 0}', '{"restate": null}',
-                                     '{"temperature": -1}', '0.5', '[]'])
+                                     '{"temperature": -1}', '{"rerank_by": "clip"}', '0.5',
+                                     '[]'])
 def test_bad_inpaint_defaults_are_refused_naming_the_file(tmp_path, inpaint):
     from cogview.checkpoint import CheckpointError
     from cogview.pipeline import read_sampling_defaults, write_sampling_defaults

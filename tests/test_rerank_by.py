@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shlex
 
+import numpy as np
 import pytest
 import torch
 from test_evaluate import save_tiny_model, tiny_parts
@@ -195,6 +196,40 @@ def test_cli_reranks_by_the_flag_and_by_the_models_default(folders, tmp_path, ca
                        pipe.generate(PROMPT, 1, rerank=3, rerank_by="both", seed=2).codes)
 
 
+def test_inpainting_reranks_by_its_own_default(folders, tmp_path, capsys):
+    from PIL import Image
+
+    tuned = tmp_path / "tuned"
+    rc, _, err = run(capsys, f"export {folders['head']} {tuned} --rerank 2 --inpaint-rerank 3 "
+                             "--inpaint-rerank-by both")
+    assert rc == 0, err
+    assert json.loads((tuned / "sampling.json").read_text()) == {
+        "rerank": 2, "inpaint": {"rerank": 3, "rerank_by": "both"}}
+    pipe = CogView.from_pretrained(tuned)
+    assert (pipe.rerank_by_default, pipe.inpaint_rerank_by_default) == ("caption", "both")
+    image = np.zeros((32, 32, 3), np.uint8)
+    mask = np.zeros((32, 32), bool)
+    mask[8:24, 8:24] = True
+
+    def inpainted(seed=3, **kw):
+        return pipe.inpaint(image, mask, PROMPT, 2, seed=seed, **kw).codes
+
+    assert torch.equal(inpainted(), inpainted(rerank_by="both"))
+    # the two scores pick differently somewhere: the default is not the caption score
+    assert any(not torch.equal(inpainted(seed), inpainted(seed, rerank_by="caption"))
+               for seed in range(6))
+    assert torch.equal(pipe.generate(PROMPT, 1, seed=3).codes,
+                       pipe.generate(PROMPT, 1, seed=3, rerank_by="caption").codes)
+    Image.fromarray(image).save(tmp_path / "in.png")
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    rc, _, err = run(capsys, f"inpaint --image {tmp_path}/in.png --mask {tmp_path}/m.png "
+                             f"--prompt '{PROMPT}' -n 1 --seed 3 --model {tuned} -o {tmp_path}/o")
+    assert rc == 0 and "best of 3 by standardised" in err, err
+    # a model without a head cannot store it
+    rc, _, err = run(capsys, f"export {folders['plain']} {tmp_path}/x --inpaint-rerank-by both")
+    assert rc == 2 and "--inpaint-rerank-by" in err and "contrastive head" in err
+
+
 @pytest.mark.parametrize("line", [
     "generate 'a red circle' --rerank 2 -n 1 --rerank-by contrastive -o {t}/o",
     "inpaint --image {t}/in.png --mask {t}/m.png --prompt 'a red circle' --rerank-by both "
@@ -227,6 +262,9 @@ def test_a_sampling_json_that_reranks_by_a_missing_head_is_refused(folders, tmp_
     (bad / "sampling.json").write_text('{"rerank_by": "clip"}')
     rc, _, err = run(capsys, f"generate x --model {bad} -o {tmp_path}/o")
     assert rc == 2 and "rerank_by" in err
+    (bad / "sampling.json").write_text('{"inpaint": {"rerank_by": "both"}}')
+    rc, _, err = run(capsys, f"generate x --model {bad} -o {tmp_path}/o")
+    assert rc == 2 and "sampling.json" in err and "inpaint_rerank_by" in err
 
 
 # ---------------------------------------------------------------------------------------------

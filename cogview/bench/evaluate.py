@@ -67,8 +67,9 @@ class EvalConfig:
     rerank: int = 1  # text-to-image: candidates per image, the best kept by reranking
     rerank_inpaint: int = 0  # inpainting and the edits: the same (0: as `rerank`)
     # how candidates are scored (sampling.RERANKERS): text-to-image reports each on the same
-    # candidates; inpainting and the edits rerank by the first
+    # candidates; inpainting and the edits rerank by `rerank_by_inpaint`, else the first
     rerank_by: tuple[str, ...] = ("caption",)
+    rerank_by_inpaint: str | None = None
     caption_temperature: float = 0.0  # captioning is scored on the greedy caption by default
     n_captions: int = 100  # held-out images to caption
     n_inpaint: int = 100  # held-out images to inpaint (reconstruction)
@@ -80,17 +81,22 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
-            if name not in ("seed", "rerank_by") and value < 0:
+            if name not in ("seed", "rerank_by", "rerank_by_inpaint") and value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
         if not self.rerank_by or len(set(self.rerank_by)) < len(self.rerank_by):
             raise ValueError(f"rerank_by must name distinct rerankers, got {self.rerank_by}")
-        for by in self.rerank_by:
+        for by in (*self.rerank_by, self.inpaint_reranker):
             if by not in RERANKERS:
                 raise ValueError(f"rerank_by: {by!r} is not one of {', '.join(RERANKERS)}")
         if self.n_per_prompt < 1:
             raise ValueError("n_per_prompt must be >= 1")
         if self.rerank < 1:
             raise ValueError("rerank must be >= 1")
+
+    @property
+    def inpaint_reranker(self) -> str:
+        """How inpainting's and the edits' candidates are scored."""
+        return self.rerank_by_inpaint or self.rerank_by[0]
 
     @property
     def inpaint_group(self) -> int:
@@ -876,7 +882,7 @@ def run_eval(
                     progress=progress,
                     seed=config.seed,
                     rerank=config.inpaint_group,
-                    rerank_by=config.rerank_by[0],
+                    rerank_by=config.inpaint_reranker,
                 ),
             )
         if config.n_edit:
@@ -887,7 +893,7 @@ def run_eval(
                 lambda: eval_edits(
                     pipe, held, idx, inpainting, generator, progress=progress,
                     seed=config.seed, rerank=config.inpaint_group,
-                    rerank_by=config.rerank_by[0],
+                    rerank_by=config.inpaint_reranker,
                 ),
             )  # fmt: skip
         if config.n_loss:

@@ -150,7 +150,10 @@ def _run_eval(args: argparse.Namespace) -> int:
                                      rerank_inpaint=pipe.inpaint_rerank_default)
     for by in rerank_by:
         pipe.reranker(by)
-    config = dataclasses.replace(config, rerank_by=rerank_by or (pipe.rerank_by_default,))
+    # inpainting and the edits: the first reranker named, else the model's for inpainting
+    config = dataclasses.replace(config, rerank_by=rerank_by or (pipe.rerank_by_default,),
+                                 rerank_by_inpaint=None if rerank_by else
+                                 pipe.inpaint_rerank_by_default)
     held = None
     if args.data is not None:
         # about half of the shapes scenes hold two objects: the edits need twice as many
@@ -271,7 +274,8 @@ def register(subparsers: Any) -> None:
                    "per prompt and summed); several, comma-separated, each pick among the same "
                    "text-to-image candidates and are reported side by side with the seconds "
                    "per image; inpainting and edits use the first. Default: the model's "
-                   "sampling.json, else caption")
+                   "sampling.json (for inpainting and edits, its \"inpaint\" one first), else "
+                   "caption")
     p.add_argument("--n-retrieval", type=int, metavar="N",
                    help="retrieval by the contrastive head among N held-out scenes (the test "
                    "split of --data, else N scenes drawn apart from any data set): caption <-> "

@@ -28,6 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--inpaint-rerank", type=int, metavar="R",
                    help="store self-reranking for inpainting only (sampling.json's \"inpaint\"): "
                    "each inpainted version the best of R candidates, instead of --rerank's")
+    p.add_argument("--inpaint-rerank-by", choices=RERANKERS,
+                   help="store how inpainting's reranking scores candidates (sampling.json's "
+                   "\"inpaint\"), instead of --rerank-by's")
     p.add_argument("--rerank", type=int, metavar="R",
                    help="store self-reranking as a default: each image the best of R candidates")
     p.add_argument("--rerank-by", choices=RERANKERS,
@@ -68,7 +71,8 @@ def run_export(args: argparse.Namespace) -> int:
     ck = load_checkpoint(src)  # refuses a corrupt checkpoint before anything is copied
     sampling = sampling_flags(args)
     inpaint = {k: v for k, v in (("temperature", args.inpaint_temperature),
-                                 ("rerank", args.inpaint_rerank)) if v is not None}
+                                 ("rerank", args.inpaint_rerank),
+                                 ("rerank_by", args.inpaint_rerank_by)) if v is not None}
     if inpaint:
         sampling["inpaint"] = inpaint
     if args.rerank is not None:
@@ -76,6 +80,9 @@ def run_export(args: argparse.Namespace) -> int:
     if args.rerank_by is not None:
         check_reranker(args.rerank_by, bool(ck.config.get("contrastive_dim")))
         sampling["rerank_by"] = args.rerank_by
+    if args.inpaint_rerank_by is not None:
+        check_reranker(args.inpaint_rerank_by, bool(ck.config.get("contrastive_dim")),
+                       "inpaint_rerank_by")
     if args.restate is not None:
         if args.restate not in RESTATERS:
             raise UserError(f"--restate {args.restate!r}: one of {', '.join(RESTATERS)}")

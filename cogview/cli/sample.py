@@ -63,7 +63,8 @@ RERANK_BY_HELP = (
     "how candidates are scored: caption = the model's own log p(prompt | image) (CogView "
     "self-reranking), contrastive = cosine of the prompt's and the image's embeddings by the "
     "contrastive head, both = the two standardised over each prompt's candidates and summed. "
-    "Default: the model's sampling.json `rerank_by`, else caption"
+    "Default: the model's sampling.json `rerank_by` (for inpainting, its \"inpaint\" one "
+    "first), else caption"
 )
 
 
@@ -72,7 +73,7 @@ def _rerank_kwargs(args: argparse.Namespace, pipe: CogView, inpainting: bool = F
     """CogView keyword arguments of --rerank and --rerank-by, and the candidates drawn per
     prompt: `--rerank N` draws N and keeps the n best; without it, the model's sampling.json
     may make each image (each inpainted version) the best of its own group of R."""
-    by = {"rerank_by": pipe.reranker(args.rerank_by)}
+    by = {"rerank_by": pipe.reranker(args.rerank_by, inpainting)}
     if args.rerank:
         return {"candidates": args.rerank, **by}, args.rerank
     default = pipe.inpaint_rerank_default if inpainting else pipe.rerank_default
