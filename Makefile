@@ -53,7 +53,7 @@ web-screenshots: setup
 	COGVIEW_SCREENSHOTS=docs/web $(BIN)/python -m pytest tests/test_web.py -k chromium
 
 # The recipe of the shipped default models (shapes, 32 px base, 64 px super-resolution), on a
-# CPU; about 2 h 45 min on 2 cores. Every training step resumes where an interrupted run stopped.
+# CPU; about 3 h 25 min on 2 cores. Every training step resumes where an interrupted run stopped.
 # The VQVAE, the tokenizer and the SR model learn from the 20,000 scenes of data/shapes; the
 # CogLM from 200,000 scenes of data/shapes-big (on 20,000 it memorises: training loss half the
 # held-out), whose two-object captions carry reading-order captioning targets. Its second to
@@ -67,6 +67,8 @@ DM_EDIT_STEPS ?= 2000
 DM_EDIT2_STEPS ?= 1000
 DM_EDIT3_STEPS ?= 500
 DM_SR_STEPS ?= 1500
+# the CogLM's contrastive head (text-image retrieval, `--rerank-by contrastive|both`)
+DM_HEAD := --contrastive-weight 0.1 --contrastive-pool last
 default-models: setup
 	grep -qs '"regions"' data/shapes/info.json || { rm -rf data/shapes $(DM)/tokens; \
 	  $(BIN)/cogview data shapes --out data/shapes --n 20000 --seed 0; }
@@ -83,25 +85,29 @@ default-models: setup
 	  --vqvae $(DM)/vqvae-final --tokenizer data/tokenizer.json --sizes 32 --out $(DM)/tokens-big
 	$(BIN)/cogview train --data $(DM)/tokens-big --tokenizer data/tokenizer.json \
 	  --vqvae $(DM)/vqvae-final --preset small --out $(DM)/coglm --steps $(DM_LM_STEPS) \
-	  --batch-size 64 --ema 0.999 --save-every 250 --resume
+	  --batch-size 64 --ema 0.999 $(DM_HEAD) --save-every 250 --resume
 	$(BIN)/cogview train --data $(DM)/tokens-big --tokenizer data/tokenizer.json \
 	  --vqvae $(DM)/vqvae-final --preset small --init-from $(DM)/coglm --out $(DM)/coglm-edit \
 	  --steps $(DM_EDIT_STEPS) --batch-size 64 --lr 3e-4 --warmup 50 --min-lr 3e-5 --ema 0.999 \
+	  $(DM_HEAD) \
 	  --tasks "t2i=0.55,cap=0.15,inp=0.3" --save-every 250 --resume
 	$(BIN)/cogview train --data $(DM)/tokens-big --tokenizer data/tokenizer.json \
 	  --vqvae $(DM)/vqvae-final --preset small --init-from $(DM)/coglm-edit --out $(DM)/coglm-edit2 \
 	  --steps $(DM_EDIT2_STEPS) --batch-size 64 --lr 1e-4 --warmup 20 --min-lr 1e-5 --ema 0.999 \
+	  $(DM_HEAD) \
 	  --tasks "t2i=0.5,cap=0.15,inp=0.35" --region-prompts 0.25 --seed 1 --save-every 250 --resume
 	$(BIN)/cogview train --data $(DM)/tokens-big --tokenizer data/tokenizer.json \
 	  --vqvae $(DM)/vqvae-final --preset small --init-from $(DM)/coglm-edit2 --out $(DM)/coglm-edit3 \
 	  --steps $(DM_EDIT3_STEPS) --batch-size 64 --lr 1e-4 --warmup 20 --min-lr 1e-5 --ema 0.999 \
+	  $(DM_HEAD) \
 	  --tasks "t2i=0.45,cap=0.15,inp=0.4" --region-masks 0.8 --region-prompts 0.3 --seed 2 \
 	  --save-every 250 --resume
 	$(BIN)/cogview train-sr --data $(DM)/tokens --tokenizer data/tokenizer.json \
 	  --vqvae $(DM)/vqvae-final --preset small --out $(DM)/sr --steps $(DM_SR_STEPS) \
 	  --batch-size 32 --save-every 250 --resume
 	$(BIN)/cogview export $(DM)/coglm-edit3 cogview/defaults/shapes --temperature 0.7 --rerank 16 \
-	  --inpaint-temperature 1.0 --inpaint-rerank 32 --restate shapes --bf16
+	  --inpaint-temperature 1.0 --inpaint-rerank 32 --inpaint-rerank-by both --restate shapes \
+	  --bf16
 	$(BIN)/cogview export $(DM)/sr cogview/defaults/shapes-sr
 
 # The recipe of the shipped Fashion-MNIST CogLM (32 px, grayscale): VQVAE on 20,000 training
