@@ -225,6 +225,16 @@ def test_inpainting_reranks_by_its_own_default(folders, tmp_path, capsys):
     rc, _, err = run(capsys, f"inpaint --image {tmp_path}/in.png --mask {tmp_path}/m.png "
                              f"--prompt '{PROMPT}' -n 1 --seed 3 --model {tuned} -o {tmp_path}/o")
     assert rc == 0 and "best of 3 by standardised" in err, err
+    # eval's inpainting and edits too, unless --rerank-by names a reranker
+    from cogview.bench.evaluate import EvalConfig
+
+    for flags, want in (("", "both"), ("--rerank-by caption", "caption")):
+        rc, _, err = run(capsys, f"eval --model {tuned} --n-prompts 0 --n-paraphrase 0 "
+                                 f"--n-retrieval 0 --n-loss 0 {flags} --json {tmp_path}/e.json")
+        assert rc == 0, err
+        config = json.loads((tmp_path / "e.json").read_text())["eval_config"]
+        config["rerank_by"] = tuple(config["rerank_by"])
+        assert EvalConfig(**config).inpaint_reranker == want
     # a model without a head cannot store it
     rc, _, err = run(capsys, f"export {folders['plain']} {tmp_path}/x --inpaint-rerank-by both")
     assert rc == 2 and "--inpaint-rerank-by" in err and "contrastive head" in err
