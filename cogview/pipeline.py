@@ -61,7 +61,8 @@ class SamplingDefaults:
     # SamplingConfig fields that inpainting sets on top of `fields`
     inpaint: dict[str, Any] = field(default_factory=dict)
     inpaint_rerank: int | None = None  # candidates per inpainted version, when not `rerank`
-    inpaint_rerank_by: str | None = None  # how inpainting's candidates are scored, if not so
+    inpaint_rerank_by: str | None = None  # how inpainting's candidates are scored, when not
+    # as `rerank_by`
 
 
 @dataclass
@@ -117,16 +118,14 @@ def split_sampling_defaults(values: Mapping[str, Any]) -> SamplingDefaults:
     what is wrong: a `ConfigError` of the field ("rerank", "inpaint_rerank",
     "inpaint_temperature", ...) where one is to blame."""
     from cogview.errors import ConfigError
-    from cogview.sampling import RERANKERS, SamplingConfig
+    from cogview.sampling import SamplingConfig
 
     fields = dict(values)
     rerank = _rerank(fields.pop("rerank", 1), "rerank")
     restate = fields.pop("restate", None)
     if restate is not None and restate not in RESTATERS:
         raise ValueError(f"restate must be one of {', '.join(RESTATERS)}, got {restate!r}")
-    rerank_by = fields.pop("rerank_by", "caption")
-    if rerank_by not in RERANKERS:
-        raise ValueError(f"rerank_by must be one of {', '.join(RERANKERS)}, got {rerank_by!r}")
+    rerank_by = _reranker(fields.pop("rerank_by", "caption"), "rerank_by")
     inpaint = fields.pop("inpaint", {})
     if not isinstance(inpaint, dict):
         raise ValueError(f"inpaint must be an object of SamplingConfig fields, got {inpaint!r}")
@@ -135,9 +134,8 @@ def split_sampling_defaults(values: Mapping[str, Any]) -> SamplingDefaults:
     if inpaint_rerank is not None:
         inpaint_rerank = _rerank(inpaint_rerank, "inpaint_rerank")
     inpaint_rerank_by = inpaint.pop("rerank_by", None)
-    if inpaint_rerank_by is not None and inpaint_rerank_by not in RERANKERS:
-        raise ValueError(f"inpaint: rerank_by must be one of {', '.join(RERANKERS)}, got "
-                         f"{inpaint_rerank_by!r}")
+    if inpaint_rerank_by is not None:
+        _reranker(inpaint_rerank_by, "inpaint: rerank_by")
     SamplingConfig(**fields)  # unknown fields and bad values fail here
     try:
         SamplingConfig(**inpaint)
@@ -149,6 +147,14 @@ def split_sampling_defaults(values: Mapping[str, Any]) -> SamplingDefaults:
         raise ValueError(f"inpaint: {e}") from None
     return SamplingDefaults(fields, rerank, restate, rerank_by, inpaint, inpaint_rerank,
                             inpaint_rerank_by)
+
+
+def _reranker(value: Any, name: str) -> str:
+    from cogview.sampling import RERANKERS
+
+    if value not in RERANKERS:
+        raise ValueError(f"{name} must be one of {', '.join(RERANKERS)}, got {value!r}")
+    return value
 
 
 def _rerank(value: Any, field: str) -> int:
