@@ -5,8 +5,9 @@ stage, each contender run alone for a few steps on the recipe's token shards.
     .venv/bin/python benchmarks/prompt_ab_speed.py --steps 60 --threads 2 \\
         --contender "head=--contrastive-weight 0.1 --contrastive-pool last"
 
-Each contender is `cogview train` with the flags of `benchmarks/prompt_ab.sh`'s first stage
-and its own, from scratch into a temporary folder. The first `--skip` steps (start-up, first
+Each contender is `benchmarks/prompt_ab.sh`'s first stage with its flags, cut to `--steps`
+steps (`STAGE1_STEPS`, `STAGE1_ONLY`), from scratch into a temporary folder; TOKENS and BIN
+are passed on to it. The first `--skip` steps (start-up, first
 allocations) are left out; the rest give the mean seconds a step and, of those, the seconds
 the step waited for its batch (`data_wait_s`: building the task sequences and, with
 `--text-encoder`, encoding the prompts, which happens in the training process). The recipe's
@@ -22,7 +23,6 @@ import os
 import shlex
 import statistics
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -35,23 +35,18 @@ CONTENDERS = {
 }
 
 
-def run(flags: str, steps: int, threads: int, tokens: str, skip: int) -> dict[str, float]:
+def run(name: str, flags: str, steps: int, threads: int, skip: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "cogview", "train", "--data", tokens,
-               "--tokenizer", "cogview/defaults/shapes/tokenizer.json",
-               "--vqvae", "cogview/defaults/shapes/vqvae", "--preset", "small",
-               "--batch-size", "64", "--ema", "0.999", "--no-progress", "--eval-every", "0",
-               "--steps", str(steps), "--save-every", str(steps),
-               "--out", f"{tmp}/run", *shlex.split(flags)]
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-        subprocess.run(cmd, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
-        rows = [json.loads(line) for line in Path(f"{tmp}/run/metrics.jsonl").open()]
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "RUNS": tmp,
+               "STAGE1_STEPS": str(steps), "STAGE1_ONLY": "1"}
+        subprocess.run(["bash", "benchmarks/prompt_ab.sh", "speed", *shlex.split(flags)],
+                       cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
+        rows = [json.loads(line) for line in Path(f"{tmp}/speed/coglm/metrics.jsonl").open()]
     timed = [r for r in rows if "step_s" in r][skip:]
     if not timed:
-        raise SystemExit(f"no step after the first {skip} to time: raise --steps")
+        raise SystemExit(f"{name}: no step after the first {skip} to time: raise --steps")
     return {"step_s": statistics.mean(r["step_s"] for r in timed),
-            "data_wait_s": statistics.mean(r.get("data_wait_s", 0.0) for r in timed),
-            "steps": len(timed)}
+            "data_wait_s": statistics.mean(r["data_wait_s"] for r in timed)}
 
 
 def main() -> None:
@@ -59,18 +54,16 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=50, help="steps per contender (default 50)")
     p.add_argument("--skip", type=int, default=10, help="first steps left out (default 10)")
     p.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS of each run")
-    p.add_argument("--tokens", default="runs/default/tokens-big",
-                   help="token shards (default: the recipe's, made by `make default-models`)")
     p.add_argument("--contender", action="append", metavar="NAME=FLAGS",
                    help="a contender instead of the three (repeatable)")
     args = p.parse_args()
     contenders = dict(c.split("=", 1) for c in args.contender) if args.contender else CONTENDERS
-    print(f"{args.steps - args.skip} timed steps each, {args.threads} threads, {args.tokens}")
+    print(f"{args.steps - args.skip} timed steps each, {args.threads} threads")
     print("| contender | s a step | of which waiting for the batch | 7500 recipe steps |")
     print("|---|---|---|---|")
     for name, flags in contenders.items():
         load = os.getloadavg()[0]
-        r = run(flags, args.steps, args.threads, args.tokens, args.skip)
+        r = run(name, flags, args.steps, args.threads, args.skip)
         minutes = r["step_s"] * RECIPE_STEPS / 60
         print(f"| {name} | {r['step_s']:.2f} | {r['data_wait_s']:.2f} | "
               f"{minutes // 60:.0f} h {minutes % 60:.0f} min |  (load {load:.1f} -> "
