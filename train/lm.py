@@ -509,7 +509,7 @@ def train_coglm(
         sizes["contrastive_pool"] = run.contrastive_pool
     model = CogLM(coglm_config(run.preset, tok.vocab_size, **sizes))
     if run.init_from:  # a resumed run then loads its checkpoint's weights over these
-        init_weights(model, run.init_from, tok, vq_fp)
+        init_weights(model, run.init_from, tok, vq_fp, encoder)
     grid = tuple(int(x) for x in train.codes[run.image_size].shape[1:]) if (
         run.image_size in train.codes
     ) else (0, 0)
@@ -572,10 +572,12 @@ def load_encoder(name: str, max_len: int) -> Any:
         raise ConfigError.of("text_encoder", str(e)) from None
 
 
-def init_weights(model: CogLM, source: str, tokenizer: Any, vqvae_fingerprint: str) -> None:
+def init_weights(model: CogLM, source: str, tokenizer: Any, vqvae_fingerprint: str,
+                 encoder: Any = None) -> None:
     """Start `model` from the weights of a CogLM folder (or a shipped model's name) of the
-    same shape, vocabulary and VQVAE: a later stage of a recipe. The optimizer, schedule and
-    data order start afresh."""
+    same shape, vocabulary, VQVAE and text encoder (`encoder`, None for token ids): a later
+    stage of a recipe. A contrastive head or a text encoder that the source lacks starts
+    afresh. The optimizer, schedule and data order start afresh."""
     from cogview.defaults import model_path_or_default
     from cogview.pipeline import load_pipeline
 
@@ -584,16 +586,30 @@ def init_weights(model: CogLM, source: str, tokenizer: Any, vqvae_fingerprint: s
     except CheckpointError as e:
         raise ConfigError.of("init_from", str(e)) from e
     theirs, ours = asdict(pipe.model.config), asdict(model.config)
-    new_head = theirs["contrastive_dim"] == 0 and ours["contrastive_dim"] > 0
-    if new_head:  # a contrastive head added to a model trained without one starts afresh
+    new_parts = []  # prefixes of the weights that start afresh
+    if theirs["contrastive_dim"] == 0 and ours["contrastive_dim"] > 0:
+        # a contrastive head added to a model trained without one
         theirs["contrastive_dim"] = ours["contrastive_dim"]
         theirs["contrastive_pool"] = ours["contrastive_pool"]
+        new_parts.append("contrastive.")
+    if theirs["text_dim"] == 0 and ours["text_dim"] > 0:
+        # a frozen text encoder given to a model that read token ids: its projection is new,
+        # the rest (token embeddings included: captions are still written with them) carries
+        theirs["text_dim"] = ours["text_dim"]
+        new_parts.append("text_proj.")
+    if theirs["text_dim"] > 0 and ours["text_dim"] == 0:
+        raise ConfigError.of("init_from", f"{source}: reads prompts through a text encoder "
+                                          "(give --text-encoder)")
     if theirs != ours:
         raise ConfigError.of("init_from", f"{source}: a model of another shape (check preset)")
+    if (pipe.text_encoder is not None and encoder is not None
+            and pipe.text_encoder.fingerprint != encoder.fingerprint):
+        raise ConfigError.of("init_from", f"{source}: trained with another text encoder "
+                                          f"({pipe.text_encoder.name})")
     if pipe.tokenizer.fingerprint != tokenizer.fingerprint:
         raise ConfigError.of("init_from", f"{source}: trained with another tokenizer")
     if pipe.meta.get("vqvae_fingerprint") != vqvae_fingerprint:
         raise ConfigError.of("init_from", f"{source}: trained on codes of another VQVAE")
-    missing, _ = model.load_state_dict(pipe.model.state_dict(), strict=not new_head)
-    if any(not k.startswith("contrastive.") for k in missing):
+    missing, _ = model.load_state_dict(pipe.model.state_dict(), strict=not new_parts)
+    if any(not k.startswith(tuple(new_parts)) for k in missing):
         raise ConfigError.of("init_from", f"{source}: lacks weights {missing[:3]}")
