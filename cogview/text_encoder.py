@@ -237,7 +237,8 @@ def encoder_from_record(record: dict[str, Any], source: str,
     try:
         enc = load_text_encoder(str(where), int(max_len), device)
     except TextEncoderError as e:
-        raise TextEncoderError(f"{source}: the model reads the text encoder {e}") from None
+        raise TextEncoderError(f"{source}: the model reads its prompts with the text encoder "
+                               f"{name!r}; {e}") from None
     if enc.fingerprint != fp or enc.dim != int(dim):
         raise TextEncoderError(
             f"{source}: not the text encoder the model was trained with ({enc.folder} has "
