@@ -250,7 +250,8 @@ def test_kv_cached_sampling_equals_uncached(setup, trained):
 
 def test_a_model_of_token_prompts_starts_a_run_that_adds_the_encoder(setup, trained, tmp_path):
     """--init-from a model trained on token ids with --text-encoder: every weight carries
-    over, the projection starts afresh; the other way round is refused in one line."""
+    over, the projection starts afresh; the other way round, and a model of another encoder,
+    are refused in one line."""
     from train.config import ConfigError
 
     inputs = {k: v for k, v in setup.items() if k != "encoder"}
@@ -267,6 +268,13 @@ def test_a_model_of_token_prompts_starts_a_run_that_adds_the_encoder(setup, trai
                             eval_samples=8, init_from=str(trained))
     with pytest.raises(ConfigError, match="reads prompts through a text encoder"):
         train_coglm(back, _loop(steps=1), progress=False)
+    other = make_encoder(tmp_path / "other", CAPTIONS * 2 + ["a large shape"])
+    assert file_fingerprint(other / "model.safetensors") != file_fingerprint(
+        Path(setup["encoder"]) / "model.safetensors")
+    swapped = _run({**setup, "encoder": str(other)}, tmp_path / "swapped",
+                   init_from=str(trained))
+    with pytest.raises(ConfigError, match="trained with another text encoder"):
+        train_coglm(swapped, _loop(steps=1), progress=False)
 
 
 def test_a_folder_of_another_encoder_is_refused_in_one_line(setup, trained, tmp_path):
