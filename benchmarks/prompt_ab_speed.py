@@ -64,9 +64,9 @@ def main() -> None:
     for name, flags in contenders.items():
         load = os.getloadavg()[0]
         r = run(name, flags, args.steps, args.threads, args.skip)
-        minutes = r["step_s"] * RECIPE_STEPS / 60
+        minutes = round(r["step_s"] * RECIPE_STEPS / 60)  # whole minutes: never "2 h 60 min"
         print(f"| {name} | {r['step_s']:.2f} | {r['data_wait_s']:.2f} | "
-              f"{minutes // 60:.0f} h {minutes % 60:.0f} min |  (load {load:.1f} -> "
+              f"{minutes // 60} h {minutes % 60} min |  (load {load:.1f} -> "
               f"{os.getloadavg()[0]:.1f})", flush=True)
 
 

@@ -254,18 +254,15 @@ def test_a_model_of_token_prompts_starts_a_run_that_adds_the_encoder(setup, trai
     are refused in one line."""
     from train.config import ConfigError
 
-    inputs = {k: v for k, v in setup.items() if k != "encoder"}
-    plain = CogLMTrainConfig(**inputs, out=str(tmp_path / "plain"), preset="tiny",
-                             eval_samples=8, tasks="t2i=0.5,cap=0.25,inp=0.25")
-    train_coglm(plain, _loop(steps=2), progress=False)
+    tokens = {**setup, "encoder": None}  # the same run, prompts as token ids
+    train_coglm(_run(tokens, tmp_path / "plain"), _loop(steps=2), progress=False)
     later = _run(setup, tmp_path / "later", init_from=str(tmp_path / "plain"))
     train_coglm(later, _loop(steps=1, lr=1e-9, min_lr=0.0), progress=False)
     a, b = (load_checkpoint(tmp_path / x).state_dict for x in ("plain", "later"))
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     assert {k for k in b if k not in a} == {"text_proj.weight", "text_proj.bias"}
 
-    back = CogLMTrainConfig(**inputs, out=str(tmp_path / "back"), preset="tiny",
-                            eval_samples=8, init_from=str(trained))
+    back = _run(tokens, tmp_path / "back", init_from=str(trained))
     with pytest.raises(ConfigError, match="reads prompts through a text encoder"):
         train_coglm(back, _loop(steps=1), progress=False)
     other = make_encoder(tmp_path / "other", CAPTIONS * 2 + ["a large shape"])
