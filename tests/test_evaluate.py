@@ -183,6 +183,23 @@ def test_eval_quick_runs_end_to_end(tiny, tmp_path, capsys):
         assert report["t2i"][part]["n"] == 3
         assert 0 <= acc["all"] <= acc["colour"] <= 1
     assert "relation" in report["t2i"]["two_objects"]["accuracy"]
+    # the breakdowns partition each set: their counts add up to it, their accuracies average
+    # to its accuracy, and each prompt is counted under its own label
+    prompts = shapes.paraphrase_prompts(2, 3)
+    for part, groupings in (("two_objects", {"relation"}),
+                            ("one_object_paraphrased", {"wording"}),
+                            ("two_objects_paraphrased", {"wording", "relation"})):
+        entry = report["t2i"][part]
+        assert set(entry["by"]) == groupings
+        for groups in entry["by"].values():
+            assert sum(g["n"] for g in groups.values()) == entry["n"]
+            mean = sum(g["n"] * g["all"] for g in groups.values()) / entry["n"]
+            assert mean == pytest.approx(entry["accuracy"]["all"])
+    by_wording = report["t2i"]["two_objects_paraphrased"]["by"]["wording"]
+    assert list(by_wording) == [shapes.paraphrase_wording(2, i) for i in range(3)]
+    assert {a["relation"] for _, a in prompts} == set(
+        report["t2i"]["two_objects_paraphrased"]["by"]["relation"])
+    assert "wording 'draw {d1} {rel} {d2}' (n=1)" in printed
     assert report["captioning"]["n"] == 2 and "all" in report["captioning"]["accuracy"]
     inp = report["inpainting"]
     assert inp["n"] == 2 and inp["outside_exact"] is True and inp["psnr_outside"] == 100.0

@@ -232,6 +232,10 @@ def test_paraphrased_prompts_ask_the_same_in_wordings_training_never_uses():
                 assert {o["colour"], o["shape"], o["size"]} <= set(words), prompt
                 if "position" in o:
                     assert o["position"].replace("center", "") in prompt, prompt
+        for i, (prompt, _) in enumerate(worded):  # each prompt is its wording filled in
+            wording = shapes.paraphrase_wording(n_objects, i)
+            pattern = re.sub(r"\\\{\w+\\\}", ".+", re.escape(wording))
+            assert re.fullmatch(pattern, prompt), (wording, prompt)
     templates = {re.sub(r"(red|green|blue|yellow|purple|white|circle|square|triangle|small|"
                         r"large|top|bottom|left|right|center|middle)", "_", p)
                  for p, _ in shapes.paraphrase_prompts(1, 324)}

@@ -7,7 +7,8 @@ captions parse back into attributes (`shapes.parse_caption`). One report holds
   for the fixed prompt sets (`shapes.eval_prompts(1)` and `(2)`), and for the same requests
   worded as no training caption is (`shapes.paraphrase_prompts`); with reranking, the same
   candidates picked by each reranker asked for (caption, contrastive, both), with the
-  seconds each image took;
+  seconds each image took; two-object sets broken down by the relation asked for, and
+  paraphrased sets by the wording's template;
 - captioning: generated captions of held-out images, parsed and compared with the truth;
 - inpainting: the cells of one object masked (the cells its bounding box touches),
   regenerated with the image's caption, decoded and composited into the true image; PSNR
@@ -200,6 +201,16 @@ def accuracy_table(results: Sequence[dict[str, bool]]) -> dict[str, float]:
     return {k: right[k] / counts[k] for k in keys}
 
 
+def _grouped(labels: Sequence[str], results: Sequence[dict[str, bool]]
+             ) -> dict[str, dict[str, float]]:
+    """`accuracy_table` of the results of each label (in order of first appearance), with
+    "n", the number of results."""
+    groups: dict[str, list[dict[str, bool]]] = {}
+    for label, r in zip(labels, results, strict=True):
+        groups.setdefault(label, []).append(r)
+    return {label: {"n": len(rs), **accuracy_table(rs)} for label, rs in groups.items()}
+
+
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     """PSNR (dB) of uint8 pixel arrays of equal shape; capped at PSNR_CAP_DB."""
     if a.size == 0:
@@ -284,8 +295,13 @@ def eval_text_to_image(
     what: str = "t2i",
     rerank: int = 1,
     rerank_by: Sequence[str] = ("caption",),
+    breakdown: dict[str, Sequence[str]] | None = None,
 ) -> dict[str, Any]:
     """Generate `n_per_prompt` images per prompt, detect, and score against the prompt.
+
+    `breakdown` names groupings of the prompts, each a label per prompt (the relation asked
+    for, the wording's template); the report's "by" holds, per grouping and label, the
+    number of images and their accuracy (the first reranker's).
 
     With `rerank` > 1 each image is the best of `rerank` candidates, drawn once and picked by
     each reranker in `rerank_by` (`CogView.best_of`: the pictures `CogView.generate` gives
@@ -323,10 +339,15 @@ def eval_text_to_image(
                                   "reranking": round(ranking_s, 4),
                                   "total": round(sampling_s + ranking_s, 4)},
             "wrong_examples": wrong[:5],
+            "scores": scores,
         }
     first = next(iter(picked.values()))
     out = {"n": len(texts), "accuracy": first["accuracy"],
            "wrong_examples": first["wrong_examples"]}
+    if breakdown:
+        out["by"] = {name: _grouped([label for label in labels for _ in range(n_per_prompt)],
+                                    first["scores"])
+                     for name, labels in breakdown.items()}
     if rerank > 1:
         out["rerank_by"] = rerank_by[0]
         out["rerankers"] = {by: {"accuracy": r["accuracy"]} for by, r in picked.items()}
@@ -826,6 +847,9 @@ def run_eval(
         timings[name] = round(time.perf_counter() - t0, 2)
         return out
 
+    def relations(prompts: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, list[str]]:
+        return {"relation": [a["relation"] for _, a in prompts]}
+
     if config.n_prompts:
         n = config.n_prompts
         one = shapes.eval_prompts(1, min(n, 324))
@@ -844,7 +868,7 @@ def run_eval(
                 lambda: eval_text_to_image(
                     pipe, two, config.n_per_prompt, sampling, generator,
                     progress=progress, what="t2i (2 objects)", rerank=config.rerank,
-                    rerank_by=config.rerank_by,
+                    rerank_by=config.rerank_by, breakdown=relations(two),
                 ),
             ),
         }  # fmt: skip
@@ -856,10 +880,15 @@ def run_eval(
                  shapes.paraphrase_prompts(2, n)))
         t2i = report.setdefault("t2i", {})
         for name, what, prompts in sets:
-            t2i[name] = timed(f"t2i_{name}", lambda prompts=prompts, what=what: (
+            n_objects = len(prompts[0][1]["objects"]) if prompts else 1
+            groups = {"wording": [shapes.paraphrase_wording(n_objects, i)
+                                  for i in range(len(prompts))]}
+            if n_objects == 2:
+                groups.update(relations(prompts))
+            t2i[name] = timed(f"t2i_{name}", lambda prompts=prompts, what=what, groups=groups: (
                 eval_text_to_image(pipe, prompts, config.n_per_prompt, sampling, generator,
                                    progress=progress, what=what, rerank=config.rerank,
-                                   rerank_by=config.rerank_by)))
+                                   rerank_by=config.rerank_by, breakdown=groups)))
     if held is not None and len(held):
         scored = held.with_attributes()
         captioning = replace(sampling, temperature=config.caption_temperature)
@@ -975,6 +1004,11 @@ def format_report(report: dict[str, Any]) -> str:
                     timing(label, f", reranked by {by}", times[by])
             if "none" in times:
                 timing(label, "", times["none"])
+            for grouping, groups in t2i[name].get("by", {}).items():
+                for group, acc in groups.items():
+                    wanted = [k for k in ("relation", "all") if k in acc]
+                    rows.append((label, f"{grouping} '{group}' (n={acc['n']})",
+                                 ", ".join(f"{k} {_pct(acc[k])}" for k in wanted)))
     if "captioning" in report:
         cap = report["captioning"]
         acc_rows("captioning", cap["accuracy"], cap["n"])

@@ -573,13 +573,20 @@ def _paraphrase_position(position: str, i: int) -> str:
     return f"{where} the {'middle' if position == 'center' else position} of the image"
 
 
+def paraphrase_wording(n_objects: int, i: int) -> str:
+    """The template of held-out wording number `i` for `n_objects` objects (what
+    `paraphrase` fills in; `cogview eval` reports accuracy per template)."""
+    templates = _PARAPHRASE_ONE if n_objects == 1 else _PARAPHRASE_TWO
+    return templates[i % len(templates)]
+
+
 def paraphrase(attributes: dict[str, Any], i: int) -> str:
     """The prompt of `attributes` (as `eval_prompts` gives them) in held-out wording number
     `i` (templates and adjective orders taken in turn)."""
     objs = attributes["objects"]
+    template = paraphrase_wording(len(objs), i)
     if len(objs) == 1:
         o = objs[0]
-        template = _PARAPHRASE_ONE[i % len(_PARAPHRASE_ONE)]
         first = template.split("{a} ", 1)[-1].split()[0].strip(",")
         word = {"{z}": o["size"], "{c}": o["colour"], "{s}": o["shape"]}.get(first, o["size"])
         position = _paraphrase_position(o["position"], i // len(_PARAPHRASE_ONE))
@@ -592,7 +599,7 @@ def paraphrase(attributes: dict[str, Any], i: int) -> str:
         return f"{_article(words[0])} {words[0]} {words[1]} {o['shape']}"
 
     relation = attributes["relation"]
-    return _PARAPHRASE_TWO[i % len(_PARAPHRASE_TWO)].format(
+    return template.format(
         d1=describe(objs[0]), d2=describe(objs[1]), rel=_RELATION_WORDS[relation][0],
         inverse=_RELATION_WORDS[INVERSE_RELATION[relation]][0])
 
