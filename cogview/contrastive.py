@@ -10,7 +10,11 @@ an image without any text, and the same weights that generate and caption also r
 Training adds InfoNCE over the batch (`contrastive_loss`): a text-to-image sample's prompt is
 pooled from its own forward pass (its prefix never sees the image) and its image from a view;
 a captioning sample's image comes from its own pass and its caption from a view. Samples with
-the same caption are not each other's negatives.
+the same caption are not each other's negatives. A text-to-image sample may bring a hard
+negative, a caption false of its image that names its own objects in a wrong pairing
+(`cogview train --hard-negatives`): in-batch negatives rarely differ from the truth in a
+relation alone, and a head trained on them alone learns which objects are there more than
+where.
 """
 
 from __future__ import annotations
@@ -40,19 +44,24 @@ def head_of(model: nn.Module) -> nn.Module:
     return model.contrastive
 
 
-def info_nce(text: Tensor, image: Tensor, scale: Tensor, keys: Tensor | None = None
-             ) -> tuple[Tensor, Tensor]:
+def info_nce(text: Tensor, image: Tensor, scale: Tensor, keys: Tensor | None = None,
+             negatives: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Symmetric InfoNCE of P matching (text, image) unit embeddings (P, E) at temperature
-    1 / `scale`; rows with equal `keys` (P,) are not negatives of each other. Returns the loss
-    and the share of rows whose best image (and best text) is their own."""
+    1 / `scale`; rows with equal `keys` (P,) are not negatives of each other. `negatives`
+    (N, E) are texts that match no image (hard negatives): every image is also scored against
+    them. Returns the loss and the share of rows whose best image (and best text) is their
+    own."""
     logits = scale * text @ image.T  # (P, P)
     target = torch.arange(len(text), device=text.device)
     if keys is not None:
         same = (keys[:, None] == keys[None, :]) & ~torch.eye(len(text), dtype=torch.bool,
                                                              device=text.device)
         logits = logits.masked_fill(same, float("-inf"))
-    loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
-    right = (logits.argmax(1) == target).float().mean() + (logits.argmax(0) == target).float(
+    per_image = logits.T  # (P, P) image -> text
+    if negatives is not None and len(negatives):
+        per_image = torch.cat([per_image, scale * image @ negatives.T], dim=1)  # (P, P + N)
+    loss = (F.cross_entropy(logits, target) + F.cross_entropy(per_image, target)) / 2
+    right = (logits.argmax(1) == target).float().mean() + (per_image.argmax(1) == target).float(
     ).mean()
     return loss, right.detach() / 2
 
@@ -80,7 +89,11 @@ def contrastive_loss(model: nn.Module, hidden: Tensor, pairs: PairBatch
         zero = hidden.sum() * 0.0
         return zero, zero.detach()
     text, image = pair_embeddings(model, hidden, pairs)
-    return info_nce(text, image, head_of(model).scale, pairs.keys)
+    negatives = None
+    if pairs.negative_views is not None:
+        views = pairs.negative_views
+        negatives = head_of(model).embed(model.hidden(**views.model_inputs()), views.pool, "text")
+    return info_nce(text, image, head_of(model).scale, pairs.keys, negatives)
 
 
 def _embed(model: nn.Module, views: list, side: str, pad_id: int, batch_size: int) -> Tensor:

@@ -78,6 +78,8 @@ class Pair:
     text_view: TaskSequence | None = None
     image_pool: Tensor | None = None  # (T,) bool
     image_view: TaskSequence | None = None
+    # a text that is false of the image (a hard negative: `cogview train --hard-negatives`)
+    negative_view: TaskSequence | None = None
 
 
 @dataclass
@@ -94,6 +96,9 @@ class PairBatch:
     image_views: TaskBatch | None
     image_view_rows: Tensor  # (Vi,)
     share: float = 1.0  # this batch's share of the global batch's pairs
+    # views of hard-negative texts, and the pair (an index into `rows`) each one is false of
+    negative_views: TaskBatch | None = None
+    negative_of: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
 
     def to(self, device: torch.device | str) -> PairBatch:
         moved = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -316,12 +321,14 @@ def _positions(n: int, start: int, length: int) -> Tensor:
 
 
 def with_pair(tok, seq: TaskSequence, text_ids: Sequence[int], codes: Tensor,
-              encoded: bool = False, pool: str = "mean") -> TaskSequence:
+              encoded: bool = False, pool: str = "mean", negative: Text | None = None
+              ) -> TaskSequence:
     """`seq` with its `Pair` for the contrastive loss, when it has one: a text-to-image sample
     pools its prompt and gets a view of its image; a captioning sample pools its image and gets
     a view of its caption (not when prompts are `encoded` by a text encoder: its caption is
     ids). Samples without text (dropped for guidance) and inpainting samples have none. The
-    positions pooled are those of `text_view` and `image_view` with `pool`."""
+    positions pooled are those of `text_view` and `image_view` with `pool`. A text-to-image
+    pair also gets a view of `negative`, a text false of its image, when one is given."""
     if not len(text_ids) or seq.task == "inp" or (seq.task == "cap" and encoded):
         return seq
     n, key = seq.ids.numel(), hash(tuple(int(i) for i in text_ids))
@@ -329,7 +336,9 @@ def with_pair(tok, seq: TaskSequence, text_ids: Sequence[int], codes: Tensor,
     if seq.task == "t2i":
         slots = seq.text_slots if seq.text_slots is not None else _positions(n, 1, len(text_ids))
         text = _positions(n, 1 + int(slots.sum()), 1) if last else slots  # <boi> or the text
-        seq.pair = Pair(key, text_pool=text, image_view=image_view(tok, codes, pool))
+        seq.pair = Pair(key, text_pool=text, image_view=image_view(tok, codes, pool),
+                        negative_view=None if negative is None else text_view(tok, negative,
+                                                                              pool))
     else:
         h, w = codes.shape
         image = _positions(n, 2 + h * w + 1, 1) if last else _positions(n, 2, h * w)
@@ -356,6 +365,8 @@ def _pair_batch(samples: Sequence[TaskSequence], t: int, pad_id: int) -> PairBat
                 views[side].append(view)
                 view_rows[side].append(i)
     batched = {side: collate(v, pad_id) if v else None for side, v in views.items()}
+    negatives = [(k, samples[i].pair.negative_view) for k, i in enumerate(paired)
+                 if samples[i].pair.negative_view is not None]
     return PairBatch(
         rows=torch.tensor(paired),
         keys=torch.tensor([samples[i].pair.key for i in paired]),
@@ -365,6 +376,8 @@ def _pair_batch(samples: Sequence[TaskSequence], t: int, pad_id: int) -> PairBat
         text_view_rows=torch.tensor(view_rows["text"], dtype=torch.long),
         image_views=batched["image"],
         image_view_rows=torch.tensor(view_rows["image"], dtype=torch.long),
+        negative_views=collate([v for _, v in negatives], pad_id) if negatives else None,
+        negative_of=torch.tensor([k for k, _ in negatives], dtype=torch.long),
     )
 
 
@@ -610,6 +623,10 @@ class Plan:
     codes: Tensor  # (h, w)
     mask: Tensor | None = None  # (h, w) bool, inpainting only
     prompt: str | None = None  # the prompt as a string ("" when dropped), when it was given
+    # a text false of the image, for the contrastive loss (text-to-image only): its ids and
+    # its string (which a text encoder reads)
+    negative_ids: Sequence[int] | None = None
+    negative: str | None = None
 
 
 ContextFn = Callable[[Tensor, Tensor], Tensor]  # codes (B, h, w), masks (B, h, w) -> context
@@ -690,19 +707,22 @@ class MaskingScheduler:
             caption = None if caption is None else ""
         return Plan(task, text_ids, codes, mask, caption)
 
-    def _prompts(self, plans: Sequence[Plan]) -> list[Text]:
-        """Each plan's prompt for the builders: its text ids, or with an encoder its string's
-        states (each distinct string encoded once)."""
+    def _prompts(self, plans: Sequence[Plan]) -> tuple[list[Text], list[Text | None]]:
+        """Each plan's prompt for the builders and its hard negative (None without one): text
+        ids, or with an encoder their strings' states (each distinct string encoded once)."""
         if self.encoder is None:
-            return [p.text_ids for p in plans]
+            return [p.text_ids for p in plans], [p.negative_ids for p in plans]
         wanted = [p.prompt for p in plans if p.task != "cap"]
         if any(w is None for w in wanted):
             raise ValueError("caption: a scheduler with a text encoder needs each sample's "
                              "caption string")
-        unique = list(dict.fromkeys(wanted))
+        unique = list(dict.fromkeys(wanted + [p.negative for p in plans if p.negative]))
         states = dict(zip(unique, self.encoder(unique), strict=True))
-        return [p.text_ids if p.task == "cap" else EncodedText(p.prompt, states[p.prompt])
-                for p in plans]
+        prompts: list[Text] = [p.text_ids if p.task == "cap" else EncodedText(p.prompt,
+                                                                               states[p.prompt])
+                               for p in plans]
+        return prompts, [EncodedText(p.negative, states[p.negative]) if p.negative else None
+                         for p in plans]
 
     def sequences(self, plans: Sequence[Plan]) -> list[TaskSequence]:
         """The plans' sequences; the inpainting contexts of all of them in one call."""
@@ -714,7 +734,8 @@ class MaskingScheduler:
             contexts = dict(zip(inp, self.context(codes, cell_masks), strict=True))
         tok = self.tokenizer
         out = []
-        for i, (p, text) in enumerate(zip(plans, self._prompts(plans), strict=True)):
+        prompts, negatives = self._prompts(plans)
+        for i, (p, text) in enumerate(zip(plans, prompts, strict=True)):
             if p.task == "t2i":
                 out.append(text_to_image(tok, text, p.codes))
             elif p.task == "cap":
@@ -723,7 +744,7 @@ class MaskingScheduler:
                 out.append(inpainting(tok, text, p.codes, p.mask, contexts.get(i)))
             if self.pairs:
                 with_pair(tok, out[-1], p.text_ids, p.codes, encoded=self.encoder is not None,
-                          pool=self.pair_pool)
+                          pool=self.pair_pool, negative=negatives[i])
         return out
 
     def build(

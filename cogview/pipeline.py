@@ -87,6 +87,9 @@ RESTATERS = {"shapes": "cogview.bench.shapes:restatements"}
 # Grammars that word a training prompt anew from a sample's attributes (caption augmentation,
 # `cogview train --rephrase`), by the domain of the token data (its info.json "source").
 REPHRASERS = {"shapes": "cogview.bench.shapes:rephrase"}
+# Grammars that make a caption false of a sample's attributes (hard negatives of the
+# contrastive loss, `cogview train --hard-negatives`), by the domain of the token data.
+CONTRADICTORS = {"shapes": "cogview.bench.shapes:contradiction"}
 
 
 def _domain_function(table: Mapping[str, str], name: str | None) -> Any:
@@ -106,6 +109,11 @@ def restater(name: str | None) -> Any:
 def rephraser(domain: str | None) -> Any:
     """`(attributes, numpy rng) -> str | None` of a domain in REPHRASERS; None for others."""
     return _domain_function(REPHRASERS, domain if domain in REPHRASERS else None)
+
+
+def contradictor(domain: str | None) -> Any:
+    """`(attributes, numpy rng) -> str | None` of a domain in CONTRADICTORS; None for others."""
+    return _domain_function(CONTRADICTORS, domain if domain in CONTRADICTORS else None)
 
 
 def split_sampling_defaults(values: Mapping[str, Any]) -> SamplingDefaults:

@@ -44,6 +44,22 @@ def test_info_nce_is_low_for_matching_pairs_and_skips_same_caption_negatives():
     assert plain > 2 * math.log(2) / 6 - 0.01 and keyed < 0.01 and acc == 1
 
 
+def test_hard_negatives_compete_with_the_true_text_for_its_image():
+    g = torch.Generator().manual_seed(0)
+    emb = F.normalize(torch.randn(6, 16, generator=g), dim=-1)
+    scale = torch.tensor(50.0)
+    plain = info_nce(emb, emb, scale)
+    assert info_nce(emb, emb, scale, negatives=emb[:0]) == plain  # none: the same loss
+    far = info_nce(emb, emb, scale, negatives=-emb[:2])  # false texts far from every image
+    assert float(far[0]) == pytest.approx(float(plain[0]), abs=1e-4) and far[1] == 1
+    # a false text nearer to image 0 than its own text: image 0 now finds it first
+    near = F.normalize(emb[:1] + 0.05 * torch.randn(1, 16, generator=g), dim=-1)
+    text = F.normalize(emb + 0.3 * torch.randn(6, 16, generator=g), dim=-1)
+    loss, acc = info_nce(text, emb, scale, negatives=near)
+    base, base_acc = info_nce(text, emb, scale)
+    assert base_acc == 1 and loss > base + 0.3 and acc == pytest.approx(1 - 1 / 12)
+
+
 @pytest.mark.parametrize("pool", ["mean", "last"])
 def test_training_samples_pool_what_the_views_embed(inputs, pool):
     """A text-to-image sample's prompt sees no image and a captioning sample's image sees no

@@ -17,6 +17,7 @@ import pytest
 import torch
 from test_train_lm import make_inputs
 
+from cogview.bench import shapes
 from cogview.checkpoint import load_checkpoint
 from cogview.cli import main
 from cogview.errors import UserError
@@ -195,7 +196,6 @@ def make_shapes_stream_inputs(root: Path, shards: int = 2, n_train: int = 32) ->
     tokens trained on them) and attributes, so that prompts can be worded anew."""
     import numpy as np
 
-    from cogview.bench import shapes
     from tokenizer import UnifiedTokenizer
     from train.data.tokens import INFO_FILE, write_sample
 
@@ -222,10 +222,10 @@ def make_shapes_stream_inputs(root: Path, shards: int = 2, n_train: int = 32) ->
 
 
 def test_stream_with_encoder_rephrase_and_contrastive_head_resumes_exactly(tmp_path):
-    """The frozen text encoder, caption augmentation and the contrastive head over streamed
-    shards: batches built by a worker process (stopped at step 4, resumed) give the weights
-    of batches built in the training process; prompts are worded anew in the stream, and the
-    contrastive loss is logged."""
+    """The frozen text encoder, caption augmentation and the contrastive head with hard
+    negatives over streamed shards: batches built by a worker process (stopped at step 4,
+    resumed) give the weights of batches built in the training process; prompts are worded
+    anew in the stream, and the contrastive loss is logged."""
     pytest.importorskip("transformers")
     from test_text_encoder import make_encoder
 
@@ -234,7 +234,7 @@ def test_stream_with_encoder_rephrase_and_contrastive_head_resumes_exactly(tmp_p
     inputs = make_shapes_stream_inputs(tmp_path / "in")
     encoder = make_encoder(tmp_path / "encoder", ["a small red circle at the top left"] * 8)
     extra = dict(text_encoder=str(encoder), rephrase=0.5, contrastive_weight=0.1,
-                 tasks="t2i=0.6,cap=0.4")
+                 hard_negatives=0.5, tasks="t2i=0.6,cap=0.4")
 
     def runs(out: str, workers: int):
         run, loop, stream = _lm_run(inputs, tmp_path / out, workers=workers, steps=6)
@@ -293,3 +293,54 @@ def test_streamed_prompts_are_worded_anew_and_captioning_keeps_the_caption(tmp_p
         assert obj["colour"] in words and obj["shape"] in words
         worded += list(plan.text_ids) != sample.text_ids
     assert worded >= sum(p.task == "t2i" for p in plans) // 2
+
+
+def test_hard_negatives_are_false_captions_of_text_to_image_samples(tmp_path):
+    """With --hard-negatives 1 every text-to-image plan of a shapes stream carries a caption
+    that is false of its scene (by the shapes grammar), and the batch scores its image
+    against that caption: one negative view per such pair, tied to its row."""
+    from cogview.masks import collate
+    from train.lm import train_coglm
+    from train.streaming import StreamCogLMObjective
+
+    inputs = make_shapes_stream_inputs(tmp_path / "in")
+    seen: dict[str, StreamCogLMObjective] = {}
+    real = StreamCogLMObjective.__post_init__
+
+    def grab(self):
+        real(self)
+        seen["objective"] = self
+
+    run, loop, stream = _lm_run(inputs, tmp_path / "run", workers=0, steps=1)
+    run = dataclasses.replace(run, hard_negatives=1.0, contrastive_weight=0.1,
+                              tasks="t2i=0.5,cap=0.5", text_dropout=0.0)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(StreamCogLMObjective, "__post_init__", grab)
+        train_coglm(run, loop, progress=False, stream=stream)
+    objective = seen["objective"]
+    tok = objective.tokenizer
+    decoded = [objective.decode(raw) for path in objective.paths for _, raw in iter_shard(path)]
+    g = torch.Generator().manual_seed(1)
+    plans = [objective.plan(s.text_ids, s.target_ids, s.codes, 0, g, meta=s.meta)
+             for s in decoded]
+    t2i = [(s, p) for s, p in zip(decoded, plans, strict=True) if p.task == "t2i"]
+    assert t2i and all(p.negative_ids is None for p in plans if p.task != "t2i")
+    for sample, plan in t2i:
+        negative = tok.decode_text(plan.negative_ids)
+        assert negative == plan.negative
+        assert not shapes.compare(shapes.parse_caption(negative), sample.meta)["all"]
+        assert shapes.compare(shapes.parse_caption(tok.decode_text(plan.text_ids)),
+                              sample.meta)["all"]
+    batch = collate(objective.scheduler.sequences(plans), tok.pad_id)
+    pairs = batch.pairs
+    paired_t2i = [k for k, row in enumerate(pairs.rows.tolist()) if plans[row].task == "t2i"]
+    assert pairs.negative_of.tolist() == paired_t2i
+    assert pairs.negative_views.ids.shape[0] == len(t2i)
+
+
+def test_hard_negatives_need_a_contrastive_head():
+    from cogview.errors import ConfigError
+    from train.lm import CogLMTrainConfig
+
+    with pytest.raises(ConfigError, match="hard_negatives.*--contrastive-weight"):
+        CogLMTrainConfig(data="d", tokenizer="t", vqvae="v", out="o", hard_negatives=0.5)

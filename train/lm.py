@@ -91,6 +91,10 @@ class CogLMObjective:
     # caption augmentation: (attributes, numpy rng) -> prompt or None, and its probability
     rephrase: Callable[[Any, np.random.Generator], str | None] | None = None
     rephrase_p: float = 0.0
+    # hard negatives of the contrastive loss: (attributes, numpy rng) -> a caption false of
+    # them, or None, and the probability that a text-to-image pair gets one
+    contradict: Callable[[Any, np.random.Generator], str | None] | None = None
+    hard_negatives: float = 0.0
     # the contrastive loss: samples of the current global batch in it, and the last step's
     # share-weighted loss, accuracy and shares
     _pairs: int = field(default=0, init=False, repr=False)
@@ -157,7 +161,21 @@ class CogLMObjective:
                                                     self.rephrase, self.rephrase_p, g)
             if worded is not None and caption is not None:
                 caption = worded
-        return self.scheduler.plan(text_ids, codes, step, g, target_ids, regions, caption)
+        plan = self.scheduler.plan(text_ids, codes, step, g, target_ids, regions, caption)
+        if self.contradict is not None and self.hard_negatives > 0:
+            # two numbers drawn whatever happens, so that the stream does not depend on it
+            seed = int(torch.randint(2**31, (1,), generator=g))
+            drawn = float(torch.rand(1, generator=g)) < self.hard_negatives
+            if drawn and plan.task == "t2i" and len(plan.text_ids) and meta:
+                negative = self.contradict(meta, np.random.default_rng(seed))
+                if negative is not None:
+                    import warnings
+
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")  # cut to the model's length
+                        plan.negative_ids = self.tokenizer.encode_text(negative)
+                    plan.negative = negative
+        return plan
 
     def collate(self, samples: Sequence[TaskSequence]) -> Any:
         batch = collate(samples, self.tokenizer.pad_id)
@@ -418,6 +436,12 @@ class CogLMTrainConfig(TokenRunConfig):
         "position after a text or an image: <boi> after a prompt, <bot> after an image) or "
         "mean (the final hidden states of the text's tokens or the image's codes, averaged)",
         choices=("last", "mean"))
+    hard_negatives: float = option(
+        0.0, "with this probability a text-to-image sample's image is also scored against a "
+        "caption that is false of it, made by the data domain's grammar (shapes: its objects' "
+        "places, colours or shapes swapped): a hard negative of the contrastive loss, which "
+        "teaches the head relations and attribute bindings; needs --contrastive-weight",
+        metavar="P")
 
     def __post_init__(self) -> None:
         from cogview.model import PRESETS
@@ -430,12 +454,15 @@ class CogLMTrainConfig(TokenRunConfig):
             raise ConfigError.of("tasks", str(e)) from None
         if not 0 <= self.text_dropout < 1:
             raise ConfigError.of("text_dropout", f"must lie in [0, 1), got {self.text_dropout}")
-        for name in ("region_masks", "region_prompts", "rephrase"):
+        for name in ("region_masks", "region_prompts", "rephrase", "hard_negatives"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError.of(name, f"must lie in [0, 1], got {getattr(self, name)}")
         if self.contrastive_weight < 0:
             raise ConfigError.of("contrastive_weight", f"must not be negative, got "
                                  f"{self.contrastive_weight}")
+        if self.hard_negatives > 0 and self.contrastive_weight == 0:
+            raise ConfigError.of("hard_negatives", "negatives of the contrastive loss need a "
+                                 "contrastive head (give --contrastive-weight)")
 
 
 def load_training_inputs(data: str, tokenizer: str, vqvae: str, *, streaming: bool = False
@@ -490,7 +517,7 @@ def train_coglm(
     are read as a stream (`train.streaming`)."""
     from cogview.inpainting import context_from_codes
     from cogview.model import coglm_config
-    from cogview.pipeline import COGLM_KIND, bundle_extra, rephraser, save_bundled
+    from cogview.pipeline import COGLM_KIND, bundle_extra, contradictor, rephraser, save_bundled
     from cogview.pretrained import load_vqvae
 
     schedule = TaskSchedule.parse(run.tasks)
@@ -536,9 +563,14 @@ def train_coglm(
     if run.rephrase > 0 and rephrase is None:
         raise ConfigError.of("rephrase", f"the data's domain ({domain}) has no grammar to word "
                              "prompts anew")
+    contradict = contradictor(domain) if run.hard_negatives > 0 else None
+    if run.hard_negatives > 0 and contradict is None:
+        raise ConfigError.of("hard_negatives", f"the data's domain ({domain}) has no grammar to "
+                             "make false captions")
     common = dict(model=model, tokenizer=tok, test=test, scheduler=scheduler,
                   image_size=run.image_size, save_fn=save_fn, loss_config=loss_config,
-                  eval_samples=run.eval_samples, rephrase=rephrase, rephrase_p=run.rephrase)
+                  eval_samples=run.eval_samples, rephrase=rephrase, rephrase_p=run.rephrase,
+                  contradict=contradict, hard_negatives=run.hard_negatives)
     if streaming:
         from train.streaming import StreamCogLMObjective
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -560,6 +560,54 @@ def rephrase(attributes: dict[str, Any], rng: np.random.Generator) -> str | None
         first, second, relation = second, first, INVERSE_RELATION[relation]
     rel = _pick(rng, _RELATION_WORDS[relation])
     return _pick(rng, _REPHRASE_TWO).format(d1=describe(first), d2=describe(second), rel=rel)
+
+
+def contradiction(attributes: dict[str, Any], rng: np.random.Generator) -> str | None:
+    """A caption in the training wordings (`caption`) that is false of a scene
+    (`scene_to_json`'s attributes): a hard negative for the contrastive loss (`cogview train
+    --hard-negatives`). Two objects: their places, colours or shapes swapped, so that the
+    caption names the scene's own words in a wrong pairing (a relation inverted, a colour on
+    the other shape); one object: another place, colour or shape. None for attributes that
+    are not a shapes scene, or when no draw gives a false caption."""
+    objects = attributes.get("objects") if isinstance(attributes, dict) else None
+    if not objects or not all({"colour", "shape", "size", "position"} <= set(o) for o in objects):
+        return None
+    scene = scene_from_json(attributes)
+    truth = scene_to_json(scene)
+    for _ in range(4):  # a draw whose caption happens to hold of the scene is drawn again
+        changed = _changed(scene, rng)
+        if changed is None:
+            return None
+        text = caption(changed, rng)
+        if not compare(parse_caption(text), truth)["all"]:
+            return text
+    return None
+
+
+def _changed(scene: Scene, rng: np.random.Generator) -> Scene | None:
+    """The scene with its objects' places, colours or shapes swapped (two objects) or one
+    attribute of its object changed (one object); None when nothing can change."""
+    objs = scene.objects
+    if len(objs) == 1:
+        o = objs[0]
+        kind = _pick(rng, ("cell", "colour", "shape"))
+        if kind == "cell":
+            cells = [c for c in itertools.product(range(GRID), repeat=2) if c != (o.row, o.col)]
+            row, col = cells[int(rng.integers(len(cells)))]
+            return Scene((replace(o, row=row, col=col),))
+        options = [v for v in (COLOURS_LIST if kind == "colour" else SHAPES)
+                   if v != getattr(o, kind)]
+        return Scene((replace(o, **{kind: _pick(rng, tuple(options))}),))
+    a, b = objs
+    kinds = [k for k in ("colour", "shape") if getattr(a, k) != getattr(b, k)]
+    if (a.colour, a.shape, a.size) != (b.colour, b.shape, b.size):
+        kinds.append("cell")
+    if not kinds:
+        return None
+    kind = _pick(rng, tuple(kinds))
+    if kind == "cell":
+        return Scene((replace(a, row=b.row, col=b.col), replace(b, row=a.row, col=a.col)))
+    return Scene((replace(a, **{kind: getattr(b, kind)}), replace(b, **{kind: getattr(a, kind)})))
 
 
 def _article(word: str) -> str:
