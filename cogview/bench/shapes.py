@@ -654,7 +654,10 @@ def paraphrase(attributes: dict[str, Any], i: int) -> str:
 
 def paraphrase_prompts(n_objects: int, n: int | None = None) -> list[tuple[str, dict[str, Any]]]:
     """`eval_prompts(n_objects, n)` with each prompt in a held-out wording (`paraphrase`): the
-    same requests, so that the two sets compare prompt by prompt."""
+    same requests, so that the two sets compare prompt by prompt. Two objects: prompt i asks
+    for relation i mod 4 in template i mod 6, so each template meets two of the four relations
+    ("left of" and "above", or "right of" and "below"); every relation and every template
+    has the same share of the set."""
     return [(paraphrase(a, i), a) for i, (_, a) in enumerate(eval_prompts(n_objects, n))]
 
 
