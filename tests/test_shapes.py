@@ -206,6 +206,14 @@ def test_restatements_say_the_same_from_the_other_object():
         assert said["relation"] == shapes.INVERSE_RELATION[attrs["relation"]]
         assert shapes.compare(attrs, said)["all"]  # the same statement
         assert shapes.restatements(restated) == [prompt]  # eval prompts are canonical
+    # a prompt in other words: both orders in the training wording, each the same statement
+    for i, (prompt, attrs) in enumerate(shapes.paraphrase_prompts(2, 40)):
+        if shapes.paraphrase_wording(2, i).endswith("it"):
+            assert shapes.restatements(prompt) == []  # "..., with a blue circle below it"
+            continue
+        said = [shapes.parse_caption(t) for t in shapes.restatements(prompt)]
+        assert [s["objects"] for s in said] == [attrs["objects"], attrs["objects"][::-1]]
+        assert all(shapes.compare(attrs, s)["all"] for s in said), prompt
     for text in ("a red circle at the top left", "a photo of a sneaker", "",
                  "a red circle at the top left and a blue square in the center"):
         assert shapes.restatements(text) == []

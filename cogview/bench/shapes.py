@@ -425,20 +425,26 @@ def canonical_caption(attributes: dict[str, Any]) -> str:
 
 
 def restatements(text: str) -> list[str]:
-    """The same statement about two objects made from the other object ("a red circle above a
-    blue square" -> "a blue square below a red circle"); [] for text that is not one.
+    """A statement about two objects said in the training wording from either object ("draw
+    a red circle above a blue square" -> "a red circle above a blue square", "a blue square
+    below a red circle"), the text itself left out; [] for text that is not one.
 
     Self-reranking scores a candidate image by the best of the prompt and its restatements: a
     model whose captioning learnt to name the objects in reading order
     (`reading_order_target`) gives a prompt written in the other order a low likelihood
-    whatever the image, and its restatement the likelihood that tells the images apart.
+    whatever the image, and its restatement the likelihood that tells the images apart. Both
+    orders are in the training wording, so that the best of them is the order that fits the
+    image: a prompt in other words (which captioning never wrote, and which cost the same on
+    every image) next to a restatement in the training wording would always lose to it, and
+    the images that fit the restatement's order, the wrong ones, would be kept.
     """
     parsed = parse_caption(text)
     objects, relation = parsed["objects"], parsed["relation"]
     if relation is None or not all({"colour", "shape"} <= set(o) for o in objects):
         return []
     restated = {"objects": objects[::-1], "relation": INVERSE_RELATION[relation]}
-    return [canonical_caption(restated)]
+    said = (canonical_caption(parsed), canonical_caption(restated))
+    return [t for t in said if t != text]
 
 
 def eval_prompts(n_objects: int, n: int | None = None) -> list[tuple[str, dict[str, Any]]]:
