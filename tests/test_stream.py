@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -257,9 +258,8 @@ def test_stream_with_encoder_rephrase_and_contrastive_head_resumes_exactly(tmp_p
     assert all("loss_con" in r for r in records if "loss" in r)
 
 
-def test_streamed_prompts_are_worded_anew_and_captioning_keeps_the_caption(tmp_path):
-    """The stream's batches with --rephrase 1: every text-to-image prompt a new wording of the
-    sample's attributes (by the shapes grammar), every captioning target the data's caption."""
+def _shapes_stream_objective(tmp_path: Path, **flags: Any) -> Any:
+    """The objective of a one-step run on shapes stream shards with the run's `flags`."""
     from train.lm import train_coglm
     from train.streaming import StreamCogLMObjective
 
@@ -272,11 +272,16 @@ def test_streamed_prompts_are_worded_anew_and_captioning_keeps_the_caption(tmp_p
         seen["objective"] = self
 
     run, loop, stream = _lm_run(inputs, tmp_path / "run", workers=0, steps=1)
-    run = dataclasses.replace(run, rephrase=1.0, tasks="t2i=0.5,cap=0.5")
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(StreamCogLMObjective, "__post_init__", grab)
-        train_coglm(run, loop, progress=False, stream=stream)
-    objective = seen["objective"]
+        train_coglm(dataclasses.replace(run, **flags), loop, progress=False, stream=stream)
+    return seen["objective"]
+
+
+def test_streamed_prompts_are_worded_anew_and_captioning_keeps_the_caption(tmp_path):
+    """The stream's batches with --rephrase 1: every text-to-image prompt a new wording of the
+    sample's attributes (by the shapes grammar), every captioning target the data's caption."""
+    objective = _shapes_stream_objective(tmp_path, rephrase=1.0, tasks="t2i=0.5,cap=0.5")
     tok = objective.tokenizer
     objective.scheduler.sequences = lambda plans: plans  # build stops at the plans
     decoded = [objective.decode(raw) for path in objective.paths for _, raw in iter_shard(path)]
@@ -300,24 +305,9 @@ def test_hard_negatives_are_false_captions_of_text_to_image_samples(tmp_path):
     that is false of its scene (by the shapes grammar), and the batch scores its image
     against that caption: one negative view per such pair, tied to its row."""
     from cogview.masks import collate
-    from train.lm import train_coglm
-    from train.streaming import StreamCogLMObjective
 
-    inputs = make_shapes_stream_inputs(tmp_path / "in")
-    seen: dict[str, StreamCogLMObjective] = {}
-    real = StreamCogLMObjective.__post_init__
-
-    def grab(self):
-        real(self)
-        seen["objective"] = self
-
-    run, loop, stream = _lm_run(inputs, tmp_path / "run", workers=0, steps=1)
-    run = dataclasses.replace(run, hard_negatives=1.0, contrastive_weight=0.1,
-                              tasks="t2i=0.5,cap=0.5", text_dropout=0.0)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(StreamCogLMObjective, "__post_init__", grab)
-        train_coglm(run, loop, progress=False, stream=stream)
-    objective = seen["objective"]
+    objective = _shapes_stream_objective(tmp_path, hard_negatives=1.0, contrastive_weight=0.1,
+                                         tasks="t2i=0.5,cap=0.5", text_dropout=0.0)
     tok = objective.tokenizer
     decoded = [objective.decode(raw) for path in objective.paths for _, raw in iter_shard(path)]
     g = torch.Generator().manual_seed(1)
