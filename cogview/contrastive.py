@@ -45,12 +45,13 @@ def head_of(model: nn.Module) -> nn.Module:
 
 
 def info_nce(text: Tensor, image: Tensor, scale: Tensor, keys: Tensor | None = None,
-             negatives: Tensor | None = None) -> tuple[Tensor, Tensor]:
+             negatives: Tensor | None = None, negative_keys: Tensor | None = None
+             ) -> tuple[Tensor, Tensor]:
     """Symmetric InfoNCE of P matching (text, image) unit embeddings (P, E) at temperature
     1 / `scale`; rows with equal `keys` (P,) are not negatives of each other. `negatives`
-    (N, E) are texts that match no image (hard negatives): every image is also scored against
-    them. Returns the loss and the share of rows whose best image (and best text) is their
-    own."""
+    (N, E) are texts false of the image they were made for (hard negatives): every image is
+    also scored against them, except against one whose key (`negative_keys`, N) is its own.
+    Returns the loss and the share of rows whose best image (and best text) is their own."""
     logits = scale * text @ image.T  # (P, P)
     target = torch.arange(len(text), device=text.device)
     if keys is not None:
@@ -59,7 +60,10 @@ def info_nce(text: Tensor, image: Tensor, scale: Tensor, keys: Tensor | None = N
         logits = logits.masked_fill(same, float("-inf"))
     per_image = logits.T  # (P, P) image -> text
     if negatives is not None and len(negatives):
-        per_image = torch.cat([per_image, scale * image @ negatives.T], dim=1)  # (P, P + N)
+        extra = scale * image @ negatives.T  # (P, N)
+        if keys is not None and negative_keys is not None:
+            extra = extra.masked_fill(keys[:, None] == negative_keys[None, :], float("-inf"))
+        per_image = torch.cat([per_image, extra], dim=1)  # (P, P + N)
     loss = (F.cross_entropy(logits, target) + F.cross_entropy(per_image, target)) / 2
     right = (logits.argmax(1) == target).float().mean() + (per_image.argmax(1) == target).float(
     ).mean()
@@ -93,7 +97,8 @@ def contrastive_loss(model: nn.Module, hidden: Tensor, pairs: PairBatch
     if pairs.negative_views is not None:
         views = pairs.negative_views
         negatives = head_of(model).embed(model.hidden(**views.model_inputs()), views.pool, "text")
-    return info_nce(text, image, head_of(model).scale, pairs.keys, negatives)
+    return info_nce(text, image, head_of(model).scale, pairs.keys, negatives,
+                    pairs.negative_keys)
 
 
 def _embed(model: nn.Module, views: list, side: str, pad_id: int, batch_size: int) -> Tensor:

@@ -78,8 +78,10 @@ class Pair:
     text_view: TaskSequence | None = None
     image_pool: Tensor | None = None  # (T,) bool
     image_view: TaskSequence | None = None
-    # a text that is false of the image (a hard negative: `cogview train --hard-negatives`)
+    # a text that is false of the image (a hard negative: `cogview train --hard-negatives`),
+    # and its key
     negative_view: TaskSequence | None = None
+    negative_key: int = 0
 
 
 @dataclass
@@ -96,9 +98,10 @@ class PairBatch:
     image_views: TaskBatch | None
     image_view_rows: Tensor  # (Vi,)
     share: float = 1.0  # this batch's share of the global batch's pairs
-    # views of hard-negative texts, and the pair (an index into `rows`) each one is false of
+    # views of hard-negative texts, and their keys: a negative is not scored against an image
+    # whose own caption it is
     negative_views: TaskBatch | None = None
-    negative_of: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
+    negative_keys: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
 
     def to(self, device: torch.device | str) -> PairBatch:
         moved = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -320,25 +323,31 @@ def _positions(n: int, start: int, length: int) -> Tensor:
     return pool
 
 
+def _key(text_ids: Sequence[int]) -> int:
+    return hash(tuple(int(i) for i in text_ids))
+
+
 def with_pair(tok, seq: TaskSequence, text_ids: Sequence[int], codes: Tensor,
-              encoded: bool = False, pool: str = "mean", negative: Text | None = None
-              ) -> TaskSequence:
+              encoded: bool = False, pool: str = "mean", negative: Text | None = None,
+              negative_ids: Sequence[int] = ()) -> TaskSequence:
     """`seq` with its `Pair` for the contrastive loss, when it has one: a text-to-image sample
     pools its prompt and gets a view of its image; a captioning sample pools its image and gets
     a view of its caption (not when prompts are `encoded` by a text encoder: its caption is
     ids). Samples without text (dropped for guidance) and inpainting samples have none. The
     positions pooled are those of `text_view` and `image_view` with `pool`. A text-to-image
-    pair also gets a view of `negative`, a text false of its image, when one is given."""
+    pair also gets a view of `negative`, a text false of its image (its ids `negative_ids`),
+    when one is given."""
     if not len(text_ids) or seq.task == "inp" or (seq.task == "cap" and encoded):
         return seq
-    n, key = seq.ids.numel(), hash(tuple(int(i) for i in text_ids))
+    n, key = seq.ids.numel(), _key(text_ids)
     last = pool == "last"
     if seq.task == "t2i":
         slots = seq.text_slots if seq.text_slots is not None else _positions(n, 1, len(text_ids))
         text = _positions(n, 1 + int(slots.sum()), 1) if last else slots  # <boi> or the text
-        seq.pair = Pair(key, text_pool=text, image_view=image_view(tok, codes, pool),
-                        negative_view=None if negative is None else text_view(tok, negative,
-                                                                              pool))
+        seq.pair = Pair(key, text_pool=text, image_view=image_view(tok, codes, pool))
+        if negative is not None:
+            seq.pair.negative_view = text_view(tok, negative, pool)
+            seq.pair.negative_key = _key(negative_ids)
     else:
         h, w = codes.shape
         image = _positions(n, 2 + h * w + 1, 1) if last else _positions(n, 2, h * w)
@@ -365,8 +374,7 @@ def _pair_batch(samples: Sequence[TaskSequence], t: int, pad_id: int) -> PairBat
                 views[side].append(view)
                 view_rows[side].append(i)
     batched = {side: collate(v, pad_id) if v else None for side, v in views.items()}
-    negatives = [(k, samples[i].pair.negative_view) for k, i in enumerate(paired)
-                 if samples[i].pair.negative_view is not None]
+    negatives = [samples[i].pair for i in paired if samples[i].pair.negative_view is not None]
     return PairBatch(
         rows=torch.tensor(paired),
         keys=torch.tensor([samples[i].pair.key for i in paired]),
@@ -376,8 +384,9 @@ def _pair_batch(samples: Sequence[TaskSequence], t: int, pad_id: int) -> PairBat
         text_view_rows=torch.tensor(view_rows["text"], dtype=torch.long),
         image_views=batched["image"],
         image_view_rows=torch.tensor(view_rows["image"], dtype=torch.long),
-        negative_views=collate([v for _, v in negatives], pad_id) if negatives else None,
-        negative_of=torch.tensor([k for k, _ in negatives], dtype=torch.long),
+        negative_views=collate([p.negative_view for p in negatives], pad_id) if negatives
+        else None,
+        negative_keys=torch.tensor([p.negative_key for p in negatives], dtype=torch.long),
     )
 
 
@@ -744,7 +753,8 @@ class MaskingScheduler:
                 out.append(inpainting(tok, text, p.codes, p.mask, contexts.get(i)))
             if self.pairs:
                 with_pair(tok, out[-1], p.text_ids, p.codes, encoded=self.encoder is not None,
-                          pool=self.pair_pool, negative=negatives[i])
+                          pool=self.pair_pool, negative=negatives[i],
+                          negative_ids=p.negative_ids or ())
         return out
 
     def build(

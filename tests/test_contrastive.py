@@ -58,6 +58,11 @@ def test_hard_negatives_compete_with_the_true_text_for_its_image():
     loss, acc = info_nce(text, emb, scale, negatives=near)
     base, base_acc = info_nce(text, emb, scale)
     assert base_acc == 1 and loss > base + 0.3 and acc == pytest.approx(1 - 1 / 12)
+    # ... unless it is that image's own caption (its key), which is never its negative
+    keys = torch.arange(6)
+    assert info_nce(text, emb, scale, keys, near, torch.tensor([0])) == info_nce(
+        text, emb, scale, keys)
+    assert info_nce(text, emb, scale, keys, near, torch.tensor([9]))[0] > base + 0.3
 
 
 @pytest.mark.parametrize("pool", ["mean", "last"])
