@@ -42,9 +42,7 @@ def headroom(model: str, which: str, n: int, rerank: int, seed: int,
     drawn = pipe.candidates([p for p, _ in prompts], rerank, generator=pipe.generator(seed))
 
     def scored(codes: torch.Tensor, attrs: Sequence[dict[str, Any]]) -> list[dict[str, bool]]:
-        images = pipe.decode(codes)
-        return [shapes.compare(a, detect.detections_to_json(detect.detect(img)))
-                for a, img in zip(attrs, images, strict=True)]
+        return [detect.score(img, a) for a, img in zip(attrs, pipe.decode(codes), strict=True)]
 
     attrs = [a for _, a in prompts]
     every = scored(drawn.codes, [a for a in attrs for _ in range(rerank)])

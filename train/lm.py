@@ -163,18 +163,10 @@ class CogLMObjective:
                 caption = worded
         plan = self.scheduler.plan(text_ids, codes, step, g, target_ids, regions, caption)
         if self.contradict is not None and self.hard_negatives > 0:
-            # two numbers drawn whatever happens, so that the stream does not depend on it
-            seed = int(torch.randint(2**31, (1,), generator=g))
-            drawn = float(torch.rand(1, generator=g)) < self.hard_negatives
-            if drawn and plan.task == "t2i" and len(plan.text_ids) and meta:
-                negative = self.contradict(meta, np.random.default_rng(seed))
-                if negative is not None:
-                    import warnings
-
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore")  # cut to the model's length
-                        plan.negative_ids = self.tokenizer.encode_text(negative)
-                    plan.negative = negative
+            wanted = plan.task == "t2i" and len(plan.text_ids) > 0
+            negative = drawn_text(self.contradict, meta, self.hard_negatives, g, wanted)
+            if negative is not None:
+                plan.negative_ids, plan.negative = _ids_of(self.tokenizer, negative), negative
         return plan
 
     def collate(self, samples: Sequence[TaskSequence]) -> Any:
@@ -294,18 +286,30 @@ def reworded(
     attributes, and captioning still learns the data's caption (its target, else the caption
     itself). Draws two numbers from `g` whatever happens, so that the batch stream does not
     depend on the outcome."""
-    seed = int(torch.randint(2**31, (1,), generator=g))
-    if float(torch.rand(1, generator=g)) >= p or not meta:
-        return text_ids, target_ids, None
-    worded = rephrase(meta, np.random.default_rng(seed))
+    worded = drawn_text(rephrase, meta, p, g)
     if worded is None:
         return text_ids, target_ids, None
+    return _ids_of(tokenizer, worded), text_ids if target_ids is None else target_ids, worded
+
+
+def drawn_text(make: Callable[[Any, np.random.Generator], str | None],
+               meta: dict[str, Any] | None, p: float, g: torch.Generator, wanted: bool = True
+               ) -> str | None:
+    """With probability `p`, `make(meta)`'s text from a numpy generator seeded from `g` (None
+    without `meta`, when not `wanted`, or when `make` gives none). Draws two numbers from `g`
+    whatever happens, so that the batch stream does not depend on the outcome."""
+    seed = int(torch.randint(2**31, (1,), generator=g))
+    if float(torch.rand(1, generator=g)) >= p or not meta or not wanted:
+        return None
+    return make(meta, np.random.default_rng(seed))
+
+
+def _ids_of(tokenizer: Any, text: str) -> list[int]:
     import warnings
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # an over-long prompt is cut to the model's length
-        ids = tokenizer.encode_text(worded)
-    return ids, text_ids if target_ids is None else target_ids, worded
+        warnings.simplefilter("ignore")  # an over-long text is cut to the model's length
+        return tokenizer.encode_text(text)
 
 
 @torch.no_grad()
