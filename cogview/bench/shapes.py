@@ -531,6 +531,12 @@ _REPHRASE_TWO = (
     "make {d1} {rel} {d2}",
     "{rel} {d2} is {d1}",
     "{d2} and {d1} {rel} that one",
+    "{d1} lies {rel} {d2}",
+    "{d1} rests {rel} {d2}",
+    "{d1} stands {rel} {d2}",
+    "a picture in which {d1} is {rel} {d2}",
+    "{d2}, plus {d1} {rel} that shape",
+    "two shapes: {d1} {rel} {d2}",
 )
 _REPHRASE_POSITIONS = ("near the {p}", "toward the {p}", "in the {p} area", "in the {p} part")
 
