@@ -333,22 +333,80 @@ def _parse_object(text: str, with_position: bool) -> dict[str, str]:
     return found
 
 
+# words that stand for an object named before them ("a blue square, and a red circle above it")
+_ANAPHORS = (("it",), ("that", "one"), ("this", "one"), ("that", "shape"))
+
+
+def _named_objects(text: str) -> list[dict[str, str] | None]:
+    """The objects a stretch of text names, in order: each the colour and size words before a
+    shape word and that shape, or None for an anaphor. Attribute words after the last shape
+    word belong to the object before them when it lacks them ("a square in red")."""
+    words = _WORD.findall(text)
+    named: list[dict[str, str] | None] = []
+    current: dict[str, str] = {}
+    i = 0
+    while i < len(words):
+        anaphor = next((a for a in _ANAPHORS if tuple(words[i:i + len(a)]) == a), None)
+        if anaphor is not None:
+            named.append(None)
+            i += len(anaphor)
+            continue
+        w = words[i]
+        key, value = ("colour", w) if w in COLOURS else ("shape", w) if w in SHAPES else (
+            ("size", _SIZE_OF_WORD[w]) if w in _SIZE_OF_WORD else (None, None))
+        if key is not None:
+            if key in current:  # a second colour or size: another object begins
+                named.append(current)
+                current = {}
+            current[key] = value
+            if key == "shape":
+                named.append(current)
+                current = {}
+        i += 1
+    last = named[-1] if named else None
+    if current and last is not None and "shape" not in current and not set(current) & set(last):
+        last.update(current)
+    elif current:
+        named.append(current)
+    return named
+
+
+def _related(before: str, after: str) -> tuple[dict[str, str], dict[str, str]] | None:
+    """(subject, ground) of a relation word between `before` and `after`: the object named
+    last before it and the one named first after it, an anaphor there standing for the other
+    object named before ("a blue square, and a red circle above it"), and with nothing named
+    before, the relation put first ("above a blue square is a red circle"); None when the
+    relation does not stand between two objects."""
+    left, right = _named_objects(before), _named_objects(after)
+    named_left = [o for o in left if o is not None]
+    if not named_left:
+        named_right = [o for o in right if o is not None]
+        return (named_right[1], named_right[0]) if len(named_right) == 2 else None
+    subject = named_left[-1]
+    if right and right[0] is not None:
+        return subject, right[0]
+    if len(named_left) == 2 and (not right or right[0] is None):
+        return subject, named_left[0]
+    return None
+
+
 def parse_caption(text: str) -> dict[str, Any]:
     """Attributes stated by a caption, in the form described at the top of this module.
 
-    Reads every phrasing that `caption` and `eval_prompts` produce; for free text it returns
-    whatever it recognises (keys it cannot find are left out), never raises.
+    Reads every phrasing that `caption`, `rephrase` and `eval_prompts` produce; for free text
+    it returns whatever it recognises (keys it cannot find are left out), never raises. A
+    relation word relates the object named last before it to the one named first after it
+    (or to the one named before, for an anaphor: `_related`); a relation word that does not
+    stand between two objects ("at the top left of the image") is read as a position.
     """
     lowered = text.lower()
     match = _RELATION_PATTERN.search(lowered)
-    if match is None:
+    related = None if match is None else _related(lowered[: match.start()],
+                                                  lowered[match.end() :])
+    if match is None or related is None:
         parts = _AND.split(lowered, maxsplit=1)  # "<object> <position> and <object> <position>"
         return {"objects": [_parse_object(p, with_position=True) for p in parts], "relation": None}
-    left, right = lowered[: match.start()], lowered[match.end() :]
-    return {
-        "objects": [_parse_object(left, False), _parse_object(right, False)],
-        "relation": _RELATION_OF_WORD[match.group(1)],
-    }
+    return {"objects": list(related), "relation": _RELATION_OF_WORD[match.group(1)]}
 
 
 # ----------------------------------------------------------------------------- json
