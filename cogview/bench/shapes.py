@@ -312,16 +312,24 @@ _RELATION_OF_WORD = {w: r for r, ws in _RELATION_WORDS.items() for w in ws}
 _SIZE_OF_WORD = {w: s for s, ws in _SIZE_WORDS.items() for w in ws}
 
 
+def _attribute_of(word: str) -> tuple[str, str] | None:
+    """(attribute, value) that a word names ("big" -> ("size", "large")), else None."""
+    if word in COLOURS:
+        return "colour", word
+    if word in SHAPES:
+        return "shape", word
+    if word in _SIZE_OF_WORD:
+        return "size", _SIZE_OF_WORD[word]
+    return None
+
+
 def _parse_object(text: str, with_position: bool) -> dict[str, str]:
     words = _WORD.findall(text.lower())
     found: dict[str, str] = {}
     for w in words:
-        if "colour" not in found and w in COLOURS:
-            found["colour"] = w
-        elif "shape" not in found and w in SHAPES:
-            found["shape"] = w
-        elif "size" not in found and w in _SIZE_OF_WORD:
-            found["size"] = _SIZE_OF_WORD[w]
+        attribute = _attribute_of(w)
+        if attribute is not None and attribute[0] not in found:
+            found[attribute[0]] = attribute[1]
     if with_position:
         vertical = next((w for w in words if w in ("top", "upper", "bottom", "lower")), None)
         horizontal = next((w for w in words if w in ("left", "right")), None)
@@ -351,10 +359,9 @@ def _named_objects(text: str) -> list[dict[str, str] | None]:
             named.append(None)
             i += len(anaphor)
             continue
-        w = words[i]
-        key, value = ("colour", w) if w in COLOURS else ("shape", w) if w in SHAPES else (
-            ("size", _SIZE_OF_WORD[w]) if w in _SIZE_OF_WORD else (None, None))
-        if key is not None:
+        attribute = _attribute_of(words[i])
+        if attribute is not None:
+            key, value = attribute
             if key in current:  # a second colour or size: another object begins
                 named.append(current)
                 current = {}
@@ -385,7 +392,7 @@ def _related(before: str, after: str) -> tuple[dict[str, str], dict[str, str]] |
     subject = named_left[-1]
     if right and right[0] is not None:
         return subject, right[0]
-    if len(named_left) == 2 and (not right or right[0] is None):
+    if len(named_left) == 2:
         return subject, named_left[0]
     return None
 
