@@ -61,7 +61,9 @@ web-screenshots: setup
 # prompted by that object's caption or the whole one, a larger share of inpainting. The fifth
 # reads prompts with a frozen text encoder (all-MiniLM-L6-v2) instead of its own text
 # embeddings, from the fourth's weights (bfloat16, as shipped before), its projection new: it
-# follows prompts worded unlike its training captions. Data sets written before shapes scenes
+# follows prompts worded unlike its training captions. The sixth words 30% of its prompts anew
+# (caption augmentation) and scores each text-to-image image against a false caption too
+# (hard negatives for the contrastive head). Data sets written before shapes scenes
 # listed their objects as regions are made again.
 DM := runs/default
 DM_VQ_STEPS ?= 1000
@@ -70,6 +72,7 @@ DM_EDIT_STEPS ?= 2000
 DM_EDIT2_STEPS ?= 1000
 DM_EDIT3_STEPS ?= 500
 DM_ENC_STEPS ?= 1200
+DM_REWORD_STEPS ?= 600
 DM_SR_STEPS ?= 1500
 # the CogLM's contrastive head (text-image retrieval, `--rerank-by contrastive|both`)
 DM_HEAD := --contrastive-weight 0.1 --contrastive-pool last
@@ -113,10 +116,18 @@ default-models: setup
 	  --lr 3e-4 --warmup 50 --min-lr 3e-5 --ema 0.999 $(DM_HEAD) \
 	  --tasks "t2i=0.5,cap=0.15,inp=0.35" --region-masks 0.8 --region-prompts 0.3 --seed 3 \
 	  --save-every 200 --resume
+	$(BIN)/cogview export $(DM)/coglm-minilm $(DM)/coglm-minilm-bf16 --bf16
+	$(BIN)/cogview train --data $(DM)/tokens-big --tokenizer data/tokenizer.json \
+	  --vqvae $(DM)/vqvae-final --preset small --init-from $(DM)/coglm-minilm-bf16 \
+	  --out $(DM)/coglm-reword --text-encoder minilm --steps $(DM_REWORD_STEPS) --batch-size 64 \
+	  --lr 1e-4 --warmup 30 --min-lr 1e-5 --ema 0.999 --contrastive-weight 0.2 \
+	  --contrastive-pool last --hard-negatives 1.0 --rephrase 0.3 \
+	  --tasks "t2i=0.5,cap=0.15,inp=0.35" --region-masks 0.8 --region-prompts 0.3 --seed 4 \
+	  --save-every 100 --resume
 	$(BIN)/cogview train-sr --data $(DM)/tokens --tokenizer data/tokenizer.json \
 	  --vqvae $(DM)/vqvae-final --preset small --out $(DM)/sr --steps $(DM_SR_STEPS) \
 	  --batch-size 32 --save-every 250 --resume
-	$(BIN)/cogview export $(DM)/coglm-minilm cogview/defaults/shapes --temperature 0.7 --rerank 16 \
+	$(BIN)/cogview export $(DM)/coglm-reword cogview/defaults/shapes --temperature 0.7 --rerank 16 \
 	  --rerank-by both --inpaint-temperature 1.0 --inpaint-rerank 32 --inpaint-rerank-by both \
 	  --restate shapes --bf16
 	$(BIN)/cogview export $(DM)/sr cogview/defaults/shapes-sr
