@@ -44,18 +44,13 @@ def unseen_prompts(n: int) -> list[tuple[str, dict[str, Any], str]]:
     (prompt, attributes, wording)."""
     from cogview.bench import shapes
 
-    def describe(o: dict[str, str]) -> str:
-        return f"a {o['size']} {o['colour']} {o['shape']}"
-
-    def said(relation: str) -> str:
-        return f"to the {relation}" if relation.endswith(" of") else relation
-
     out = []
     for i, (_, a) in enumerate(shapes.eval_prompts(2, n)):
         wording = UNSEEN_TWO[i % len(UNSEEN_TWO)]
-        text = wording.format(d1=describe(a["objects"][0]), d2=describe(a["objects"][1]),
-                              rel=said(a["relation"]),
-                              inverse=said(shapes.INVERSE_RELATION[a["relation"]]))
+        first, second = (shapes.describe_object(o) for o in a["objects"])
+        text = wording.format(d1=first, d2=second, rel=shapes.relation_phrase(a["relation"]),
+                              inverse=shapes.relation_phrase(
+                                  shapes.INVERSE_RELATION[a["relation"]]))
         out.append((text, a, wording))
     return out
 

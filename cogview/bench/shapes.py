@@ -474,19 +474,24 @@ def scene_from_json(data: dict[str, Any]) -> Scene:
 # ----------------------------------------------------------------------------- evaluation
 
 
+def describe_object(o: dict[str, str]) -> str:
+    """An object in the canonical words: "a large red circle" (the attributes it has)."""
+    return "a " + " ".join(o[k] for k in ("size", "colour", "shape") if k in o)
+
+
+def relation_phrase(relation: str) -> str:
+    """The canonical words of a relation: "left of" -> "to the left of"."""
+    return _RELATION_WORDS[relation][0]
+
+
 def canonical_caption(attributes: dict[str, Any]) -> str:
     """The one fixed phrasing used for evaluation prompts."""
     objs = attributes["objects"]
-
-    def describe(o: dict[str, str]) -> str:
-        words = [o[k] for k in ("size", "colour", "shape") if k in o]
-        return "a " + " ".join(words)
-
     if len(objs) == 1:
         pos = objs[0].get("position")
-        return describe(objs[0]) + (f" {_position_phrases(pos)[0][0]}" if pos else "")
-    rel = _RELATION_WORDS[attributes["relation"]][0]
-    return f"{describe(objs[0])} {rel} {describe(objs[1])}"
+        return describe_object(objs[0]) + (f" {_position_phrases(pos)[0][0]}" if pos else "")
+    rel = relation_phrase(attributes["relation"])
+    return f"{describe_object(objs[0])} {rel} {describe_object(objs[1])}"
 
 
 def restatements(text: str) -> list[str]:
@@ -724,8 +729,8 @@ def paraphrase(attributes: dict[str, Any], i: int) -> str:
 
     relation = attributes["relation"]
     return template.format(
-        d1=describe(objs[0]), d2=describe(objs[1]), rel=_RELATION_WORDS[relation][0],
-        inverse=_RELATION_WORDS[INVERSE_RELATION[relation]][0])
+        d1=describe(objs[0]), d2=describe(objs[1]), rel=relation_phrase(relation),
+        inverse=relation_phrase(INVERSE_RELATION[relation]))
 
 
 def paraphrase_prompts(n_objects: int, n: int | None = None) -> list[tuple[str, dict[str, Any]]]:
