@@ -7,6 +7,7 @@ every candidate, and each reranker's pick among them:
     .venv/bin/python benchmarks/rerank_headroom.py --model shapes --set paraphrased
     .venv/bin/python benchmarks/rerank_headroom.py --model RUN --set template --json OUT
     .venv/bin/python benchmarks/rerank_headroom.py --model shapes --set unseen
+    .venv/bin/python benchmarks/rerank_headroom.py --model shapes --set paraphrased --cfg 1.5
 
 Reported per group of prompts (the paraphrase's template, or the relation asked for), for the
 relation and for everything right: the share of candidates right ("drawn"), the share of
@@ -56,7 +57,7 @@ def unseen_prompts(n: int) -> list[tuple[str, dict[str, Any], str]]:
 
 
 def headroom(model: str, which: str, n: int, rerank: int, seed: int,
-             rerankers: Sequence[str]) -> dict[str, Any]:
+             rerankers: Sequence[str], cfg: float | None = None) -> dict[str, Any]:
     import torch
 
     from cogview.api import CogView
@@ -73,7 +74,9 @@ def headroom(model: str, which: str, n: int, rerank: int, seed: int,
     else:
         prompts = shapes.eval_prompts(2, n)
         groups = [a["relation"] for _, a in prompts]
-    drawn = pipe.candidates([p for p, _ in prompts], rerank, generator=pipe.generator(seed))
+    sampling = {} if cfg is None else {"cfg_scale": cfg}
+    drawn = pipe.candidates([p for p, _ in prompts], rerank, generator=pipe.generator(seed),
+                            **sampling)
 
     def scored(codes: torch.Tensor, attrs: Sequence[dict[str, Any]]) -> list[dict[str, bool]]:
         return [detect.score(img, a) for a, img in zip(attrs, pipe.decode(codes), strict=True)]
@@ -93,6 +96,7 @@ def headroom(model: str, which: str, n: int, rerank: int, seed: int,
                 for by in rerankers:
                     row[f"{key} {by}"].append(float(picked[by][i][key]))
     return {"model": model, "set": which, "n": len(prompts), "rerank": rerank, "seed": seed,
+            "cfg": cfg,
             "groups": {g: {k: round(sum(v) / len(v), 4) for k, v in r.items()} | {
                 "n": len(next(iter(r.values())))} for g, r in rows.items()}}
 
@@ -101,7 +105,8 @@ def table(report: dict[str, Any]) -> str:
     groups = report["groups"]
     columns = [k for k in next(iter(groups.values())) if k != "n"]
     width = max(len(g) for g in groups)
-    lines = [f"{report['model']}, {report['set']}, best of {report['rerank']}",
+    guided = f", guidance {report['cfg']:g}" if report.get("cfg") is not None else ""
+    lines = [f"{report['model']}, {report['set']}, best of {report['rerank']}{guided}",
              f"{'':{width}}  {'n':>4}  " + "  ".join(f"{c:>{len(c)}}" for c in columns)]
     for g, r in groups.items():
         lines.append(f"{g:{width}}  {r['n']:>4}  " + "  ".join(f"{100 * r[c]:>{len(c) - 1}.1f}%"
@@ -118,6 +123,7 @@ def main() -> None:
     ap.add_argument("--rerank", type=int, default=16, help="candidates per prompt")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--rerank-by", default="caption,contrastive,both")
+    ap.add_argument("--cfg", type=float, help="guidance scale (default: the model's)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--json", help="write the report here")
     args = ap.parse_args()
@@ -125,7 +131,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     report = headroom(args.model, args.which, args.n, args.rerank, args.seed,
-                      args.rerank_by.split(","))
+                      args.rerank_by.split(","), args.cfg)
     print(table(report))
     if args.json:
         with open(args.json, "w") as f:
