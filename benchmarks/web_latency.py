@@ -61,27 +61,27 @@ def start_server(model: str | None, port: int, warm: bool, threads: int | None
             return proc, time.perf_counter() - start
 
 
-def page_defaults(client) -> list:
-    """The Generate inputs as the page shows them (its defaults), from the API description."""
+def page_defaults(client) -> dict:
+    """The Generate inputs by name as the page shows them (its defaults), from the API
+    description, in the endpoint's order."""
     info = client.view_api(print_info=False, return_format="dict")
     params = info["named_endpoints"]["/generate"]["parameters"]
-    return [p["parameter_default"] for p in params]
+    return {p["parameter_name"]: p["parameter_default"] for p in params}
 
 
 def by_client(url: str, runs: int) -> dict:
     from gradio_client import Client
 
     client = Client(url, verbose=False)
-    args = page_defaults(client)
+    defaults = page_defaults(client)
     times = []
     for k in range(runs + 1):
-        args[2] = k  # the seed
+        args = [k if name == "seed" else value for name, value in defaults.items()]
         start = time.perf_counter()
         images, status = client.predict(*args, api_name="/generate")
         times.append(time.perf_counter() - start)
         print(f"  client request {k}: {times[-1]:.2f} s ({status})", file=sys.stderr)
-    return {"defaults": dict(zip(["prompt", "n", "seed", "temperature", "rerank", "superres"],
-                                 page_defaults(client), strict=True)),
+    return {"defaults": defaults,
             "first_s": times[0], "median_s": statistics.median(times[1:]), "times_s": times}
 
 
