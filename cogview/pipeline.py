@@ -107,7 +107,8 @@ def restater(name: str | None) -> Any:
 
 
 def rephraser(domain: str | None) -> Any:
-    """`(attributes, numpy rng) -> str | None` of a domain in REPHRASERS; None for others."""
+    """`(attributes, numpy rng, frames=P) -> str | None` of a domain in REPHRASERS; None for
+    others."""
     return _domain_function(REPHRASERS, domain if domain in REPHRASERS else None)
 
 

