@@ -247,7 +247,9 @@ def test_restatements_say_the_same_from_the_other_object():
 
 
 def test_paraphrased_prompts_ask_the_same_in_wordings_training_never_uses():
+    import importlib.util
     import re
+    from pathlib import Path
 
     rng = np.random.default_rng(0)
     scenes = [shapes.sample_scene(rng, int(rng.integers(1, 3))) for _ in range(4000)]
@@ -272,6 +274,13 @@ def test_paraphrased_prompts_ask_the_same_in_wordings_training_never_uses():
             wording = shapes.paraphrase_wording(n_objects, i)
             pattern = re.sub(r"\\\{\w+\\\}", ".+", re.escape(wording))
             assert re.fullmatch(pattern, prompt), (wording, prompt)
+    # and so does each wording of the unseen check (benchmarks/rerank_headroom.py)
+    spec = importlib.util.spec_from_file_location(
+        "rerank_headroom", Path(__file__).parents[1] / "benchmarks" / "rerank_headroom.py")
+    headroom = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(headroom)
+    for prompt, _, wording in headroom.unseen_prompts(48):
+        assert set(re.findall(r"[a-z']+", prompt)) - training_words, wording
     templates = {re.sub(r"(red|green|blue|yellow|purple|white|circle|square|triangle|small|"
                         r"large|top|bottom|left|right|center|middle)", "_", p)
                  for p, _ in shapes.paraphrase_prompts(1, 324)}

@@ -610,8 +610,9 @@ _REPHRASE_TWO = (
 )
 _REPHRASE_POSITIONS = ("near the {p}", "toward the {p}", "in the {p} area", "in the {p} part")
 # Requests around an augmented prompt (`cogview train --rephrase-frames P`), as people make
-# them: none of the paraphrase set's words, none of the unseen check's
-# (benchmarks/rerank_headroom.py), so that both still measure wordings training never used.
+# them, in words of their own: every wording of the paraphrase set and of the unseen check
+# (benchmarks/rerank_headroom.py) keeps a word that no training prompt uses, and none is a
+# question, as one unseen wording is.
 _REPHRASE_FRAMES = (
     "we need {x}",
     "generate {x}",
