@@ -74,9 +74,8 @@ def headroom(model: str, which: str, n: int, rerank: int, seed: int,
     else:
         prompts = shapes.eval_prompts(2, n)
         groups = [a["relation"] for _, a in prompts]
-    sampling = {} if cfg is None else {"cfg_scale": cfg}
     drawn = pipe.candidates([p for p, _ in prompts], rerank, generator=pipe.generator(seed),
-                            **sampling)
+                            cfg_scale=cfg)  # None: the model's
 
     def scored(codes: torch.Tensor, attrs: Sequence[dict[str, Any]]) -> list[dict[str, bool]]:
         return [detect.score(img, a) for a, img in zip(attrs, pipe.decode(codes), strict=True)]
