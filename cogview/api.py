@@ -23,7 +23,7 @@ import contextlib
 import os
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,8 @@ from cogview.sampling import (
     generate_images,
     inpaint,
     keep_best,
+    prompt_scores,
+    restated_ids,
 )
 from cogview.sampling import rerank as draw_and_rerank
 
@@ -80,12 +82,23 @@ class Images:
 @dataclass
 class Candidates:
     """Undecoded candidates of P prompts, `per_prompt` consecutive rows each
-    (`CogView.candidates`), ready for `CogView.best_of`."""
+    (`CogView.candidates`), ready for `CogView.best_of`, with what drew them, so that
+    `best_of` can draw more of a group the way the first were drawn."""
 
     codes: Tensor  # (P * per_prompt, h, w)
     ids: list[list[int]]  # each row's prompt as text ids (what the caption score reads)
     conditions: list[Any]  # what each row was drawn from: its ids, or an EncodedText
-    batch_size: int  # of the sampling settings that drew them
+    config: SamplingConfig  # the sampling settings that drew them
+    generator: torch.Generator  # further draws continue its stream
+    clusters: Tensor | None = None
+    progress: Progress | None = None
+    # candidates drawn in further rounds, by (group size, group index): each round's codes,
+    # kept so that every reranker's rounds pick from the same draws
+    more: dict[tuple[int, int], list[Tensor]] = field(default_factory=dict)
+
+    @property
+    def batch_size(self) -> int:
+        return self.config.batch_size
 
 
 @dataclass
@@ -394,6 +407,8 @@ class CogView:
         candidates: int | None = None,
         rerank: int | None = None,
         rerank_by: str | None = None,
+        rerank_floor: float | None = None,
+        rerank_max: int | None = None,
         superres: bool = False,
         sr_steps: int | None = None,
         sr_temperature: float = 0.0,
@@ -405,8 +420,9 @@ class CogView:
         """Text-to-image: `n` pictures of each prompt ("" samples unconditionally).
 
         Each picture is the best of `rerank` candidates by reranking (default: the model's
-        sampling.json; 1 = off); with `candidates` N, N are drawn per prompt and the n best
-        kept instead. `rerank_by` scores candidates by the model's own log p(prompt | image)
+        sampling.json; 1 = off), or of more where reranking is unsure (`rerank_floor`,
+        `rerank_max`: see `best_of`); with `candidates` N, N are drawn per prompt and the n
+        best kept instead. `rerank_by` scores candidates by the model's own log p(prompt | image)
         ("caption", CogView's self-reranking), by the contrastive cosine of prompt and image
         ("contrastive": a model with a contrastive head), or by both, each standardised over
         a prompt's candidates, summed ("both"); default: the model's sampling.json, else
@@ -440,7 +456,9 @@ class CogView:
                 results.append((best.codes, best.scores))
         else:
             drawn = self._draw(ids, conds, n * group, config, g, clusters, progress)
-            results = [(c, None) for c in self.best_of(drawn, group, by).split(n)]
+            best = self.best_of(drawn, group, by, rerank_floor=rerank_floor,
+                                rerank_max=rerank_max)
+            results = [(c, None) for c in best.split(n)]
         out = [
             Images(self._pictures(codes, [p] * len(codes), config, g, superres, sr_steps,
                                   sr_temperature), codes, scores)
@@ -483,18 +501,81 @@ class CogView:
         all_conds = [c for c in conds for _ in range(per_prompt)]
         codes = generate_images(self.model, self.tokenizer, all_conds, self.grid, config, g,
                                 clusters=clusters, progress=progress)
-        return Candidates(codes, all_ids, all_conds, config.batch_size)
+        return Candidates(codes, all_ids, all_conds, config, g, clusters, progress)
 
-    def best_of(self, drawn: Candidates, group: int, rerank_by: str | None = None) -> Tensor:
+    def best_of(self, drawn: Candidates, group: int, rerank_by: str | None = None, *,
+                rerank_floor: float | None = None, rerank_max: int | None = None) -> Tensor:
         """Codes (rows / group, h, w): the best of each `group` consecutive candidates by
         reranking (`rerank_by` as for `generate`; None: the model's default); `drawn.codes`
-        unchanged for a group of 1."""
+        unchanged for a group of 1.
+
+        Where reranking is unsure, more candidates: a group whose best has a caption score
+        (the mean log p(prompt | image) per token, the better of the prompt and its
+        restatements: `sampling.prompt_scores`) below `rerank_floor` draws `group` more, as
+        the first were drawn, and its best is taken from all of them, until it reaches the
+        floor or has `rerank_max` candidates (defaults: the model's sampling.json; without a
+        floor, or with `rerank_max` = `group`, one round). The further candidates stay in
+        `drawn`, so that another reranker's rounds take theirs from the same draws."""
         if group < 1 or drawn.codes.shape[0] % group:
             raise UserError(f"group must divide the {drawn.codes.shape[0]} candidates, got "
                             f"{group}")
-        return best_of_groups(self.model, self.tokenizer, drawn.codes, drawn.ids, group,
-                              drawn.batch_size, restate=self.restate,
-                              by=self.reranker(rerank_by), conditions=drawn.conditions)
+        by = self.reranker(rerank_by)
+        floor, most = self.rerank_rounds(group, rerank_floor, rerank_max)
+        if group == 1:
+            return drawn.codes
+        picks = list(drawn.codes[::group])  # each group's pick, replaced below
+        pending = list(range(drawn.codes.shape[0] // group))
+        size = group
+        while True:
+            codes = self._groups(drawn, group, pending, size)
+            ids = [drawn.ids[i * group] for i in pending]
+            conds = [drawn.conditions[i * group] for i in pending]
+            best = best_of_groups(self.model, self.tokenizer, codes,
+                                  [t for t in ids for _ in range(size)], size,
+                                  drawn.batch_size, restate=self.restate, by=by,
+                                  conditions=[c for c in conds for _ in range(size)])
+            for i, pick in zip(pending, best, strict=True):
+                picks[i] = pick
+            if floor is None or size + group > most:
+                break
+            scores = prompt_scores(self.model, self.tokenizer, best, ids,
+                                   restated_ids(self.tokenizer, ids, self.restate),
+                                   drawn.batch_size)
+            pending = [i for i, score in zip(pending, scores.tolist(), strict=True)
+                       if score < floor]
+            if not pending:
+                break
+            size += group
+        return torch.stack(picks)
+
+    def rerank_rounds(self, group: int, rerank_floor: float | None = None,
+                      rerank_max: int | None = None) -> tuple[float | None, int]:
+        """`best_of`'s floor and most candidates per group of `group`: the arguments, else
+        the model's sampling.json, else no floor and 2 * `group`."""
+        from cogview.pipeline import check_rounds
+
+        defaults = self.pipeline.defaults
+        floor = defaults.rerank_floor if rerank_floor is None else rerank_floor
+        most = rerank_max if rerank_max is not None else defaults.rerank_max or 2 * group
+        check_rounds(floor, most, group)
+        return floor, most
+
+    def _groups(self, drawn: Candidates, group: int, which: list[int], size: int) -> Tensor:
+        """The first `size` candidates of each group in `which`, stacked: its `group` first
+        ones, then those of further rounds, drawn now (in one stream for every group that
+        needs them) where `drawn` has not got them yet."""
+        def rounds(i: int) -> list[Tensor]:
+            return drawn.more.get((group, i), [])
+
+        while short := [i for i in which if group * (1 + len(rounds(i))) < size]:
+            conds = [drawn.conditions[i * group] for i in short for _ in range(group)]
+            more = generate_images(self.model, self.tokenizer, conds, self.grid, drawn.config,
+                                   drawn.generator, clusters=drawn.clusters,
+                                   progress=drawn.progress)
+            for i, codes in zip(short, more.split(group), strict=True):
+                drawn.more.setdefault((group, i), []).append(codes)
+        return torch.cat([torch.cat([drawn.codes[i * group:(i + 1) * group], *rounds(i)])[:size]
+                          for i in which])
 
     def inpaint(
         self,

@@ -63,6 +63,10 @@ class SamplingDefaults:
     inpaint_rerank: int | None = None  # candidates per inpainted version, when not `rerank`
     inpaint_rerank_by: str | None = None  # how inpainting's candidates are scored, when not
     # as `rerank_by`
+    # more candidates where reranking is unsure (text-to-image): a picture whose best
+    # candidate's caption score is below `rerank_floor` draws `rerank` more, up to `rerank_max`
+    rerank_floor: float | None = None
+    rerank_max: int | None = None
 
 
 @dataclass
@@ -122,8 +126,8 @@ def split_sampling_defaults(values: Mapping[str, Any]) -> SamplingDefaults:
     (each image the best of that many candidates), "rerank_by" (how they are scored, one of
     `sampling.RERANKERS`; default "caption"), "restate" (a name in RESTATERS) and "inpaint"
     (an object of SamplingConfig fields that inpainting sets on top of the others, and its
-    own "rerank" and "rerank_by", e.g. {"temperature": 1.0, "rerank": 32}); a ValueError or
-    TypeError names
+    own "rerank" and "rerank_by", e.g. {"temperature": 1.0, "rerank": 32}), "rerank_floor"
+    and "rerank_max" (`CogView.best_of`'s further rounds); a ValueError or TypeError names
     what is wrong: a `ConfigError` of the field ("rerank", "inpaint_rerank",
     "inpaint_temperature", ...) where one is to blame."""
     from cogview.errors import ConfigError
@@ -135,6 +139,8 @@ def split_sampling_defaults(values: Mapping[str, Any]) -> SamplingDefaults:
     if restate is not None and restate not in RESTATERS:
         raise ValueError(f"restate must be one of {', '.join(RESTATERS)}, got {restate!r}")
     rerank_by = _reranker(fields.pop("rerank_by", "caption"), "rerank_by")
+    floor, most = fields.pop("rerank_floor", None), fields.pop("rerank_max", None)
+    check_rounds(floor, most, rerank)
     inpaint = fields.pop("inpaint", {})
     if not isinstance(inpaint, dict):
         raise ValueError(f"inpaint must be an object of SamplingConfig fields, got {inpaint!r}")
@@ -155,7 +161,19 @@ def split_sampling_defaults(values: Mapping[str, Any]) -> SamplingDefaults:
     except (ValueError, TypeError) as e:  # an unknown field
         raise ValueError(f"inpaint: {e}") from None
     return SamplingDefaults(fields, rerank, restate, rerank_by, inpaint, inpaint_rerank,
-                            inpaint_rerank_by)
+                            inpaint_rerank_by, floor, most)
+
+
+def check_rounds(floor: Any, most: Any, rerank: int) -> None:
+    """ConfigError of "rerank_floor" or "rerank_max" unless the floor is a number (or None)
+    and the most candidates a picture may have is a whole number >= `rerank` (or None)."""
+    from cogview.errors import ConfigError
+
+    if floor is not None and (isinstance(floor, bool) or not isinstance(floor, int | float)
+                              or floor != floor):
+        raise ConfigError.of("rerank_floor", f"must be a number, got {floor!r}")
+    if most is not None and _rerank(most, "rerank_max") < rerank:
+        raise ConfigError.of("rerank_max", f"must be at least rerank ({rerank}), got {most}")
 
 
 def _reranker(value: Any, name: str) -> str:

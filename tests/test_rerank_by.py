@@ -168,6 +168,115 @@ def test_a_model_without_a_head_refuses_contrastive_reranking(folders):
 
 
 # ---------------------------------------------------------------------------------------------
+# further rounds where reranking is unsure (`rerank_floor`, `rerank_max`)
+
+TWO = ["a red circle above a blue square", PROMPT]
+
+
+def _picks_scores(pipe, picks, prompts):
+    ids = [pipe.encode_prompt(p) for p in prompts]
+    return prompt_scores(pipe.model, pipe.tokenizer, picks, ids).tolist()
+
+
+def test_unsure_groups_draw_more_and_pick_from_all_their_candidates(pipe):
+    """A floor no pick reaches: every group draws two more rounds in the generator's stream,
+    each round one batch for all groups, and keeps the best of its 3 x 4 candidates."""
+    drawn = pipe.candidates(TWO, 8, seed=3)  # 2 prompts x 2 groups of 4
+    picks = pipe.best_of(drawn, 4, "both", rerank_floor=float("inf"), rerank_max=12)
+    g = torch.Generator().manual_seed(3)
+    conds = [drawn.conditions[0]] * 8 + [drawn.conditions[8]] * 8
+    first = generate_images(pipe.model, pipe.tokenizer, conds, pipe.grid,
+                            pipe.sampling_config(), g)
+    rounds = [generate_images(pipe.model, pipe.tokenizer, conds, pipe.grid,
+                              pipe.sampling_config(), g) for _ in range(2)]
+    assert torch.equal(first, drawn.codes)
+    groups = [torch.cat([c[i * 4:(i + 1) * 4] for c in (first, *rounds)]) for i in range(4)]
+    ids = [drawn.ids[0]] * 24 + [drawn.ids[8]] * 24
+    best, _ = best_candidates(pipe.model, pipe.tokenizer, torch.cat(groups), ids, 12,
+                              by="both", conditions=[c for c in conds for _ in range(3)])
+    kept = [grp[b] for grp, b in zip(groups, best[:, 0], strict=True)]
+    assert torch.equal(picks, torch.stack(kept))
+
+
+def test_only_groups_whose_pick_scores_below_the_floor_draw_more(pipe):
+    drawn = pipe.candidates(TWO, 8, seed=4)
+    one_round = pipe.best_of(drawn, 4, "caption", rerank_max=4)
+    scores = _picks_scores(pipe, one_round, [TWO[0]] * 2 + [TWO[1]] * 2)
+    floor = sorted(scores)[2]  # two groups below it, two not
+    picks = pipe.best_of(drawn, 4, "caption", rerank_floor=floor, rerank_max=8)
+    unsure = {i for i, s in enumerate(scores) if s < floor}
+    assert len(unsure) == 2 and {i for _, i in drawn.more} == unsure
+    for i in range(4):  # a sure group keeps its pick; an unsure one picks among 8
+        assert torch.equal(picks[i], one_round[i]) or i in unsure
+    # the floor reached, or the most candidates: one round, as without a floor
+    for kwargs in ({"rerank_floor": -float("inf")}, {"rerank_floor": 0.0, "rerank_max": 4}):
+        fresh = pipe.candidates(TWO, 8, seed=4)
+        assert torch.equal(pipe.best_of(fresh, 4, "caption", **kwargs), one_round)
+        assert not fresh.more
+
+
+def test_every_reranker_takes_its_further_rounds_from_the_same_draws(pipe):
+    drawn = pipe.candidates(TWO, 8, seed=5)
+    pipe.best_of(drawn, 4, "caption", rerank_floor=float("inf"), rerank_max=8)
+    kept = {k: [t.clone() for t in v] for k, v in drawn.more.items()}
+    state = drawn.generator.get_state()
+    pipe.best_of(drawn, 4, "contrastive", rerank_floor=float("inf"), rerank_max=8)
+    assert torch.equal(drawn.generator.get_state(), state)  # nothing drawn again
+    assert all(torch.equal(a, b) for k, v in kept.items()
+               for a, b in zip(v, drawn.more[k], strict=True))
+
+
+def test_generate_takes_further_rounds_from_the_models_sampling_json(folders, tmp_path,
+                                                                      capsys):
+    tuned = tmp_path / "tuned"
+    rc, _, err = run(capsys, f"export {folders['head']} {tuned} --rerank 4 --rerank-by both "
+                             "--rerank-floor 0 --rerank-max 12")
+    assert rc == 0, err
+    pipe = CogView.from_pretrained(tuned)
+    assert pipe.rerank_rounds(4) == (0.0, 12)
+    drawn = pipe.candidates([PROMPT], 8, seed=6)
+    expected = pipe.best_of(drawn, 4, "both", rerank_floor=0.0, rerank_max=12)
+    assert torch.equal(pipe.generate(PROMPT, 2, seed=6).codes, expected)
+    one = pipe.generate(PROMPT, 2, seed=6, rerank_max=4).codes
+    assert torch.equal(one, pipe.best_of(pipe.candidates([PROMPT], 8, seed=6), 4, "both",
+                                         rerank_max=4))
+    rc, _, err = run(capsys, f"generate '{PROMPT}' -n 1 --model {tuned} -o {tmp_path}/a")
+    assert rc == 0 and "best of 4, up to 12 where its best caption score is below 0" in err, err
+    # the totals of the progress bar grew with the rounds: 3 x 4 candidates drawn
+    assert "12/12" in err
+
+
+@pytest.mark.parametrize("flags, message", [
+    ("--rerank-max 2", "--rerank-max must be at least rerank (4), got 2"),
+    ("--rerank 4 --rerank-floor -1", "--rerank-floor applies to the model's own reranking"),
+])
+def test_cli_refuses_bad_further_rounds_before_any_work(folders, tmp_path, capsys, flags,
+                                                       message):
+    tuned = tmp_path / "tuned"
+    assert run(capsys, f"export {folders['head']} {tuned} --rerank 4")[0] == 0
+    rc, _, err = run(capsys, f"generate '{PROMPT}' -n 1 --model {tuned} {flags} "
+                             f"-o {tmp_path}/a")
+    assert rc == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("values, field", [
+    ({"rerank": 4, "rerank_max": 3}, "rerank_max"),
+    ({"rerank": 4, "rerank_floor": "low"}, "rerank_floor"),
+    ({"rerank": 4, "rerank_max": 8.5}, "rerank_max"),
+])
+def test_a_sampling_json_with_bad_further_rounds_is_refused(folders, tmp_path, capsys,
+                                                            values, field):
+    import shutil
+
+    tuned = tmp_path / "tuned"
+    shutil.copytree(folders["head"], tuned)
+    (tuned / "sampling.json").write_text(json.dumps(values))
+    rc, _, err = run(capsys, f"generate '{PROMPT}' -n 1 --model {tuned} -o {tmp_path}/a")
+    assert rc == 2 and "sampling.json" in err and field in err, err
+    assert len(err.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------------------------------------
 # the command line
 
 

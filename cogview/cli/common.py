@@ -42,9 +42,17 @@ def load_model(args: argparse.Namespace, model: str | None = None) -> CogView:
 
 
 def progress_bar(total: int, what: str):
+    """A tqdm bar on stderr whose total grows when more comes than it expected (reranking's
+    further rounds draw more candidates where it is unsure)."""
     from tqdm import tqdm
 
-    return tqdm(total=total, unit=what, file=sys.stderr, dynamic_ncols=True)
+    class Bar(tqdm):
+        def update(self, n: float | None = 1) -> bool | None:
+            if n and self.total is not None and self.n + n > self.total:
+                self.total = self.n + n
+            return super().update(n)
+
+    return Bar(total=total, unit=what, file=sys.stderr, dynamic_ncols=True)
 
 
 def out_dir(path: str) -> Path:

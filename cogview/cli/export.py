@@ -36,6 +36,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--rerank-by", choices=RERANKERS,
                    help="store how reranking scores candidates (see cogview generate "
                    "--rerank-by); contrastive and both need a model with a contrastive head")
+    p.add_argument("--rerank-floor", type=float, metavar="SCORE",
+                   help="store further rounds of reranking: an image whose best candidate's "
+                   "caption score (mean log p(prompt | image) per token) is below SCORE draws "
+                   "R more, up to --rerank-max")
+    p.add_argument("--rerank-max", type=int, metavar="M",
+                   help="store the most candidates an image may have with --rerank-floor "
+                   "(default when not stored: 2R)")
     p.add_argument("--bf16", action="store_true",
                    help="store the weights in bfloat16: half the size on disk; loading casts "
                    "them back to the model's float32 (measure the folder before shipping it)")
@@ -77,6 +84,9 @@ def run_export(args: argparse.Namespace) -> int:
         sampling["inpaint"] = inpaint
     if args.rerank is not None:
         sampling["rerank"] = args.rerank
+    for key in ("rerank_floor", "rerank_max"):
+        if getattr(args, key) is not None:
+            sampling[key] = getattr(args, key)
     if args.rerank_by is not None:
         check_reranker(args.rerank_by, bool(ck.config.get("contrastive_dim")))
         sampling["rerank_by"] = args.rerank_by

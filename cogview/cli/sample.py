@@ -68,21 +68,43 @@ RERANK_BY_HELP = (
 )
 
 
+RERANK_FLOOR_HELP = (
+    "where reranking is unsure, more candidates: an image whose best candidate's caption score "
+    "(mean log p(prompt | image) per token) is below SCORE draws R more, until it reaches it "
+    "or has --rerank-max. Default: the model's sampling.json `rerank_floor`, else none"
+)
+RERANK_MAX_HELP = (
+    "most candidates an image may have with --rerank-floor (R: no further rounds). Default: "
+    "the model's sampling.json `rerank_max`, else 2R"
+)
+
+
 def _rerank_kwargs(args: argparse.Namespace, pipe: CogView, inpainting: bool = False
                    ) -> tuple[dict[str, Any], int]:
     """CogView keyword arguments of --rerank and --rerank-by, and the candidates drawn per
     prompt: `--rerank N` draws N and keeps the n best; without it, the model's sampling.json
     may make each image (each inpainted version) the best of its own group of R."""
     by = {"rerank_by": pipe.reranker(args.rerank_by, inpainting)}
+    rounds = {k: v for k in ("rerank_floor", "rerank_max")
+              if (v := getattr(args, k, None)) is not None}
+    if args.rerank and rounds:
+        raise UserError(f"--{next(iter(rounds)).replace('_', '-')} applies to the model's own "
+                        "reranking, not to --rerank N")
     if args.rerank:
         return {"candidates": args.rerank, **by}, args.rerank
     default = pipe.inpaint_rerank_default if inpainting else pipe.rerank_default
     group = default if args.rerank is None else 1
-    return {"rerank": group, **by}, args.n * group
+    if group > 1:
+        pipe.rerank_rounds(group, **rounds)  # bad values fail before any work
+    return {"rerank": group, **by, **rounds}, args.n * group
 
 
-def _group_note(group: int, what: str, by: str) -> str:
-    return (f"each {what} the best of {group} by {RERANK_WORDS[by]} (the model's "
+def _group_note(group: int, what: str, by: str, rounds: tuple[float | None, int] | None = None
+                ) -> str:
+    more = ""
+    if rounds is not None and rounds[0] is not None and rounds[1] > group:
+        more = f", up to {rounds[1]} where its best caption score is below {rounds[0]:g},"
+    return (f"each {what} the best of {group}{more} by {RERANK_WORDS[by]} (the model's "
             "sampling.json; --rerank 0 turns it off)")
 
 
@@ -148,7 +170,9 @@ def run_generate(args: argparse.Namespace) -> int:
             written.append(save_png(img, out / f"{stem}-{i}.png"))
         written.append(save_grid(result.arrays, out / f"{stem}-grid.png"))
     if rerank.get("rerank", 1) > 1:
-        note(_group_note(rerank["rerank"], "image", rerank["rerank_by"]))
+        rounds = pipe.rerank_rounds(rerank["rerank"], rerank.get("rerank_floor"),
+                                    rerank.get("rerank_max"))
+        note(_group_note(rerank["rerank"], "image", rerank["rerank_by"], rounds))
     for path in written:
         print(path)
     print(f"wrote {len(prompts) * args.n} image(s) and {len(prompts)} grid(s) to {out}")
@@ -285,6 +309,8 @@ def register(subparsers: Any) -> None:
         "sampling.json `rerank` R (each image the best of its own R candidates), else off",
     )
     p.add_argument("--rerank-by", choices=RERANKERS, help=RERANK_BY_HELP)
+    p.add_argument("--rerank-floor", type=float, metavar="SCORE", help=RERANK_FLOOR_HELP)
+    p.add_argument("--rerank-max", type=int, metavar="M", help=RERANK_MAX_HELP)
     p.add_argument("-o", "--out", required=True, metavar="OUT", help="output folder")
     add_model_flags(p)
     add_sampling_flags(p)
