@@ -1,0 +1,163 @@
+"""Choose a model's `rerank_floor`: how often reranking's pick is right, and at what cost in
+candidates, when a picture whose best candidate scores below a floor draws more.
+
+For each prompt of a set the model draws `--most` candidates (as `CogView.candidates` does);
+each candidate's caption score (mean log p(prompt | image) per token, the better of the prompt
+and its restatements), contrastive cosine and detector verdict are kept. Then, for each floor,
+the rounds of `CogView.best_of` are replayed on them: the best of the first `--rerank` by the
+model's reranker, and while its caption score is below the floor and there is room, the best
+of `--rerank` more. Reported per floor: the share of prompts whose pick is right, and the
+candidates drawn per prompt on average.
+
+    .venv/bin/python benchmarks/rerank_floor.py --model shapes --set val      # calibration
+    .venv/bin/python benchmarks/rerank_floor.py --model shapes --set paraphrased --json OUT
+
+`--set val` (the default) takes the captions of held-out scenes (`--data`, its train split;
+made by `cogview data shapes --out data/shapes-val --n 2000 --seed 7 --test-fraction 0.5`),
+worded as in training and scored against what each caption states: a set that is neither the
+eval's prompts nor its wordings, on which to choose the floor. `template`, `paraphrased` and
+`unseen` are the two-object sets of benchmarks/rerank_headroom.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FLOORS = [round(-1.0 + 0.05 * i, 2) for i in range(17)]  # -1.00 ... -0.20
+
+
+def val_prompts(data: str, n: int) -> list[tuple[str, dict[str, Any]]]:
+    """The first `n` captions of the train split of a shapes folder, with what each states."""
+    from cogview.bench import shapes
+
+    shards = sorted(Path(data).glob("train-*.tar"))
+    if not shards:
+        sys.exit(f"error: {data}: no train-*.tar shards (see --help for how to make them)")
+    captions = []
+    for shard in shards:
+        with tarfile.open(shard) as tar:
+            for member in tar.getmembers():
+                if member.name.endswith(".txt") and len(captions) < n:
+                    captions.append(tar.extractfile(member).read().decode())
+    return [(c, shapes.parse_caption(c)) for c in captions]
+
+
+def prompt_set(which: str, n: int, data: str) -> list[tuple[str, dict[str, Any]]]:
+    from cogview.bench import shapes
+
+    if which == "val":
+        return val_prompts(data, n)
+    if which == "paraphrased":
+        return shapes.paraphrase_prompts(2, n)
+    if which == "unseen":
+        sys.path.insert(0, str(Path(__file__).parent))
+        from rerank_headroom import unseen_prompts
+
+        return [(p, a) for p, a, _ in unseen_prompts(n)]
+    return shapes.eval_prompts(2, n)
+
+
+def draw(model: str, prompts: list[tuple[str, dict[str, Any]]], most: int, seed: int,
+         chunk: int = 20) -> list[dict[str, Any]]:
+    """Per prompt: every candidate's caption score, cosine (None without a head) and verdict."""
+    import torch
+    from tqdm import tqdm
+
+    from cogview.api import CogView
+    from cogview.bench import detect
+    from cogview.contrastive import has_head
+    from cogview.sampling import contrastive_scores, prompt_scores, restated_ids
+
+    pipe = CogView.from_pretrained(model)
+    rows = []
+    for start in tqdm(range(0, len(prompts), chunk), desc="prompts", unit="chunk",
+                      file=sys.stderr):
+        part = prompts[start:start + chunk]
+        drawn = pipe.candidates([p for p, _ in part], most,
+                                generator=pipe.generator(seed * 100_000 + start))
+        alternatives = restated_ids(pipe.tokenizer, drawn.ids, pipe.restate)
+        caption = prompt_scores(pipe.model, pipe.tokenizer, drawn.codes, drawn.ids,
+                                alternatives, drawn.batch_size)
+        cos = (contrastive_scores(pipe.model, pipe.tokenizer, drawn.codes, drawn.conditions,
+                                  drawn.batch_size) if has_head(pipe.model)
+               else torch.full_like(caption, float("nan")))
+        images = pipe.decode(drawn.codes)
+        for j, (prompt, attrs) in enumerate(part):
+            own = slice(j * most, (j + 1) * most)
+            rows.append({"prompt": prompt, "caption": caption[own].tolist(),
+                         "cos": cos[own].tolist(),
+                         "right": [bool(detect.score(img, attrs)["all"])
+                                   for img in images[own]]})
+    return rows
+
+
+def _standardised(x: np.ndarray) -> np.ndarray:
+    return (x - x.mean()) / max(float(x.std()), 1e-9)
+
+
+def pick(row: dict[str, Any], n: int, by: str) -> int:
+    """The index of reranking's pick among the first `n` candidates of a prompt."""
+    caption, cos = np.array(row["caption"][:n]), np.array(row["cos"][:n])
+    score = {"caption": caption, "contrastive": cos,
+             "both": _standardised(caption) + _standardised(cos)}[by]
+    return int(np.argmax(score))
+
+
+def replay(rows: list[dict[str, Any]], floor: float | None, rerank: int, most: int,
+           by: str) -> tuple[float, float]:
+    """(share of prompts whose pick is right, mean candidates drawn) with `floor`."""
+    right, drawn = [], []
+    for row in rows:
+        n = rerank
+        i = pick(row, n, by)
+        while floor is not None and row["caption"][i] < floor and n + rerank <= most:
+            n += rerank
+            i = pick(row, n, by)
+        right.append(row["right"][i])
+        drawn.append(n)
+    return float(np.mean(right)), float(np.mean(drawn))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="shapes", help="model folder or shipped name")
+    ap.add_argument("--set", dest="which", default="val",
+                    choices=("val", "template", "paraphrased", "unseen"))
+    ap.add_argument("--data", default="data/shapes-val", help="shards of --set val")
+    ap.add_argument("--n", type=int, default=360, help="prompts (default: 360)")
+    ap.add_argument("--rerank", type=int, default=16, help="candidates of the first round")
+    ap.add_argument("--most", type=int, default=32, help="most candidates per prompt")
+    ap.add_argument("--rerank-by", default="both", choices=("caption", "contrastive", "both"))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--json", help="write the candidates' scores and the table here")
+    args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    rows = draw(args.model, prompt_set(args.which, args.n, args.data), args.most, args.seed)
+    table = {"none": replay(rows, None, args.rerank, args.most, args.rerank_by)}
+    table |= {f"{f:.2f}": replay(rows, f, args.rerank, args.most, args.rerank_by)
+              for f in FLOORS}
+    print(f"{args.model}, {args.which} ({len(rows)} prompts), best of {args.rerank} by "
+          f"{args.rerank_by}, up to {args.most} below the floor")
+    print(f"{'floor':>6}  {'right':>6}  {'candidates':>10}")
+    for floor, (right, drawn) in table.items():
+        print(f"{floor:>6}  {100 * right:5.1f}%  {drawn:10.1f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"model": args.model, "set": args.which, "rerank": args.rerank,
+                       "most": args.most, "rerank_by": args.rerank_by, "seed": args.seed,
+                       "table": table, "prompts": rows}, f)
+
+
+if __name__ == "__main__":
+    main()
