@@ -128,8 +128,8 @@ default-models: setup
 	  --vqvae $(DM)/vqvae-final --preset small --out $(DM)/sr --steps $(DM_SR_STEPS) \
 	  --batch-size 32 --save-every 250 --resume
 	$(BIN)/cogview export $(DM)/coglm-reword cogview/defaults/shapes --temperature 0.7 --rerank 16 \
-	  --rerank-by both --inpaint-temperature 1.0 --inpaint-rerank 32 --inpaint-rerank-by both \
-	  --restate shapes --bf16
+	  --rerank-by both --rerank-floor -0.55 --rerank-max 32 --inpaint-temperature 1.0 \
+	  --inpaint-rerank 32 --inpaint-rerank-by both --restate shapes --bf16
 	$(BIN)/cogview export $(DM)/sr cogview/defaults/shapes-sr
 
 # The recipe of the shipped Fashion-MNIST CogLM (32 px, grayscale): VQVAE on 20,000 training

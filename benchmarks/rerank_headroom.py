@@ -13,8 +13,11 @@ Reported per group of prompts (the paraphrase's template, or the relation asked 
 relation and for everything right: the share of candidates right ("drawn"), the share of
 prompts with at least one right candidate ("any": what a perfect reranker would keep) and
 the share of prompts whose pick is right, by caption, contrastive and both. A reranker below
-"drawn" picks worse than chance. The candidates are those of `cogview eval` with the same
-seed only when the two-object set is drawn first; the shares are of the same kind.
+"drawn" picks worse than chance. "drawn" and "any" are of the first R candidates; the picks
+are `CogView.best_of`'s, with the further rounds of the model's `rerank_floor` where it has
+one (each pick then among up to `rerank_max`). The candidates are those of `cogview eval`
+with the same seed only when the two-object set is drawn first; the shares are of the same
+kind.
 """
 
 from __future__ import annotations

@@ -514,8 +514,9 @@ class CogView:
         restatements: `sampling.prompt_scores`) below `rerank_floor` draws `group` more, as
         the first were drawn, and its best is taken from all of them, until it reaches the
         floor or has `rerank_max` candidates (defaults: the model's sampling.json; without a
-        floor, or with `rerank_max` = `group`, one round). The further candidates stay in
-        `drawn`, so that another reranker's rounds take theirs from the same draws."""
+        floor, or with `rerank_max` = `group`, one round; an empty prompt, one round). The
+        further candidates stay in `drawn`, so that another reranker's rounds take theirs from
+        the same draws."""
         if group < 1 or drawn.codes.shape[0] % group:
             raise UserError(f"group must divide the {drawn.codes.shape[0]} candidates, got "
                             f"{group}")
@@ -541,8 +542,8 @@ class CogView:
             scores = prompt_scores(self.model, self.tokenizer, best, ids,
                                    restated_ids(self.tokenizer, ids, self.restate),
                                    drawn.batch_size)
-            pending = [i for i, score in zip(pending, scores.tolist(), strict=True)
-                       if score < floor]
+            pending = [i for i, t, score in zip(pending, ids, scores.tolist(), strict=True)
+                       if t and score < floor]  # an empty prompt has nothing to be unsure of
             if not pending:
                 break
             size += group

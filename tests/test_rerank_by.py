@@ -213,6 +213,9 @@ def test_only_groups_whose_pick_scores_below_the_floor_draw_more(pipe):
         fresh = pipe.candidates(TWO, 8, seed=4)
         assert torch.equal(pipe.best_of(fresh, 4, "caption", **kwargs), one_round)
         assert not fresh.more
+    empty = pipe.candidates(["", PROMPT], 4, seed=4)  # unconditional: nothing to be unsure of
+    pipe.best_of(empty, 4, "caption", rerank_floor=float("inf"), rerank_max=8)
+    assert list(empty.more) == [(4, 1)]
 
 
 def test_every_reranker_takes_its_further_rounds_from_the_same_draws(pipe):
