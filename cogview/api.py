@@ -552,14 +552,16 @@ class CogView:
     def rerank_rounds(self, group: int, rerank_floor: float | None = None,
                       rerank_max: int | None = None) -> tuple[float | None, int]:
         """`best_of`'s floor and most candidates per group of `group`: the arguments, else
-        the model's sampling.json, else no floor and 2 * `group`."""
+        the model's sampling.json (at least `group`: one round where it says fewer), else no
+        floor and 2 * `group`."""
         from cogview.pipeline import check_rounds
 
         defaults = self.pipeline.defaults
         floor = defaults.rerank_floor if rerank_floor is None else rerank_floor
-        most = rerank_max if rerank_max is not None else defaults.rerank_max or 2 * group
-        check_rounds(floor, most, group)
-        return floor, most
+        if rerank_max is None:
+            rerank_max = max(defaults.rerank_max or 2 * group, group)
+        check_rounds(floor, rerank_max, group)
+        return floor, rerank_max
 
     def _groups(self, drawn: Candidates, group: int, which: list[int], size: int) -> Tensor:
         """The first `size` candidates of each group in `which`, stacked: its `group` first

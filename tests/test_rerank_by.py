@@ -237,6 +237,7 @@ def test_generate_takes_further_rounds_from_the_models_sampling_json(folders, tm
     assert rc == 0, err
     pipe = CogView.from_pretrained(tuned)
     assert pipe.rerank_rounds(4) == (0.0, 12)
+    assert pipe.rerank_rounds(16) == (0.0, 16)  # more per round than the model's most: one
     drawn = pipe.candidates([PROMPT], 8, seed=6)
     expected = pipe.best_of(drawn, 4, "both", rerank_floor=0.0, rerank_max=12)
     assert torch.equal(pipe.generate(PROMPT, 2, seed=6).codes, expected)

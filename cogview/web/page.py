@@ -275,7 +275,10 @@ class Page:
         _say_warnings(caught)
         took = time.perf_counter() - start
         side = arrays.shape[1]
-        how = f"each the best of {rerank} by {RERANKED_BY[by]}" if rerank > 1 else "no reranking"
+        floor, most = self.pipe.rerank_rounds(rerank)
+        more = f" (up to {most} where unsure)" if floor is not None and most > rerank else ""
+        how = (f"each the best of {rerank}{more} by {RERANKED_BY[by]}" if rerank > 1
+               else "no reranking")
         status = f"{n} image(s) of {side} px in {took:.2f} s ({how}, seed {seed})"
         return [(Image.fromarray(a), f"{i}") for i, a in enumerate(arrays)], status
 
