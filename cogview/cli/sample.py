@@ -94,7 +94,7 @@ def _rerank_kwargs(args: argparse.Namespace, pipe: CogView, inpainting: bool = F
         return {"candidates": args.rerank, **by}, args.rerank
     default = pipe.inpaint_rerank_default if inpainting else pipe.rerank_default
     group = default if args.rerank is None else 1
-    if group > 1:
+    if rounds:
         pipe.rerank_rounds(group, **rounds)  # bad values fail before any work
     return {"rerank": group, **by, **rounds}, args.n * group
 
