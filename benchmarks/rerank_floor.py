@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import sys
-import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -37,17 +36,10 @@ FLOORS = [round(-1.0 + 0.05 * i, 2) for i in range(17)]  # -1.00 ... -0.20
 def val_prompts(data: str, n: int) -> list[tuple[str, dict[str, Any]]]:
     """The first `n` captions of the train split of a shapes folder, with what each states."""
     from cogview.bench import shapes
+    from train.data.loader import load_held_out
 
-    shards = sorted(Path(data).glob("train-*.tar"))
-    if not shards:
-        sys.exit(f"error: {data}: no train-*.tar shards (see --help for how to make them)")
-    captions = []
-    for shard in shards:
-        with tarfile.open(shard) as tar:
-            for member in tar.getmembers():
-                if member.name.endswith(".txt") and len(captions) < n:
-                    captions.append(tar.extractfile(member).read().decode())
-    return [(c, shapes.parse_caption(c)) for c in captions]
+    held = load_held_out(data, 32, n, split="train", progress=False)
+    return [(c, shapes.parse_caption(c)) for c in held.captions]
 
 
 def prompt_set(which: str, n: int, data: str) -> list[tuple[str, dict[str, Any]]]:
@@ -65,16 +57,24 @@ def prompt_set(which: str, n: int, data: str) -> list[tuple[str, dict[str, Any]]
     return shapes.eval_prompts(2, n)
 
 
+def candidate_scores(pipe: Any, drawn: Any, most: int, by: str) -> Any:
+    """Every candidate's score (P * most,) by one reranker, as `CogView.best_of` scores them."""
+    from cogview.sampling import best_candidates
+
+    return best_candidates(pipe.model, pipe.tokenizer, drawn.codes, drawn.ids, most,
+                           batch_size=drawn.batch_size, restate=pipe.restate, by=by,
+                           conditions=drawn.conditions)[1].flatten()
+
+
 def draw(model: str, prompts: list[tuple[str, dict[str, Any]]], most: int, seed: int,
          chunk: int = 20) -> list[dict[str, Any]]:
-    """Per prompt: every candidate's caption score, cosine (None without a head) and verdict."""
+    """Per prompt: every candidate's caption score, cosine (NaN without a head) and verdict."""
     import torch
     from tqdm import tqdm
 
     from cogview.api import CogView
     from cogview.bench import detect
     from cogview.contrastive import has_head
-    from cogview.sampling import contrastive_scores, prompt_scores, restated_ids
 
     pipe = CogView.from_pretrained(model)
     rows = []
@@ -83,11 +83,8 @@ def draw(model: str, prompts: list[tuple[str, dict[str, Any]]], most: int, seed:
         part = prompts[start:start + chunk]
         drawn = pipe.candidates([p for p, _ in part], most,
                                 generator=pipe.generator(seed * 100_000 + start))
-        alternatives = restated_ids(pipe.tokenizer, drawn.ids, pipe.restate)
-        caption = prompt_scores(pipe.model, pipe.tokenizer, drawn.codes, drawn.ids,
-                                alternatives, drawn.batch_size)
-        cos = (contrastive_scores(pipe.model, pipe.tokenizer, drawn.codes, drawn.conditions,
-                                  drawn.batch_size) if has_head(pipe.model)
+        caption = candidate_scores(pipe, drawn, most, "caption")
+        cos = (candidate_scores(pipe, drawn, most, "contrastive") if has_head(pipe.model)
                else torch.full_like(caption, float("nan")))
         images = pipe.decode(drawn.codes)
         for j, (prompt, attrs) in enumerate(part):
@@ -99,16 +96,16 @@ def draw(model: str, prompts: list[tuple[str, dict[str, Any]]], most: int, seed:
     return rows
 
 
-def _standardised(x: np.ndarray) -> np.ndarray:
-    return (x - x.mean()) / max(float(x.std()), 1e-9)
-
-
 def pick(row: dict[str, Any], n: int, by: str) -> int:
     """The index of reranking's pick among the first `n` candidates of a prompt."""
-    caption, cos = np.array(row["caption"][:n]), np.array(row["cos"][:n])
+    import torch
+
+    from cogview.sampling import standardised
+
+    caption, cos = (torch.tensor([row[k][:n]]) for k in ("caption", "cos"))
     score = {"caption": caption, "contrastive": cos,
-             "both": _standardised(caption) + _standardised(cos)}[by]
-    return int(np.argmax(score))
+             "both": standardised(caption) + standardised(cos)}[by]
+    return int(score.argmax())
 
 
 def replay(rows: list[dict[str, Any]], floor: float | None, rerank: int, most: int,
@@ -143,7 +140,13 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    rows = draw(args.model, prompt_set(args.which, args.n, args.data), args.most, args.seed)
+    from cogview.errors import UserError
+
+    try:
+        prompts = prompt_set(args.which, args.n, args.data)
+    except UserError as e:  # no shards, or a corrupt one
+        sys.exit(f"error: {e}")
+    rows = draw(args.model, prompts, args.most, args.seed)
     table = {"none": replay(rows, None, args.rerank, args.most, args.rerank_by)}
     table |= {f"{f:.2f}": replay(rows, f, args.rerank, args.most, args.rerank_by)
               for f in FLOORS}
