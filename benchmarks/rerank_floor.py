@@ -6,8 +6,9 @@ each candidate's caption score (mean log p(prompt | image) per token, the better
 and its restatements), contrastive cosine and detector verdict are kept. Then, for each floor,
 the rounds of `CogView.best_of` are replayed on them: the best of the first `--rerank` by the
 model's reranker, and while its caption score is below the floor and there is room, the best
-of `--rerank` more. Reported per floor: the share of prompts whose pick is right, and the
-candidates drawn per prompt on average.
+of `--rerank` more, up to a most of candidates (`rerank_max`: every multiple of `--rerank`
+from two rounds to `--most`). Reported per floor and most: the share of prompts whose pick is
+right, and the candidates drawn per prompt on average.
 
     .venv/bin/python benchmarks/rerank_floor.py --model shapes --set val      # calibration
     .venv/bin/python benchmarks/rerank_floor.py --model shapes --set paraphrased --json OUT
@@ -15,8 +16,12 @@ candidates drawn per prompt on average.
 `--set val` (the default) takes the captions of held-out scenes (`--data`, its train split;
 made by `cogview data shapes --out data/shapes-val --n 2000 --seed 7 --test-fraction 0.5`),
 worded as in training and scored against what each caption states: a set that is neither the
-eval's prompts nor its wordings, on which to choose the floor. `template`, `paraphrased` and
-`unseen` are the two-object sets of benchmarks/rerank_headroom.py.
+eval's prompts nor its wordings, on which to choose the floor. `--set val-reworded` takes
+the same scenes' captions worded anew as training's caption augmentation words them
+(`cogview train --rephrase`, `shapes.rephrase`; none of the paraphrase or unseen wordings),
+each scored against what its wording states: the calibration set for reworded prompts.
+`template`, `paraphrased` and `unseen` are the two-object sets of
+benchmarks/rerank_headroom.py.
 """
 
 from __future__ import annotations
@@ -42,11 +47,29 @@ def val_prompts(data: str, n: int) -> list[tuple[str, dict[str, Any]]]:
     return [(c, shapes.parse_caption(c)) for c in held.captions]
 
 
-def prompt_set(which: str, n: int, data: str) -> list[tuple[str, dict[str, Any]]]:
+def reworded_val_prompts(data: str, n: int, seed: int) -> list[tuple[str, dict[str, Any]]]:
+    """The same scenes as `val_prompts`, each caption worded anew by training's caption
+    augmentation (`shapes.rephrase`), with what the new wording states."""
+    from cogview.bench import shapes
+    from train.data.loader import load_held_out
+
+    rng = np.random.default_rng(seed)
+    held = load_held_out(data, 32, n, split="train", progress=False)
+    prompts = []
+    for caption, attrs in zip(held.captions, held.attributes, strict=True):
+        text = shapes.rephrase(attrs, rng) if attrs is not None else None
+        prompts.append((caption, shapes.parse_caption(caption)) if text is None
+                       else (text, shapes.parse_caption(text)))
+    return prompts
+
+
+def prompt_set(which: str, n: int, data: str, seed: int = 0) -> list[tuple[str, dict[str, Any]]]:
     from cogview.bench import shapes
 
     if which == "val":
         return val_prompts(data, n)
+    if which == "val-reworded":
+        return reworded_val_prompts(data, n, seed)
     if which == "paraphrased":
         return shapes.paraphrase_prompts(2, n)
     if which == "unseen":
@@ -127,7 +150,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="shapes", help="model folder or shipped name")
     ap.add_argument("--set", dest="which", default="val",
-                    choices=("val", "template", "paraphrased", "unseen"))
+                    choices=("val", "val-reworded", "template", "paraphrased", "unseen"))
     ap.add_argument("--data", default="data/shapes-val", help="shards of --set val")
     ap.add_argument("--n", type=int, default=360, help="prompts (default: 360)")
     ap.add_argument("--rerank", type=int, default=16, help="candidates of the first round")
@@ -143,18 +166,20 @@ def main() -> None:
     from cogview.errors import UserError
 
     try:
-        prompts = prompt_set(args.which, args.n, args.data)
+        prompts = prompt_set(args.which, args.n, args.data, args.seed)
     except UserError as e:  # no shards, or a corrupt one
         sys.exit(f"error: {e}")
     rows = draw(args.model, prompts, args.most, args.seed)
-    table = {"none": replay(rows, None, args.rerank, args.most, args.rerank_by)}
-    table |= {f"{f:.2f}": replay(rows, f, args.rerank, args.most, args.rerank_by)
-              for f in FLOORS}
+    maxes = list(range(2 * args.rerank, args.most + 1, args.rerank)) or [args.most]
+    floors = {"none": None} | {f"{f:.2f}": f for f in FLOORS}
+    table = {str(m): {name: replay(rows, f, args.rerank, m, args.rerank_by)
+                      for name, f in floors.items()} for m in maxes}
     print(f"{args.model}, {args.which} ({len(rows)} prompts), best of {args.rerank} by "
-          f"{args.rerank_by}, up to {args.most} below the floor")
-    print(f"{'floor':>6}  {'right':>6}  {'candidates':>10}")
-    for floor, (right, drawn) in table.items():
-        print(f"{floor:>6}  {100 * right:5.1f}%  {drawn:10.1f}")
+          f"{args.rerank_by}, up to a most of candidates below the floor: right / candidates")
+    print(f"{'floor':>6}" + "".join(f"  {'most ' + str(m):>14}" for m in maxes))
+    for name in floors:
+        print(f"{name:>6}" + "".join(f"  {100 * table[str(m)][name][0]:5.1f}% "
+                                     f"{table[str(m)][name][1]:6.1f}" for m in maxes))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"model": args.model, "set": args.which, "rerank": args.rerank,
