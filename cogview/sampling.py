@@ -674,8 +674,8 @@ def restated_ids(
     tokenizer, text_ids: Sequence[Sequence[int]], restate: Restate | None
 ) -> list[list[list[int]]]:
     """For each prompt, the text ids of its restatements by `restate` (for the shapes domain
-    `shapes.restatements`: a two-object relation said from the other object), [] for the
-    rest or without `restate`; each distinct prompt once.
+    `shapes.restatements`: a two-object relation said from either object, one object in the
+    training wording), [] for the rest or without `restate`; each distinct prompt once.
 
     A model whose captioning learnt to name two objects in reading order gives a prompt
     written in the other order a low likelihood whatever the image; its restatement gives

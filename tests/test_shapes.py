@@ -241,7 +241,12 @@ def test_restatements_say_the_same_from_the_other_object():
         assert objects in ([attrs["objects"], attrs["objects"][::-1]],
                            [attrs["objects"][::-1], attrs["objects"]]), prompt
         assert all(shapes.compare(attrs, s)["all"] for s in said), prompt
-    for text in ("a red circle at the top left", "a photo of a sneaker", "",
+    # one object: the same request in the evaluation's wording, which has none
+    assert not any(shapes.restatements(prompt) for prompt, _ in shapes.eval_prompts(1))
+    for prompt, attrs in shapes.paraphrase_prompts(1, 40):
+        (restated,) = shapes.restatements(prompt)
+        assert shapes.parse_caption(restated) == attrs, prompt
+    for text in ("a photo of a sneaker", "", "a red thing at the top left",
                  "a red circle at the top left and a blue square in the center"):
         assert shapes.restatements(text) == []
 

@@ -497,7 +497,9 @@ def canonical_caption(attributes: dict[str, Any]) -> str:
 def restatements(text: str) -> list[str]:
     """A statement about two objects said in the training wording from either object ("draw
     a red circle above a blue square" -> "a red circle above a blue square", "a blue square
-    below a red circle"), the text itself left out; [] for text that is not one.
+    below a red circle"), or about one object in the training wording that the evaluation
+    uses ("draw a red circle in the top left of the image" -> "a red circle at the top
+    left"), the text itself left out; [] for text that is neither.
 
     Self-reranking scores a candidate image by the best of the prompt and its restatements: a
     model whose captioning learnt to name the objects in reading order
@@ -506,14 +508,20 @@ def restatements(text: str) -> list[str]:
     orders are in the training wording, so that the best of them is the order that fits the
     image: a prompt in other words (which captioning never wrote, and which cost the same on
     every image) next to a restatement in the training wording would always lose to it, and
-    the images that fit the restatement's order, the wrong ones, would be kept.
+    the images that fit the restatement's order, the wrong ones, would be kept. One object has
+    no order; its restatement keeps the caption score of a prompt in other words as high as
+    the same request's in the training wording, where further rounds of reranking
+    (`rerank_floor`) read it as the image's fit.
     """
     parsed = parse_caption(text)
     objects, relation = parsed["objects"], parsed["relation"]
-    if relation is None or not all({"colour", "shape"} <= set(o) for o in objects):
+    if not objects or not all({"colour", "shape"} <= set(o) for o in objects):
         return []
-    restated = {"objects": objects[::-1], "relation": INVERSE_RELATION[relation]}
-    said = (canonical_caption(parsed), canonical_caption(restated))
+    if relation is None:
+        said = (canonical_caption(parsed),) if len(objects) == 1 else ()
+    else:
+        restated = {"objects": objects[::-1], "relation": INVERSE_RELATION[relation]}
+        said = (canonical_caption(parsed), canonical_caption(restated))
     return [t for t in said if t != text]
 
 
