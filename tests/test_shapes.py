@@ -247,6 +247,7 @@ def test_restatements_say_the_same_from_the_other_object():
         (restated,) = shapes.restatements(prompt)
         assert shapes.parse_caption(restated) == attrs, prompt
     for text in ("a photo of a sneaker", "", "a red thing at the top left",
+                 "draw a red circle", "a red circle in the corner",
                  "a red circle at the top left and a blue square in the center"):
         assert shapes.restatements(text) == []
 

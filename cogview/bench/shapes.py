@@ -511,14 +511,17 @@ def restatements(text: str) -> list[str]:
     the images that fit the restatement's order, the wrong ones, would be kept. One object has
     no order; its restatement keeps the caption score of a prompt in other words as high as
     the same request's in the training wording, where further rounds of reranking
-    (`rerank_floor`) read it as the image's fit.
+    (`rerank_floor`) read it as the image's fit. It is restated only with its place read (as
+    every training caption of one object has one): a prompt whose place the grammar cannot
+    read ("a red circle in the corner") would otherwise be scored as "a red circle" anywhere.
     """
     parsed = parse_caption(text)
     objects, relation = parsed["objects"], parsed["relation"]
     if not objects or not all({"colour", "shape"} <= set(o) for o in objects):
         return []
     if relation is None:
-        said = (canonical_caption(parsed),) if len(objects) == 1 else ()
+        placed = len(objects) == 1 and "position" in objects[0]
+        said = (canonical_caption(parsed),) if placed else ()
     else:
         restated = {"objects": objects[::-1], "relation": INVERSE_RELATION[relation]}
         said = (canonical_caption(parsed), canonical_caption(restated))
