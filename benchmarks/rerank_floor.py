@@ -11,6 +11,7 @@ from two rounds to `--most`). Reported per floor and most: the share of prompts 
 right, and the candidates drawn per prompt on average.
 
     .venv/bin/python benchmarks/rerank_floor.py --model shapes --set val      # calibration
+    .venv/bin/python benchmarks/rerank_floor.py --model shapes --set val-reworded --most 64
     .venv/bin/python benchmarks/rerank_floor.py --model shapes --set paraphrased --json OUT
 
 `--set val` (the default) takes the captions of held-out scenes (`--data`, its train split;
