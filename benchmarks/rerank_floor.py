@@ -39,46 +39,30 @@ import numpy as np
 FLOORS = [round(-1.0 + 0.05 * i, 2) for i in range(17)]  # -1.00 ... -0.20
 
 
-def val_prompts(data: str, n: int) -> list[tuple[str, dict[str, Any]]]:
-    """The first `n` captions of the train split of a shapes folder, with what each states."""
+def val_prompts(data: str, n: int, reworded: bool = False,
+                seed: int = 0) -> list[tuple[str, dict[str, Any]]]:
+    """The first `n` captions of the train split of a shapes folder, or with `reworded` each
+    worded anew by training's caption augmentation (`shapes.rephrase`, drawn from `seed`),
+    with what each states."""
     from cogview.bench import shapes
     from train.data.loader import load_held_out
 
     held = load_held_out(data, 32, n, split="train", progress=False)
-    return [(c, shapes.parse_caption(c)) for c in held.captions]
-
-
-def reworded_val_prompts(data: str, n: int, seed: int) -> list[tuple[str, dict[str, Any]]]:
-    """The same scenes as `val_prompts`, each caption worded anew by training's caption
-    augmentation (`shapes.rephrase`), with what the new wording states."""
-    from cogview.bench import shapes
-    from train.data.loader import load_held_out
-
-    rng = np.random.default_rng(seed)
-    held = load_held_out(data, 32, n, split="train", progress=False)
-    prompts = []
-    for caption, attrs in zip(held.captions, held.attributes, strict=True):
-        text = shapes.rephrase(attrs, rng) if attrs is not None else None
-        prompts.append((caption, shapes.parse_caption(caption)) if text is None
-                       else (text, shapes.parse_caption(text)))
-    return prompts
+    texts = held.captions
+    if reworded:
+        rng = np.random.default_rng(seed)
+        texts = [(shapes.rephrase(a, rng) if a is not None else None) or c
+                 for c, a in zip(held.captions, held.attributes, strict=True)]
+    return [(t, shapes.parse_caption(t)) for t in texts]
 
 
 def prompt_set(which: str, n: int, data: str, seed: int = 0) -> list[tuple[str, dict[str, Any]]]:
-    from cogview.bench import shapes
+    if which in ("val", "val-reworded"):
+        return val_prompts(data, n, reworded=which == "val-reworded", seed=seed)
+    sys.path.insert(0, str(Path(__file__).parent))
+    from rerank_headroom import two_object_set
 
-    if which == "val":
-        return val_prompts(data, n)
-    if which == "val-reworded":
-        return reworded_val_prompts(data, n, seed)
-    if which == "paraphrased":
-        return shapes.paraphrase_prompts(2, n)
-    if which == "unseen":
-        sys.path.insert(0, str(Path(__file__).parent))
-        from rerank_headroom import unseen_prompts
-
-        return [(p, a) for p, a, _ in unseen_prompts(n)]
-    return shapes.eval_prompts(2, n)
+    return two_object_set(which, n)[0]
 
 
 def candidate_scores(pipe: Any, drawn: Any, most: int, by: str) -> Any:

@@ -59,24 +59,31 @@ def unseen_prompts(n: int) -> list[tuple[str, dict[str, Any], str]]:
     return out
 
 
+def two_object_set(which: str, n: int) -> tuple[list[tuple[str, dict[str, Any]]], list[str]]:
+    """The `n` two-object prompts of a set ("template", "paraphrased" or "unseen") with the
+    attributes each asks for, and each prompt's group for the table (its wording, or in the
+    training wording the relation asked for)."""
+    from cogview.bench import shapes
+
+    if which == "paraphrased":
+        prompts = shapes.paraphrase_prompts(2, n)
+        return prompts, [shapes.paraphrase_wording(2, i) for i in range(len(prompts))]
+    if which == "unseen":
+        worded = unseen_prompts(n)
+        return [(p, a) for p, a, _ in worded], [w for _, _, w in worded]
+    prompts = shapes.eval_prompts(2, n)
+    return prompts, [a["relation"] for _, a in prompts]
+
+
 def headroom(model: str, which: str, n: int, rerank: int, seed: int,
              rerankers: Sequence[str], cfg: float | None = None) -> dict[str, Any]:
     import torch
 
     from cogview.api import CogView
-    from cogview.bench import detect, shapes
+    from cogview.bench import detect
 
     pipe = CogView.from_pretrained(model)
-    if which == "paraphrased":
-        prompts = shapes.paraphrase_prompts(2, n)
-        groups = [shapes.paraphrase_wording(2, i) for i in range(len(prompts))]
-    elif which == "unseen":
-        worded = unseen_prompts(n)
-        prompts = [(p, a) for p, a, _ in worded]
-        groups = [w for _, _, w in worded]
-    else:
-        prompts = shapes.eval_prompts(2, n)
-        groups = [a["relation"] for _, a in prompts]
+    prompts, groups = two_object_set(which, n)
     drawn = pipe.candidates([p for p, _ in prompts], rerank, generator=pipe.generator(seed),
                             cfg_scale=cfg)  # None: the model's
 
